@@ -1,0 +1,193 @@
+/**
+ * Typed errors. Callers match on `code` (stable) or `instanceof`, never on
+ * message text. The original error, where there is one, rides along as
+ * `cause`. Messages never hold secrets.
+ */
+
+export type ErrorCode =
+  | 'E_BLOBSHIFT'
+  | 'E_BLOB_NOT_FOUND'
+  | 'E_BLOB_EXISTS'
+  | 'E_INVALID_KEY'
+  | 'E_SIZE_MISMATCH'
+  | 'E_KEY_CONFLICT'
+  | 'E_CONFIG'
+  | 'E_LOG_FORMAT'
+  | 'E_PREFLIGHT'
+  | 'E_READ_ONLY'
+  | 'E_BACKEND'
+  | 'E_RUN_STATE'
+  | 'E_ABORTED';
+
+export class BlobShiftError extends Error {
+  readonly code: ErrorCode;
+
+  constructor(message: string, options?: { cause?: unknown; code?: ErrorCode }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.code = options?.code ?? 'E_BLOBSHIFT';
+  }
+}
+
+/** No blob under `key`. */
+export class BlobNotFoundError extends BlobShiftError {
+  readonly key: string;
+  constructor(key: string, options?: { cause?: unknown; where?: string }) {
+    super(`blob not found: ${JSON.stringify(key)}${options?.where ? ` in ${options.where}` : ''}`, {
+      cause: options?.cause,
+      code: 'E_BLOB_NOT_FOUND',
+    });
+    this.key = key;
+  }
+}
+
+/** `put(…, { overwrite: false })` found a blob already under `key`. */
+export class BlobExistsError extends BlobShiftError {
+  readonly key: string;
+  constructor(key: string, options?: { cause?: unknown }) {
+    super(`blob already exists: ${JSON.stringify(key)} (put with overwrite: false)`, {
+      cause: options?.cause,
+      code: 'E_BLOB_EXISTS',
+    });
+    this.key = key;
+  }
+}
+
+/** A key that breaks the key rules (see `keys.ts`). */
+export class InvalidKeyError extends BlobShiftError {
+  readonly key: string;
+  readonly reason: string;
+  constructor(key: string, reason: string) {
+    super(`invalid key ${describeKey(key)}: ${reason}`, { code: 'E_INVALID_KEY' });
+    this.key = key;
+    this.reason = reason;
+  }
+}
+
+/** A put's body had a different byte count than the `size` it was given. */
+export class SizeMismatchError extends BlobShiftError {
+  readonly key: string;
+  readonly expected: number;
+  readonly actual: number;
+  constructor(key: string, expected: number, actual: number, options?: { cause?: unknown }) {
+    super(
+      `size mismatch for ${JSON.stringify(key)}: expected ${expected} bytes, the body had ${actual}${
+        actual > expected ? ' or more' : ''
+      }; nothing was stored`,
+      { cause: options?.cause, code: 'E_SIZE_MISMATCH' },
+    );
+    this.key = key;
+    this.expected = expected;
+    this.actual = actual;
+  }
+}
+
+/**
+ * The filesystem backend cannot store both `a` and `a/b`: one would be a file
+ * and a directory at once.
+ */
+export class KeyConflictError extends BlobShiftError {
+  readonly key: string;
+  readonly conflictsWith: string;
+  constructor(key: string, conflictsWith: string, detail: string, options?: { cause?: unknown }) {
+    super(`cannot store ${JSON.stringify(key)}: ${detail}`, {
+      cause: options?.cause,
+      code: 'E_KEY_CONFLICT',
+    });
+    this.key = key;
+    this.conflictsWith = conflictsWith;
+  }
+}
+
+/** A bad config file or option. `path` names the field (`new.bucket`). */
+export class ConfigError extends BlobShiftError {
+  readonly path: string;
+  constructor(path: string, message: string, options?: { cause?: unknown }) {
+    super(path ? `config ${path}: ${message}` : `config: ${message}`, {
+      cause: options?.cause,
+      code: 'E_CONFIG',
+    });
+    this.path = path;
+  }
+}
+
+/** A malformed line in a missing-blob log or other JSON-lines input. */
+export class LogFormatError extends BlobShiftError {
+  readonly file: string;
+  readonly line: number;
+  constructor(file: string, line: number, why: string, options?: { cause?: unknown }) {
+    super(`${file}:${line}: ${why}`, { cause: options?.cause, code: 'E_LOG_FORMAT' });
+    this.file = file;
+    this.line = line;
+  }
+}
+
+/** A backend, bucket or database is unreachable or refuses, found before anything was written. */
+export class PreflightError extends BlobShiftError {
+  readonly target: string;
+  constructor(target: string, message: string, options?: { cause?: unknown }) {
+    super(`preflight failed for ${target}: ${message}`, { cause: options?.cause, code: 'E_PREFLIGHT' });
+    this.target = target;
+  }
+}
+
+/** A write to something mapped read-only (an app's own metadata table). */
+export class ReadOnlyError extends BlobShiftError {
+  constructor(message: string) {
+    super(message, { code: 'E_READ_ONLY' });
+  }
+}
+
+/** A backend failed for a reason other than not-found / exists. */
+export class BackendError extends BlobShiftError {
+  readonly key: string | undefined;
+  constructor(message: string, options?: { cause?: unknown; key?: string }) {
+    super(message, { cause: options?.cause, code: 'E_BACKEND' });
+    this.key = options?.key;
+  }
+}
+
+/** A run's saved state refuses the requested action (changed options, bad state). */
+export class RunStateError extends BlobShiftError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, { cause: options?.cause, code: 'E_RUN_STATE' });
+  }
+}
+
+/** An operation was stopped through its AbortSignal. */
+export class AbortedError extends BlobShiftError {
+  constructor(message = 'aborted', options?: { cause?: unknown }) {
+    super(message, { cause: options?.cause, code: 'E_ABORTED' });
+  }
+}
+
+export function isBlobShiftError(err: unknown): err is BlobShiftError {
+  return err instanceof BlobShiftError;
+}
+
+export function isBlobNotFound(err: unknown): err is BlobNotFoundError {
+  return err instanceof BlobNotFoundError;
+}
+
+export function isBlobExists(err: unknown): err is BlobExistsError {
+  return err instanceof BlobExistsError;
+}
+
+/** A Node.js system error with a `code` such as `ENOENT`. */
+export function isErrnoException(err: unknown, code?: string): err is NodeJS.ErrnoException {
+  if (!(err instanceof Error) || typeof (err as NodeJS.ErrnoException).code !== 'string') return false;
+  return code === undefined || (err as NodeJS.ErrnoException).code === code;
+}
+
+/** A short, printable form of a possibly hostile key for messages. */
+export function describeKey(key: unknown): string {
+  if (typeof key !== 'string') return `(${typeof key})`;
+  const shown = key.length > 80 ? `${key.slice(0, 80)}…(${key.length} chars)` : key;
+  return JSON.stringify(shown);
+}
+
+/** The message of anything thrown, for logs and summaries. */
+export function errorMessage(err: unknown): string {
+  if (err instanceof Error) return err.message || err.name;
+  return String(err);
+}

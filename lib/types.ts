@@ -1,0 +1,149 @@
+/**
+ * The blobshift contract. Every backend (filesystem, S3, memory) and
+ * `MigratingBlobDB` implement {@link BlobDB}; the migration engine works on
+ * this interface alone and imports no backend.
+ */
+import type { Readable } from 'node:stream';
+
+/** What a blob's bytes can be given as. Strings are written as UTF-8. */
+export type BlobBody = Buffer | Uint8Array | string | Readable;
+
+/**
+ * HTTP-level metadata carried with a blob. S3 stores it natively; the
+ * filesystem backend keeps it in a JSON sidecar next to the blob.
+ */
+export interface HttpMeta {
+  contentEncoding?: string;
+  cacheControl?: string;
+  contentDisposition?: string;
+  contentLanguage?: string;
+  /** User metadata (S3 `x-amz-meta-*`). Names are lower-case ASCII. */
+  metadata?: Record<string, string>;
+}
+
+/** What a backend knows about one stored blob. */
+export interface BlobInfo {
+  key: string;
+  /** Size in bytes. */
+  size: number;
+  /** An opaque content tag where the backend has one (S3 ETag, quotes removed). */
+  etag?: string;
+  contentType?: string;
+  /** Last modification time where the backend has one. */
+  lastModified?: Date;
+  httpMeta?: HttpMeta;
+}
+
+export interface PutOptions {
+  /** MIME type stored with the blob and returned by `stat`. */
+  contentType?: string;
+  httpMeta?: HttpMeta;
+  /**
+   * The expected size in bytes. When given, a body whose streamed byte count
+   * differs fails the put with `SizeMismatchError` before anything becomes
+   * visible under the key.
+   */
+  size?: number;
+  /**
+   * Default `true`: replace whatever is stored under the key.
+   * `false`: fail with `BlobExistsError` when a blob is already there. This is
+   * atomic where `capabilities.conditionalWrites` is true; otherwise the
+   * backend checks and then writes, and a concurrent writer can slip in
+   * between.
+   */
+  overwrite?: boolean;
+}
+
+export interface ListOptions {
+  /** Only keys that start with this string (compared as UTF-8 bytes). */
+  prefix?: string;
+  /** Only keys strictly greater than this one in byte order. */
+  startAfter?: string;
+}
+
+export interface Capabilities {
+  /** `put(…, { overwrite: false })` is atomic on this backend. */
+  conditionalWrites: boolean;
+  /**
+   * True when this backend can copy a blob out of `other` without the bytes
+   * passing through this process (S3 CopyObject on one endpoint).
+   */
+  serverSideCopyFrom?(other: BlobDB): boolean;
+}
+
+export interface BulkDeleteResult {
+  /** Keys that could not be deleted. Absent keys are not errors. */
+  errors: { key: string; error: Error }[];
+}
+
+/**
+ * A blob store. Keys are validated by one shared validator (see `keys.ts`);
+ * every method rejects an invalid key with `InvalidKeyError` before any I/O.
+ */
+export interface BlobDB {
+  readonly capabilities: Capabilities;
+
+  /**
+   * Stores `body` under `key` and resolves with what was stored. Readers never
+   * see a partly written blob: the new content appears whole or not at all.
+   * A failed or destroyed input stream leaves the previous content (or
+   * nothing) in place. Rejects `BlobExistsError` for `overwrite: false` on a
+   * present key, `SizeMismatchError` when `size` is given and differs.
+   */
+  put(key: string, body: BlobBody, opts?: PutOptions): Promise<BlobInfo>;
+
+  /**
+   * A stream of the blob's bytes. Rejects `BlobNotFoundError` for a missing
+   * key before any stream is handed back; a stream returned has found its blob.
+   */
+  get(key: string): Promise<Readable>;
+
+  /** Size, content type and HTTP metadata. Rejects `BlobNotFoundError`. */
+  stat(key: string): Promise<BlobInfo>;
+
+  /** Whether a blob is stored under `key`. Never rejects for a missing key. */
+  exists(key: string): Promise<boolean>;
+
+  /** The blob's size in bytes. Rejects `BlobNotFoundError`. */
+  size(key: string): Promise<number>;
+
+  /**
+   * Removes the blob. Resolves `true` if a blob was there, `false` if not;
+   * deleting a missing key is not an error (idempotent).
+   */
+  delete(key: string): Promise<boolean>;
+
+  /**
+   * Removes many blobs. Absent keys are fine; keys that could not be deleted
+   * are returned with their error rather than thrown. Invalid keys are
+   * returned as `InvalidKeyError`s and the others are still deleted.
+   */
+  bulkDelete(keys: string[]): Promise<BulkDeleteResult>;
+
+  /**
+   * Every blob, in ascending UTF-8 byte order of key, pages fetched lazily.
+   * Temporary files and other internal objects are never listed.
+   */
+  list(opts?: ListOptions): AsyncIterable<BlobInfo>;
+
+  /** Releases sockets, handles and timers. The instance is unusable afterwards. */
+  close(): Promise<void>;
+}
+
+/** One row of blob metadata, as the application records it. */
+export interface BlobMeta {
+  /** 64-bit auto-increment id; walks go by id. */
+  id: number;
+  key: string;
+  /** The owning object in the app (a case, a form, a user…). */
+  parentId: string;
+  /** The blob's kind in the app (`attachment`, `image`…); used by `--types`. */
+  type: string;
+  name: string;
+  contentLength: number;
+  contentType: string | null;
+  /** Lower-case hex SHA-256 of the bytes, filled by `BlobStore.put`. */
+  sha256: string | null;
+  createdOn: Date;
+  expiresOn: Date | null;
+}

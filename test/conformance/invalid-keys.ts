@@ -1,0 +1,20 @@
+/** Every kind of key the shared validator refuses, with a name for test titles. */
+export const INVALID_KEYS: ReadonlyArray<readonly [string, string]> = [
+  ['the empty key', ''],
+  ['an absolute key', '/abs'],
+  ['a parent segment', '../x'],
+  ['a parent segment inside', 'a/../b'],
+  ['a dot segment', 'a/./b'],
+  ['a lone dot', '.'],
+  ['an empty segment', 'a//b'],
+  ['a trailing slash', 'a/'],
+  ['a NUL character', 'a\u0000b'],
+  ['a newline', 'a\nb'],
+  ['a DEL character', 'a\u007fb'],
+  ['a C1 control character', 'a\u0085b'],
+  ['an unpaired surrogate', 'a\ud800b'],
+  ['a key over 1024 bytes', `${'k'.repeat(200)}/`.repeat(6)],
+  ['a 2 KB key', 'x'.repeat(2048)],
+  ['a segment over 255 bytes', 's'.repeat(256)],
+  ['the reserved temp prefix', 'a/.blobshift-tmp-1'],
+];
