@@ -1,0 +1,764 @@
+/**
+ * backfill: copy every blob the metadata references and the new backend
+ * lacks. Resumable (a run's low-water mark is checkpointed in the metadata
+ * database), parallel (p-queue), shardable (`id % N = I`), bounded in memory
+ * (a byte budget for blobs in flight), and safe against the live app (see
+ * `copy.ts`).
+ */
+import { hostname } from 'node:os';
+import PQueue from 'p-queue';
+import { BlobNotFoundError, RunStateError } from '../errors.js';
+import type { MetaStore, RunCounts, RunState, ShardSpec } from '../meta/types.js';
+import type { BlobDB, BlobMeta } from '../types.js';
+import { type CopyOutcome, copyBlob, DEFAULT_RETRY, ReferenceChecker, type RetryPolicy } from './copy.js';
+import { isInfrastructureError, shortError } from './errors.js';
+import { MissingLogWriter, type MissingRecord, NOT_FOUND } from './missing-log.js';
+import { PresentIndex } from './present-index.js';
+import { ByteBudget, InFlightWindow, type WindowEntry } from './window.js';
+
+/** The few logger methods the engine uses (winston's logger fits). */
+export interface EngineLogger {
+  info(message: string, meta?: Record<string, unknown>): unknown;
+  warn(message: string, meta?: Record<string, unknown>): unknown;
+  error(message: string, meta?: Record<string, unknown>): unknown;
+}
+
+export const silentLogger: EngineLogger = { info() {}, warn() {}, error() {} };
+
+export interface BackfillOptions {
+  meta: MetaStore;
+  oldDb: BlobDB;
+  newDb: BlobDB;
+  /** The run's name (default `default`). */
+  run?: string;
+  shard?: ShardSpec;
+  types?: string[];
+  /** Metadata rows per walk query (default 1000). */
+  chunkSize?: number;
+  /** Blobs copied at once, and the in-flight window (default 16). */
+  concurrency?: number;
+  /** `list` (default): one listing snapshot; `head`: a HEAD per blob. */
+  existence?: 'list' | 'head';
+  /** At most this many copies started per second. */
+  maxRate?: number;
+  /** Forget the run's saved state and start over. */
+  reset?: boolean;
+  /** Report what would be done; write nothing. */
+  dryRun?: boolean;
+  /** Where missing-blob logs go (default `./blobshift-logs`). */
+  logDir?: string;
+  /** Budget of blob bytes being copied at once (default 256 MiB). */
+  maxInflightBytes?: number;
+  retry?: Partial<RetryPolicy>;
+  /**
+   * Names of the two backends as the operator configured them; a resume
+   * against other backends is refused. The CLI passes the config's
+   * descriptions.
+   */
+  identity?: { old: string; new: string };
+  /** Stop dispatching; in-flight copies finish; checkpoint; status `interrupted`. */
+  signal?: AbortSignal;
+  /** Abandon in-flight copies too (a second Ctrl-C). */
+  hardSignal?: AbortSignal;
+  onProgress?: (p: BackfillProgress) => void;
+  /** Called once the run is set up, before copying (what the CLI prints at start). */
+  onStart?: (info: BackfillStartInfo) => void;
+  logger?: EngineLogger;
+  /** Directory for the snapshot's temporary file. */
+  tempDir?: string;
+  /** How often the checkpoint is saved (default 2000 ms). */
+  checkpointIntervalMs?: number;
+  /** Consecutive infrastructure failures that stop the run (default: clamp(concurrency, 3, 16)). */
+  infrastructureThreshold?: number;
+}
+
+export interface BackfillStartInfo {
+  run: string;
+  shard: string;
+  log: string | undefined;
+  resumedFrom: number;
+  attempt: number;
+  estimate: { count: number; bytes: number };
+  snapshot: { keys: number; bytes: number } | undefined;
+}
+
+export interface BackfillProgress {
+  /** Blobs finished (this attempt and earlier ones). */
+  done: number;
+  /** Estimated blobs in the run. */
+  total: number;
+  bytes: number;
+  counts: RunCounts;
+  lowWaterMark: number;
+}
+
+export type BackfillStatus = 'completed' | 'interrupted' | 'infrastructure' | 'dry-run';
+
+export interface BackfillSummary {
+  run: string;
+  shard: string;
+  status: BackfillStatus;
+  exitCode: number;
+  total: number;
+  copied: number;
+  present: number;
+  notFound: number;
+  failed: number;
+  deletedDuringMigration: number;
+  expired: number;
+  bytes: number;
+  retries: number;
+  seconds: number;
+  /** Blobs per second over the run's attempts. */
+  rate: number;
+  logs: string[];
+  attempts: number;
+  lowWaterMark: number;
+  /** True when this invocation only reprinted a completed run. */
+  reprinted: boolean;
+  /** Set for the infrastructure status: what was lost. */
+  reason?: string;
+  /** Dry run: blobs that would be copied. */
+  toCopy?: number;
+  toCopyBytes?: number;
+}
+
+export const EXIT_OK = 0;
+export const EXIT_INCOMPLETE = 1;
+export const EXIT_INFRA = 3;
+export const EXIT_INTERRUPTED = 130;
+
+export function emptyCounts(): RunCounts {
+  return {
+    total: 0,
+    copied: 0,
+    present: 0,
+    notFound: 0,
+    failed: 0,
+    deletedDuringMigration: 0,
+    expired: 0,
+    bytes: 0,
+    retries: 0,
+    seconds: 0,
+  };
+}
+
+export function shardLabel(shard: ShardSpec | undefined): string {
+  return shard && shard.count > 1 ? `${shard.index}/${shard.count}` : '';
+}
+
+type Outcome =
+  | CopyOutcome
+  | { kind: 'expired'; retries: number }
+  | { kind: 'failed'; error: string; cause: unknown; infrastructure: boolean; retries: number };
+
+interface Slot {
+  row: BlobMeta;
+  outcome: Outcome;
+}
+
+class InfrastructureLost extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'InfrastructureLost';
+  }
+}
+
+/** Runs (or resumes, or reprints) a backfill. Never throws for per-blob problems. */
+export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> {
+  const run = opts.run ?? 'default';
+  const shard = shardLabel(opts.shard);
+  const types = [...new Set(opts.types ?? [])].sort();
+  const concurrency = Math.max(1, opts.concurrency ?? 16);
+  const chunkSize = Math.max(1, opts.chunkSize ?? 1000);
+  const logger = opts.logger ?? silentLogger;
+  const { meta, oldDb, newDb } = opts;
+
+  const runOptions: Record<string, unknown> = {
+    types,
+    shard,
+    old: opts.identity?.old ?? null,
+    new: opts.identity?.new ?? null,
+  };
+
+  if (opts.dryRun) return dryRun(opts, run, shard, types, chunkSize);
+
+  let state = await meta.getRun(run, shard);
+  if (state && opts.reset) {
+    await meta.deleteRun(run, shard);
+    state = undefined;
+  }
+  if (state) {
+    refuseChangedOptions(run, state, runOptions);
+    if (state.status === 'completed') return summaryFromState(state, 'completed', true);
+    refuseLiveOwner(run, state);
+  }
+
+  const now = new Date();
+  const base: RunState = state ?? {
+    name: run,
+    shard,
+    status: 'running',
+    lowWaterMark: 0,
+    counts: emptyCounts(),
+    logs: [],
+    options: runOptions,
+    attempts: 0,
+    exitCode: null,
+    startedAt: now,
+    updatedAt: now,
+    finishedAt: null,
+    extra: {},
+  };
+  const resumedFrom = base.lowWaterMark;
+  const log = await MissingLogWriter.create(opts.logDir ?? 'blobshift-logs', {
+    run,
+    ...(opts.shard ? { shard: opts.shard } : {}),
+  });
+  const current: RunState = {
+    ...base,
+    status: 'running',
+    attempts: base.attempts + 1,
+    logs: [...base.logs, log.path],
+    exitCode: null,
+    updatedAt: now,
+    finishedAt: null,
+    extra: { ...base.extra, owner: { host: hostname(), pid: process.pid } },
+  };
+  await meta.saveRun(current);
+
+  const attemptStart = Date.now();
+  const baseCounts = { ...base.counts };
+  const finalized = emptyCounts(); // this attempt, passed by the mark
+  const live = emptyCounts(); // this attempt, finished (for progress)
+
+  let index: PresentIndex | undefined;
+  let existence = opts.existence ?? 'list';
+  let stopReason: string | undefined;
+  let interrupted = false;
+
+  const estimate = await meta.estimate(types.length > 0 ? { types } : {});
+  const shardCount = opts.shard && opts.shard.count > 1 ? opts.shard.count : 1;
+  const estimatedTotal = Math.ceil(estimate.count / shardCount);
+
+  const queue = new PQueue({
+    concurrency,
+    ...(opts.maxRate ? { intervalCap: Math.max(1, Math.ceil(opts.maxRate)), interval: 1000 } : {}),
+  });
+  const budget = new ByteBudget(opts.maxInflightBytes ?? 256 * 1024 * 1024);
+  const references = new ReferenceChecker(meta);
+  const retry: RetryPolicy = { ...DEFAULT_RETRY, ...opts.retry };
+  // At most the window, so held-back failures can never fill it and stall the walk.
+  const threshold = Math.min(concurrency, opts.infrastructureThreshold ?? 16);
+  let infraStreak = 0;
+  const heldInfra: { entry: WindowEntry<Slot>; slot: Slot }[] = [];
+
+  const window = new InFlightWindow<Slot>(concurrency, resumedFrom, (entry) => {
+    const slot = entry.value;
+    if (!slot) return;
+    tally(finalized, slot);
+    const record = missingRecord(slot);
+    if (record) log.write(record);
+  });
+
+  const stop = (reason: string) => {
+    if (stopReason === undefined) {
+      stopReason = reason;
+      logger.error(`stopping: ${reason}`);
+    }
+    queue.clear();
+    window.wakeAll();
+  };
+
+  const finish = (entry: WindowEntry<Slot>, row: BlobMeta, outcome: Outcome) => {
+    const slot: Slot = { row, outcome };
+    if (outcome.kind === 'failed' && outcome.infrastructure) {
+      infraStreak++;
+      heldInfra.push({ entry, slot });
+      logger.warn(`blob failed: ${outcome.error}`, {
+        key: row.key,
+        id: row.id,
+        error: shortError(outcome.cause),
+      });
+      if (infraStreak >= threshold) {
+        stop(`${infraStreak} blobs in a row failed on the infrastructure: ${shortError(outcome.cause)}`);
+      }
+      return;
+    }
+    if (outcome.kind !== 'failed') {
+      infraStreak = 0;
+      releaseHeld();
+    } else {
+      logger.warn(`blob failed: ${outcome.error}`, {
+        key: row.key,
+        id: row.id,
+        error: shortError(outcome.cause),
+      });
+    }
+    tally(live, slot);
+    window.finish(entry, slot);
+  };
+
+  // Infrastructure failures are held back until something succeeds again: if
+  // the run then stops, they stay behind the mark and the rerun retries them.
+  const releaseHeld = () => {
+    while (heldInfra.length > 0 && stopReason === undefined) {
+      const held = heldInfra.shift();
+      if (!held) break;
+      tally(live, held.slot);
+      window.finish(held.entry, held.slot);
+    }
+  };
+
+  let lastSaved = Date.now();
+  let saving: Promise<void> | undefined;
+  const checkpoint = async (status: RunState['status'], exitCode: number | null) => {
+    while (saving) await saving;
+    const p = (async () => {
+      await log.flush();
+      current.lowWaterMark = window.mark;
+      current.counts = addCounts(baseCounts, finalized, (Date.now() - attemptStart) / 1000);
+      current.status = status;
+      current.exitCode = exitCode;
+      current.updatedAt = new Date();
+      if (status === 'completed') current.finishedAt = current.updatedAt;
+      await meta.saveRun(current);
+      lastSaved = Date.now();
+    })();
+    saving = p;
+    try {
+      await p;
+    } finally {
+      saving = undefined;
+    }
+  };
+
+  let lastProgress = 0;
+  const progress = (force = false) => {
+    if (!opts.onProgress) return;
+    const t = Date.now();
+    if (!force && t - lastProgress < 200) return;
+    lastProgress = t;
+    const done = baseCounts.total + live.total;
+    opts.onProgress({
+      done,
+      total: Math.max(estimatedTotal, done),
+      bytes: baseCounts.bytes + live.bytes,
+      counts: addCounts(baseCounts, live, (t - attemptStart) / 1000),
+      lowWaterMark: window.mark,
+    });
+  };
+
+  const ctxSignal = opts.hardSignal;
+  const copyRow = async (entry: WindowEntry<Slot>, row: BlobMeta, checkNewFirst: boolean) => {
+    const reserve = Math.min(row.contentLength, 32 * 1024 * 1024);
+    await budget.acquire(reserve);
+    try {
+      if (stopReason !== undefined) return;
+      let outcome: Outcome | undefined;
+      if (checkNewFirst) outcome = await checkNew(newDb, row);
+      outcome ??= await copyBlob(
+        {
+          oldDb,
+          newDb,
+          references,
+          retry,
+          ...(ctxSignal ? { signal: ctxSignal } : {}),
+          onRetry: (key, attempt, err) =>
+            logger.warn(`retrying blob (attempt ${attempt + 1} of ${retry.attempts})`, {
+              key,
+              error: shortError(err),
+            }),
+        },
+        row,
+      );
+      if (outcome.kind === 'failed' && isInfrastructureError(outcome.cause)) outcome.infrastructure = true;
+      finish(entry, row, outcome);
+    } catch (err) {
+      if (ctxSignal?.aborted) return;
+      finish(entry, row, {
+        kind: 'failed',
+        error: shortError(err),
+        cause: err,
+        infrastructure: isInfrastructureError(err),
+        retries: 0,
+      });
+    } finally {
+      budget.release(reserve);
+      progress();
+    }
+  };
+
+  const onAbort = () => {
+    interrupted = true;
+    queue.clear();
+    window.wakeAll();
+  };
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  const onHardAbort = () => {
+    interrupted = true;
+    queue.clear();
+    window.wakeAll();
+  };
+  opts.hardSignal?.addEventListener('abort', onHardAbort, { once: true });
+
+  try {
+    if (existence === 'list') {
+      try {
+        index = await PresentIndex.build(newDb, {
+          ...(opts.tempDir ? { tempDir: opts.tempDir } : {}),
+          ...(opts.signal ? { signal: opts.signal } : {}),
+        });
+      } catch (err) {
+        if (opts.signal?.aborted) throw err;
+        if (isInfrastructureError(err))
+          throw new InfrastructureLost(`listing the new backend failed: ${shortError(err)}`, { cause: err });
+        logger.warn(
+          `the listing snapshot of the new backend could not be built; using a HEAD per blob instead: ${shortError(err)}`,
+        );
+        existence = 'head';
+      }
+    }
+    opts.onStart?.({
+      run,
+      shard,
+      log: log.path,
+      resumedFrom,
+      attempt: current.attempts,
+      estimate: { count: estimatedTotal, bytes: Math.round(estimate.bytes / shardCount) },
+      snapshot: index ? { keys: index.count, bytes: index.bytes } : undefined,
+    });
+    const checkpointTimer = setInterval(() => {
+      if (Date.now() - lastSaved >= (opts.checkpointIntervalMs ?? 2000) && !saving) {
+        checkpoint('running', null).catch((err: unknown) =>
+          stop(`saving the checkpoint failed: ${shortError(err)}`),
+        );
+      }
+    }, 250);
+    checkpointTimer.unref();
+    try {
+      const walk = meta.walk({
+        afterId: resumedFrom,
+        chunkSize,
+        ...(types.length > 0 ? { types } : {}),
+        ...(opts.shard && opts.shard.count > 1 ? { shard: opts.shard } : {}),
+      });
+      const nowMs = Date.now();
+      try {
+        for await (const chunk of walk) {
+          if (interrupted || stopReason !== undefined) break;
+          const present = index ? index.lookup(chunk.map((r) => r.key)) : undefined;
+          for (const row of chunk) {
+            await window.room();
+            if (interrupted || stopReason !== undefined) break;
+            const entry = window.enter(row.id);
+            if (row.expiresOn && row.expiresOn.getTime() <= nowMs) {
+              finish(entry, row, { kind: 'expired', retries: 0 });
+              continue;
+            }
+            if (!Number.isSafeInteger(row.contentLength) || row.contentLength < 0) {
+              finish(entry, row, {
+                kind: 'failed',
+                error: `the metadata row has an invalid size (${row.contentLength})`,
+                cause: undefined,
+                infrastructure: false,
+                retries: 0,
+              });
+              continue;
+            }
+            const size = present?.get(row.key);
+            if (size !== undefined && size === row.contentLength) {
+              finish(entry, row, { kind: 'present', retries: 0 });
+              continue;
+            }
+            // Absent from the snapshot: straight to the copy path (it never
+            // overwrites). Present with another size, or no snapshot: ask the
+            // new backend first.
+            const checkFirst = size !== undefined || existence === 'head';
+            queue.add(() => copyRow(entry, row, checkFirst)).catch(() => {});
+          }
+          progress();
+        }
+      } catch (err) {
+        if (!(err instanceof InfrastructureLost)) {
+          throw new InfrastructureLost(`reading the metadata failed: ${shortError(err)}`, { cause: err });
+        }
+        throw err;
+      }
+      await queue.onIdle();
+      // A failure held back as a possible infrastructure loss, with nothing
+      // after it to clear it: the run did not stop, so it is an ordinary failure.
+      if (stopReason === undefined) releaseHeld();
+    } finally {
+      clearInterval(checkpointTimer);
+    }
+  } catch (err) {
+    if (err instanceof InfrastructureLost) stop(err.message);
+    else if (!interrupted) {
+      await safeCheckpoint('failed', null);
+      throw err;
+    }
+  } finally {
+    opts.signal?.removeEventListener('abort', onAbort);
+    opts.hardSignal?.removeEventListener('abort', onHardAbort);
+    await index?.close().catch(() => {});
+  }
+
+  async function safeCheckpoint(status: RunState['status'], exitCode: number | null): Promise<boolean> {
+    try {
+      await checkpoint(status, exitCode);
+      return true;
+    } catch (err) {
+      logger.error(`the checkpoint could not be saved (the previous one stands): ${shortError(err)}`);
+      return false;
+    } finally {
+      await log.flush().catch(() => {});
+    }
+  }
+
+  let status: BackfillStatus;
+  let exitCode: number;
+  if (stopReason !== undefined) {
+    status = 'infrastructure';
+    exitCode = EXIT_INFRA;
+    await safeCheckpoint('failed', exitCode);
+  } else if (interrupted) {
+    status = 'interrupted';
+    exitCode = EXIT_INTERRUPTED;
+    await safeCheckpoint('interrupted', exitCode);
+  } else {
+    const counts = addCounts(baseCounts, finalized, 0);
+    exitCode = counts.notFound + counts.failed > 0 ? EXIT_INCOMPLETE : EXIT_OK;
+    status = 'completed';
+    const saved = await safeCheckpoint('completed', exitCode);
+    if (!saved) {
+      status = 'infrastructure';
+      exitCode = EXIT_INFRA;
+      stopReason = 'the final checkpoint could not be saved';
+    }
+  }
+  await log.close().catch(() => {});
+  progress(true);
+  const summary = summaryFromState(current, status, false);
+  summary.exitCode = exitCode;
+  if (stopReason !== undefined) summary.reason = stopReason;
+  return summary;
+}
+
+async function checkNew(newDb: BlobDB, row: BlobMeta): Promise<Outcome | undefined> {
+  try {
+    const info = await newDb.stat(row.key);
+    if (info.size === row.contentLength) return { kind: 'present', retries: 0 };
+    return {
+      kind: 'failed',
+      error: `size mismatch in the new backend: it holds ${info.size} bytes, the metadata says ${row.contentLength}; not overwritten`,
+      cause: undefined,
+      infrastructure: false,
+      retries: 0,
+    };
+  } catch (err) {
+    if (err instanceof BlobNotFoundError) return undefined;
+    throw err;
+  }
+}
+
+function tally(counts: RunCounts, slot: Slot): void {
+  const o = slot.outcome;
+  counts.total++;
+  counts.retries += o.retries;
+  switch (o.kind) {
+    case 'copied':
+      counts.copied++;
+      counts.bytes += o.bytes;
+      break;
+    case 'present':
+      counts.present++;
+      break;
+    case 'notFound':
+      counts.notFound++;
+      break;
+    case 'deleted':
+      counts.deletedDuringMigration++;
+      break;
+    case 'expired':
+      counts.expired++;
+      break;
+    case 'failed':
+      counts.failed++;
+      break;
+  }
+}
+
+function missingRecord(slot: Slot): MissingRecord | undefined {
+  const o = slot.outcome;
+  if (o.kind !== 'notFound' && o.kind !== 'failed') return undefined;
+  return {
+    id: slot.row.id,
+    key: slot.row.key,
+    type: slot.row.type,
+    parentId: slot.row.parentId,
+    error: o.kind === 'notFound' ? NOT_FOUND : o.error,
+    at: new Date().toISOString(),
+  };
+}
+
+export function addCounts(a: RunCounts, b: RunCounts, extraSeconds: number): RunCounts {
+  return {
+    total: a.total + b.total,
+    copied: a.copied + b.copied,
+    present: a.present + b.present,
+    notFound: a.notFound + b.notFound,
+    failed: a.failed + b.failed,
+    deletedDuringMigration: a.deletedDuringMigration + b.deletedDuringMigration,
+    expired: a.expired + b.expired,
+    bytes: a.bytes + b.bytes,
+    retries: a.retries + b.retries,
+    seconds: a.seconds + b.seconds + extraSeconds,
+  };
+}
+
+/** The summary a run's saved state stands for. */
+export function summaryFromState(
+  state: RunState,
+  status: BackfillStatus,
+  reprinted: boolean,
+): BackfillSummary {
+  const c = state.counts;
+  const seconds = Math.round(c.seconds * 1000) / 1000;
+  const exitCode =
+    state.exitCode ??
+    (status === 'completed' ? (c.notFound + c.failed > 0 ? EXIT_INCOMPLETE : EXIT_OK) : EXIT_INFRA);
+  return {
+    run: state.name,
+    shard: state.shard,
+    status,
+    exitCode,
+    total: c.total,
+    copied: c.copied,
+    present: c.present,
+    notFound: c.notFound,
+    failed: c.failed,
+    deletedDuringMigration: c.deletedDuringMigration,
+    expired: c.expired,
+    bytes: c.bytes,
+    retries: c.retries,
+    seconds,
+    rate: seconds > 0 ? Math.round((c.total / seconds) * 10) / 10 : 0,
+    logs: [...state.logs],
+    attempts: state.attempts,
+    lowWaterMark: state.lowWaterMark,
+    reprinted,
+  };
+}
+
+function sameList(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a ?? []) === JSON.stringify(b ?? []);
+}
+
+function refuseChangedOptions(run: string, state: RunState, wanted: Record<string, unknown>): void {
+  const saved = state.options;
+  const label = (v: unknown) =>
+    Array.isArray(v) ? (v.length ? v.join(',') : '(all)') : v ? String(v) : '(none)';
+  const problems: string[] = [];
+  if (!sameList(saved.types, wanted.types)) {
+    problems.push(`--types ${label(saved.types)} then, ${label(wanted.types)} now`);
+  }
+  if ((saved.shard ?? '') !== wanted.shard)
+    problems.push(`--shard ${label(saved.shard)} then, ${label(wanted.shard)} now`);
+  for (const side of ['old', 'new'] as const) {
+    if (saved[side] && wanted[side] && saved[side] !== wanted[side]) {
+      problems.push(`the ${side} backend was ${String(saved[side])}, now ${String(wanted[side])}`);
+    }
+  }
+  if (problems.length > 0) {
+    throw new RunStateError(
+      `run "${run}" was started with other options (${problems.join('; ')}); resume it with the same options, pick another --run name, or start it over with --reset`,
+    );
+  }
+}
+
+function refuseLiveOwner(run: string, state: RunState): void {
+  if (state.status !== 'running') return;
+  const owner = state.extra.owner as { host?: unknown; pid?: unknown } | undefined;
+  if (!owner || typeof owner.pid !== 'number') return;
+  if (owner.host === hostname()) {
+    if (owner.pid === process.pid || !processAlive(owner.pid)) return;
+    throw new RunStateError(
+      `run "${run}" is being run right now by process ${owner.pid} on this host; wait for it, stop it, or pick another --run name`,
+    );
+  }
+  const ageMs = Date.now() - state.updatedAt.getTime();
+  if (ageMs < 60_000) {
+    throw new RunStateError(
+      `run "${run}" was checkpointed ${Math.round(ageMs / 1000)} s ago by a process on ${String(owner.host)}; if that process is gone, retry in a minute`,
+    );
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+async function dryRun(
+  opts: BackfillOptions,
+  run: string,
+  shard: string,
+  types: string[],
+  chunkSize: number,
+): Promise<BackfillSummary> {
+  const started = Date.now();
+  const counts = emptyCounts();
+  let toCopy = 0;
+  let toCopyBytes = 0;
+  const index = await PresentIndex.build(opts.newDb, opts.tempDir ? { tempDir: opts.tempDir } : {});
+  try {
+    const nowMs = Date.now();
+    for await (const chunk of opts.meta.walk({
+      chunkSize,
+      ...(types.length > 0 ? { types } : {}),
+      ...(opts.shard && opts.shard.count > 1 ? { shard: opts.shard } : {}),
+    })) {
+      const present = index.lookup(chunk.map((r) => r.key));
+      for (const row of chunk) {
+        counts.total++;
+        if (row.expiresOn && row.expiresOn.getTime() <= nowMs) counts.expired++;
+        else if (present.get(row.key) === row.contentLength) counts.present++;
+        else {
+          toCopy++;
+          toCopyBytes += row.contentLength;
+        }
+      }
+    }
+  } finally {
+    await index.close();
+  }
+  const seconds = (Date.now() - started) / 1000;
+  return {
+    run,
+    shard,
+    status: 'dry-run',
+    exitCode: EXIT_OK,
+    total: counts.total,
+    copied: 0,
+    present: counts.present,
+    notFound: 0,
+    failed: 0,
+    deletedDuringMigration: 0,
+    expired: counts.expired,
+    bytes: 0,
+    retries: 0,
+    seconds,
+    rate: 0,
+    logs: [],
+    attempts: 0,
+    lowWaterMark: 0,
+    reprinted: false,
+    toCopy,
+    toCopyBytes,
+  };
+}

@@ -1,0 +1,204 @@
+/**
+ * Copying one blob from the old backend to the new one, with every safety
+ * rule the migration relies on:
+ * - never overwrite: the put uses `overwrite: false`, so a blob the app wrote
+ *   to the new backend meanwhile wins (`BlobExistsError` → "present");
+ * - the metadata's size is enforced while streaming, so a short or long
+ *   source never lands;
+ * - content type and HTTP metadata are carried;
+ * - no resurrection: after the copy the key must still be referenced by the
+ *   metadata, otherwise the app deleted it meanwhile and the copy is removed;
+ * - a blob in neither backend is checked against the metadata once more, so
+ *   a row deleted meanwhile is "deleted during migration", not "not found";
+ * - retries reopen the source from the start, with backoff and jitter.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { AbortedError, BlobExistsError, BlobNotFoundError, BlobShiftError } from '../errors.js';
+import type { MetaStore } from '../meta/types.js';
+import type { BlobDB, BlobInfo } from '../types.js';
+import { isInfrastructureError, isTransientError, shortError } from './errors.js';
+import { TOO_MANY_RETRIES } from './missing-log.js';
+
+export interface CopyRow {
+  key: string;
+  contentLength: number;
+  contentType?: string | null;
+}
+
+export type CopyOutcome =
+  | { kind: 'copied'; bytes: number; retries: number }
+  | { kind: 'present'; retries: number }
+  | { kind: 'notFound'; retries: number }
+  | { kind: 'deleted'; retries: number }
+  | { kind: 'failed'; error: string; cause: unknown; infrastructure: boolean; retries: number };
+
+export interface RetryPolicy {
+  /** Whole-blob attempts in all (after the SDK's own retries). Default 4. */
+  attempts: number;
+  /** First backoff in ms; doubles each time, with full jitter. Default 250. */
+  baseDelayMs: number;
+  /** Largest backoff in ms. Default 8000. */
+  maxDelayMs: number;
+}
+
+export const DEFAULT_RETRY: RetryPolicy = { attempts: 4, baseDelayMs: 250, maxDelayMs: 8000 };
+
+/**
+ * Answers "is this key still referenced?" for many concurrent copies with one
+ * metadata query per batch instead of one per blob.
+ */
+export class ReferenceChecker {
+  readonly #meta: Pick<MetaStore, 'referenced'>;
+  readonly #maxBatch: number;
+  #waiting = new Map<string, { resolve: (v: boolean) => void; reject: (e: unknown) => void }[]>();
+  #scheduled = false;
+
+  constructor(meta: Pick<MetaStore, 'referenced'>, opts?: { maxBatch?: number }) {
+    this.#meta = meta;
+    this.#maxBatch = opts?.maxBatch ?? 500;
+  }
+
+  isReferenced(key: string): Promise<boolean> {
+    return new Promise((resolve, reject) => {
+      const list = this.#waiting.get(key);
+      if (list) list.push({ resolve, reject });
+      else this.#waiting.set(key, [{ resolve, reject }]);
+      if (this.#waiting.size >= this.#maxBatch) this.#flush();
+      else if (!this.#scheduled) {
+        this.#scheduled = true;
+        setImmediate(() => this.#flush());
+      }
+    });
+  }
+
+  #flush(): void {
+    this.#scheduled = false;
+    if (this.#waiting.size === 0) return;
+    const batch = this.#waiting;
+    this.#waiting = new Map();
+    this.#meta.referenced([...batch.keys()]).then(
+      (found) => {
+        for (const [key, waiters] of batch) for (const w of waiters) w.resolve(found.has(key));
+      },
+      (err: unknown) => {
+        for (const waiters of batch.values()) for (const w of waiters) w.reject(err);
+      },
+    );
+  }
+}
+
+export interface CopyContext {
+  oldDb: BlobDB;
+  newDb: BlobDB;
+  references: ReferenceChecker;
+  retry?: RetryPolicy;
+  signal?: AbortSignal;
+  /** Called before each retry (counting, logging). */
+  onRetry?: (key: string, attempt: number, err: unknown) => void;
+}
+
+/** Copies one blob; never throws for a per-blob problem (the outcome says what happened). */
+export async function copyBlob(ctx: CopyContext, row: CopyRow): Promise<CopyOutcome> {
+  const policy = ctx.retry ?? DEFAULT_RETRY;
+  let retries = 0;
+  for (let attempt = 1; ; attempt++) {
+    ctx.signal?.throwIfAborted();
+    try {
+      const kind = await copyOnce(ctx, row);
+      if (kind.kind === 'copied') return { ...kind, retries };
+      return { kind: kind.kind, retries };
+    } catch (err) {
+      if (ctx.signal?.aborted) throw new AbortedError('copy interrupted', { cause: err });
+      const transient = isTransientError(err);
+      if (!transient || attempt >= policy.attempts) {
+        return {
+          kind: 'failed',
+          error: transient ? TOO_MANY_RETRIES : shortError(err),
+          cause: err,
+          infrastructure: transient && isInfrastructureError(err),
+          retries,
+        };
+      }
+      retries++;
+      ctx.onRetry?.(row.key, attempt, err);
+      const cap = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** (attempt - 1));
+      await sleep(Math.random() * cap, undefined, ctx.signal ? { signal: ctx.signal } : undefined).catch(
+        () => {},
+      );
+    }
+  }
+}
+
+type OnceOutcome = { kind: 'copied'; bytes: number } | { kind: 'present' | 'notFound' | 'deleted' };
+
+async function copyOnce(ctx: CopyContext, row: CopyRow): Promise<OnceOutcome> {
+  const { oldDb, newDb, references } = ctx;
+  const key = row.key;
+  let info: BlobInfo;
+  try {
+    info = await oldDb.stat(key);
+  } catch (err) {
+    if (err instanceof BlobNotFoundError) return notInOld(ctx, key);
+    throw err;
+  }
+  if (info.size !== row.contentLength) {
+    // The old copy disagrees with the metadata. The app may have rewritten the
+    // blob through the new backend; if so, that copy is the truth.
+    const inNew = await statOrUndefined(newDb, key);
+    if (inNew && inNew.size === row.contentLength) return { kind: 'present' };
+    throw new SizeDisagreement(key, row.contentLength, info.size);
+  }
+  let body: Awaited<ReturnType<BlobDB['get']>>;
+  try {
+    body = await oldDb.get(key);
+  } catch (err) {
+    if (err instanceof BlobNotFoundError) return notInOld(ctx, key);
+    throw err;
+  }
+  try {
+    const contentType = info.contentType ?? row.contentType ?? undefined;
+    await newDb.put(key, body, {
+      overwrite: false,
+      size: row.contentLength,
+      ...(contentType !== undefined ? { contentType } : {}),
+      ...(info.httpMeta !== undefined ? { httpMeta: info.httpMeta } : {}),
+    });
+  } catch (err) {
+    if (err instanceof BlobExistsError) return { kind: 'present' };
+    throw err;
+  } finally {
+    if (!body.destroyed) body.destroy();
+  }
+  if (!(await references.isReferenced(key))) {
+    // The app deleted the blob while it was being copied: take the copy back.
+    await newDb.delete(key);
+    return { kind: 'deleted' };
+  }
+  return { kind: 'copied', bytes: row.contentLength };
+}
+
+async function notInOld(ctx: CopyContext, key: string): Promise<OnceOutcome> {
+  if (await ctx.newDb.exists(key)) return { kind: 'present' };
+  if (!(await ctx.references.isReferenced(key))) return { kind: 'deleted' };
+  return { kind: 'notFound' };
+}
+
+async function statOrUndefined(db: BlobDB, key: string): Promise<BlobInfo | undefined> {
+  try {
+    return await db.stat(key);
+  } catch (err) {
+    if (err instanceof BlobNotFoundError) return undefined;
+    throw err;
+  }
+}
+
+/** The old backend's blob has another size than the metadata says: not retried, logged. */
+export class SizeDisagreement extends BlobShiftError {
+  readonly key: string;
+  constructor(key: string, expected: number, actual: number) {
+    super(`size mismatch: the metadata says ${expected} bytes, the old backend holds ${actual}`, {
+      code: 'E_SIZE_MISMATCH',
+    });
+    this.key = key;
+  }
+}
