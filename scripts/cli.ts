@@ -1,0 +1,354 @@
+#!/usr/bin/env node
+/**
+ * The `blobshift` command. Parses and validates flags (lib/cli/args.ts), then
+ * loads the one subcommand module it needs (`./<name>.js`) and calls its
+ * `main(options, args)`, exiting with the number it returns. Only commander
+ * and the small CLI helpers load up front, so `--help` starts fast; the AWS
+ * SDK, knex and BullMQ load inside the subcommands that use them.
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Command, CommanderError } from 'commander';
+import {
+  parseChunkSize,
+  parseConcurrency,
+  parseExistence,
+  parseLogFormat,
+  parsePath,
+  parseQueueName,
+  parseQueueUrl,
+  parseRate,
+  parseRunName,
+  parseShard,
+  parseTypes,
+  UsageError,
+  urlPassword,
+} from '../lib/cli/args.js';
+import { EXIT, exitWith, isMainModule, reportError, runCommand } from '../lib/cli/run.js';
+import { registerSecret } from '../lib/redact.js';
+
+export const COMMANDS = [
+  'backfill',
+  'worker',
+  'check-blob-logs',
+  'verify',
+  'estimate',
+  'status',
+  'cleanup-old',
+] as const;
+export type CommandName = (typeof COMMANDS)[number];
+
+/** What every subcommand module exports. Returns the process exit code. */
+export type SubcommandMain = (options: Record<string, unknown>, args: string[]) => Promise<number>;
+
+/** Runs a subcommand with its parsed options and operands; returns the exit code. */
+export type Dispatch = (
+  name: CommandName,
+  options: Record<string, unknown>,
+  args: string[],
+) => Promise<number>;
+
+const loaders: Record<CommandName, () => Promise<{ main: SubcommandMain }>> = {
+  backfill: () => import('./backfill.js'),
+  worker: () => import('./worker.js'),
+  'check-blob-logs': () => import('./check-blob-logs.js'),
+  verify: () => import('./verify.js'),
+  estimate: () => import('./estimate.js'),
+  status: () => import('./status.js'),
+  'cleanup-old': () => import('./cleanup-old.js'),
+};
+
+/** Loads `./<name>.js` and runs its `main`. */
+export const runSubcommand: Dispatch = async (name, options, args) => {
+  const mod = await loaders[name]();
+  return mod.main(options, args);
+};
+
+export const DEFAULTS = {
+  config: './blobshift.config.json',
+  run: 'default',
+  logDir: './blobshift-logs',
+  chunkSize: 1000,
+  concurrency: 16,
+  existence: 'list',
+  logFormat: 'text',
+  queueName: 'blobshift',
+} as const;
+
+/** The version in the package.json above this file (scripts/ from a checkout, dist/scripts/ when built). */
+export function packageVersion(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 4; i++) {
+    try {
+      const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as {
+        name?: unknown;
+        version?: unknown;
+      };
+      if (pkg.name === 'blobshift' && typeof pkg.version === 'string') return pkg.version;
+    } catch {
+      // not here: look one directory up
+    }
+    const parent = dirname(dir);
+    if (parent === dir) break;
+    dir = parent;
+  }
+  return '0.0.0-unknown';
+}
+
+/** Marks which command a commander error came from (set on the error by `buildProgram`). */
+const FAILED_COMMAND = Symbol('blobshift.failedCommand');
+type TaggedCommanderError = CommanderError & { [FAILED_COMMAND]?: string };
+
+export interface CliOptions {
+  /** Runs the chosen subcommand (default: load its module and call `main`). */
+  dispatch?: Dispatch;
+  /** Help and version output (default `process.stdout`). */
+  stdout?: NodeJS.WritableStream;
+  /** Errors (default `process.stderr`). */
+  stderr?: NodeJS.WritableStream;
+}
+
+const HELP_AFTER = `
+Exit codes:
+  0    finished clean
+  1    finished, but blobs are missing or failed
+  2    bad usage, config or input, or a failed preflight (nothing written)
+  3    infrastructure lost mid-run (checkpoint saved; rerun resumes)
+  130  interrupted
+
+Summaries and --json go to stdout; progress and logs to stderr.
+Run 'blobshift <command> --help' for a command's flags.`;
+
+/** Registers a `--queue` URL's password so it is redacted from everything printed. */
+function queueUrl(value: string): string {
+  const url = parseQueueUrl(value);
+  const password = urlPassword(url);
+  if (password !== undefined) registerSecret(password);
+  return url;
+}
+
+/**
+ * The `blobshift` program with every subcommand and flag of the CLI
+ * contract. Commander errors are thrown (`exitOverride`), not printed: the
+ * caller formats them (see `runCli`).
+ */
+export function buildProgram(options: CliOptions = {}): Command {
+  const stdout = options.stdout ?? process.stdout;
+  const stderr = options.stderr ?? process.stderr;
+  const dispatch = options.dispatch ?? runSubcommand;
+
+  const failedIn: { name?: string } = {};
+  const program = new Command('blobshift');
+  program
+    .description(
+      "Move an application's blobs between storage backends (filesystem, S3) while it keeps running.",
+    )
+    .version(packageVersion(), '-V, --version', 'print the version')
+    .helpOption('-h, --help', 'show help')
+    .helpCommand('help [command]', 'show help for a command')
+    // Throw commander's errors instead of exiting, tagged with the command they came from
+    // (subcommands copy this callback when created below).
+    .exitOverride((err: TaggedCommanderError) => {
+      if (failedIn.name !== undefined) err[FAILED_COMMAND] = failedIn.name;
+      throw err;
+    })
+    .configureOutput({
+      writeOut: (s) => void stdout.write(s),
+      writeErr: (s) => void stderr.write(s),
+      outputError: () => {
+        failedIn.name = undefined;
+      },
+    })
+    .addHelpText('after', HELP_AFTER);
+
+  const config = (cmd: Command): Command =>
+    cmd.option(
+      '-c, --config <file>',
+      'config file',
+      (v: string) => parsePath(v, '--config'),
+      DEFAULTS.config,
+    );
+  const types = (cmd: Command): Command =>
+    cmd.option('--types <a,b>', 'only these blob types (comma list)', (v: string) => parseTypes(v));
+  const logDir = (cmd: Command, what: string): Command =>
+    cmd.option('--log-dir <dir>', what, (v: string) => parsePath(v, '--log-dir'), DEFAULTS.logDir);
+  const concurrency = (cmd: Command, what: string): Command =>
+    cmd.option('--concurrency <n>', what, (v: string) => parseConcurrency(v), DEFAULTS.concurrency);
+  const json = (cmd: Command): Command =>
+    cmd.option('--json', 'print the result as one JSON object on stdout');
+  const queueName = (cmd: Command): Command =>
+    cmd.option(
+      '--queue-name <name>',
+      'BullMQ queue name',
+      (v: string) => parseQueueName(v),
+      DEFAULTS.queueName,
+    );
+
+  const sub = (name: CommandName, description: string): Command => {
+    const cmd = program.command(name).description(description);
+    // Commander reports through outputError just before it throws: remember the command.
+    cmd.configureOutput({
+      outputError: () => {
+        failedIn.name = name;
+      },
+    });
+    config(cmd);
+    return cmd;
+  };
+  const act = (cmd: Command, name: CommandName, check?: (opts: Record<string, unknown>) => void): void => {
+    cmd.action(async () => {
+      const opts = cmd.opts<Record<string, unknown>>();
+      check?.(opts);
+      await dispatch(name, opts, [...cmd.args]);
+    });
+  };
+
+  const backfill = sub(
+    'backfill',
+    'copy every referenced blob the new backend lacks (resumable, shardable)',
+  ).option(
+    '--run <name>',
+    'run name (checkpoints resume per run)',
+    (v: string) => parseRunName(v),
+    DEFAULTS.run,
+  );
+  logDir(backfill, 'directory for the missing-blob logs').option(
+    '--chunk-size <n>',
+    'metadata rows per chunk',
+    (v: string) => parseChunkSize(v),
+    DEFAULTS.chunkSize,
+  );
+  concurrency(backfill, 'blobs copied at once');
+  types(backfill)
+    .option('--shard <I/N>', 'only rows with id % N = I (0 ≤ I < N)', (v: string) => parseShard(v))
+    .option(
+      '--existence <mode>',
+      'list: one listing snapshot of the new backend; head: a HEAD per blob',
+      (v: string) => parseExistence(v),
+      DEFAULTS.existence,
+    )
+    .option('--max-rate <n>', 'at most N blobs per second', (v: string) => parseRate(v))
+    .option('--reset', 'start the run over, forgetting its checkpoint')
+    .option('--dry-run', 'estimate, and count what the new backend already holds; write nothing');
+  json(backfill)
+    .option('--no-progress', 'no progress output on stderr')
+    .option(
+      '--log-format <format>',
+      'log lines on stderr: text or json',
+      (v: string) => parseLogFormat(v),
+      DEFAULTS.logFormat,
+    )
+    .option('--queue <url>', 'spread the work over workers through Redis (redis://HOST:PORT[/DB])', queueUrl);
+  queueName(backfill);
+  act(backfill, 'backfill');
+
+  const worker = sub('worker', 'take backfill chunks from a Redis queue and copy them').requiredOption(
+    '--queue <url>',
+    'Redis queue (redis://HOST:PORT[/DB])',
+    queueUrl,
+  );
+  queueName(worker);
+  concurrency(worker, 'blobs copied at once');
+  act(worker, 'worker');
+
+  const check = sub(
+    'check-blob-logs',
+    'classify the blobs a backfill could not find; --migrate re-copies them',
+  )
+    .option('--migrate', 'copy the blobs found in the old backend')
+    .argument('<log...>', 'missing-blob log files');
+  concurrency(check, 'blobs checked at once');
+  logDir(check, 'directory for the logs of this check');
+  json(check);
+  act(check, 'check-blob-logs', () => {
+    for (const file of check.args) parsePath(file, 'LOG');
+  });
+
+  const verify = sub(
+    'verify',
+    'check every referenced blob is in the new backend; prints SAFE TO FLIP or NOT SAFE',
+  ).option('--checksum', 'also compare content hashes (reads every blob)');
+  types(verify);
+  logDir(verify, 'directory for the report files');
+  json(verify);
+  act(verify, 'verify');
+
+  const estimate = sub('estimate', 'count blobs and bytes per type from the metadata alone');
+  types(estimate);
+  json(estimate);
+  act(estimate, 'estimate');
+
+  const status = sub('status', "print a run's saved state").option(
+    '--run <name>',
+    'run name',
+    (v: string) => parseRunName(v),
+    DEFAULTS.run,
+  );
+  json(status);
+  act(status, 'status');
+
+  const cleanup = sub('cleanup-old', 'after a clean verify, delete the old copies (writes an audit log)')
+    .option('--yes', 'confirm: delete from the old backend')
+    .option('--dry-run', 'list what would be deleted; delete nothing');
+  logDir(cleanup, 'directory for the audit log');
+  act(cleanup, 'cleanup-old', (opts) => {
+    if (opts.yes !== true) {
+      throw new UsageError(
+        "cleanup-old deletes blobs from the old backend: pass --yes to confirm (after a clean 'blobshift verify')",
+        { flag: '--yes' },
+      );
+    }
+  });
+
+  return program;
+}
+
+/**
+ * Reports a commander error as one line, `blobshift <command>: <what> (see …)`,
+ * and returns its exit code: 0 for help and version, 2 for anything else.
+ */
+function reportCommanderError(err: TaggedCommanderError, stderr: NodeJS.WritableStream | undefined): number {
+  if (err.exitCode === 0) return EXIT.OK;
+  if (err.code === 'commander.help') {
+    // No command given: commander printed the help on stderr already.
+    return reportError(new UsageError("no command given: run 'blobshift --help' for the list"), { stderr });
+  }
+  const name = err[FAILED_COMMAND];
+  const what = err.message.replace(/^error:\s*/, '').replace(/\.$/, '');
+  const seeHelp = name === undefined ? 'blobshift --help' : `blobshift ${name} --help`;
+  const prefix = name === undefined ? 'blobshift' : `blobshift ${name}`;
+  return reportError(new UsageError(`${what}; see '${seeHelp}'`), { stderr, prefix });
+}
+
+/**
+ * Parses `argv` (the arguments after the program name), runs the subcommand
+ * and returns the exit code. Errors are reported on stderr as one line.
+ */
+export async function runCli(argv: readonly string[], options: CliOptions = {}): Promise<number> {
+  const dispatch = options.dispatch ?? runSubcommand;
+  let result: number = EXIT.OK;
+  const program = buildProgram({
+    ...options,
+    dispatch: async (name, opts, args) => {
+      result = await dispatch(name, opts, args);
+      return result;
+    },
+  });
+  return runCommand(
+    async () => {
+      try {
+        await program.parseAsync([...argv], { from: 'user' });
+      } catch (err) {
+        if (err instanceof CommanderError) return reportCommanderError(err, options.stderr);
+        throw err;
+      }
+      return Number.isInteger(result) && result >= 0 && result <= 255 ? result : EXIT.INCOMPLETE;
+    },
+    { stderr: options.stderr },
+  );
+}
+
+if (isMainModule(import.meta.url)) {
+  void runCli(process.argv.slice(2)).then(exitWith);
+}
