@@ -1,0 +1,738 @@
+/**
+ * `MetaDB`: blob metadata and run state over knex, on SQLite (better-sqlite3)
+ * and MySQL/MariaDB (mysql2). knex is loaded lazily, on the first `open` that
+ * is given a config rather than a ready instance.
+ */
+import { access } from 'node:fs/promises';
+import type { Knex } from 'knex';
+import { BlobShiftError, ConfigError, errorMessage, PreflightError, ReadOnlyError } from '../errors.js';
+import { validateKey } from '../keys.js';
+import type { BlobMeta } from '../types.js';
+import { rowToRun, runToRow } from './runs.js';
+import {
+  checkOwnColumns,
+  checkSchema,
+  type Dialect,
+  dialectOf,
+  ensureSchema,
+  MAX_TABLE_NAME,
+  ownMigrations,
+  ownTableNames,
+  runsOnlyMigrations,
+  runsOnlyTableNames,
+  validateIdentifier,
+} from './schema.js';
+import type {
+  ColumnMap,
+  Estimate,
+  MetaOpenOptions,
+  MetaStore,
+  NewBlobMeta,
+  RunState,
+  ShardSpec,
+  TypeTotals,
+  WalkOptions,
+} from './types.js';
+import { toDate, toKey, toNullableText, toSafeNumber, toText } from './values.js';
+
+export { emptyCounts } from './runs.js';
+export type { Dialect } from './schema.js';
+export { IDENTIFIER, LOCK_GRACE_MS, MAX_TABLE_NAME, validateIdentifier } from './schema.js';
+
+/** Keys per `IN (…)` list in `referenced` and `deleteMany`. */
+export const KEY_BATCH = 1000;
+/** Rows per INSERT statement in `addMany`. */
+export const INSERT_BATCH = 500;
+/** SQLite busy timeout: how long a writer waits for another (the app, a backfill) to finish. */
+export const SQLITE_BUSY_TIMEOUT_MS = 10_000;
+/** The run-state table used beside an app's own mapped table. */
+export const DEFAULT_RUNS_TABLE = 'blobshift_meta_runs';
+
+/** blobshift's own table, as a column map. */
+const OWN_COLUMNS: Required<ColumnMap> = {
+  id: 'id',
+  key: 'key',
+  size: 'content_length',
+  type: 'type',
+  parentId: 'parent_id',
+  contentType: 'content_type',
+  sha256: 'sha256',
+  name: 'name',
+  createdOn: 'created_on',
+  expiresOn: 'expires_on',
+};
+
+const COLUMN_FIELDS = [
+  'id',
+  'key',
+  'size',
+  'type',
+  'parentId',
+  'contentType',
+  'sha256',
+  'name',
+  'createdOn',
+  'expiresOn',
+] as const satisfies readonly (keyof ColumnMap)[];
+
+const SHA256 = /^[0-9a-f]{64}$/;
+
+function isKnex(value: unknown): value is Knex {
+  return typeof value === 'function' && 'client' in value && 'schema' in value;
+}
+
+function isSqliteClient(client: unknown): boolean {
+  return client === 'better-sqlite3' || client === 'sqlite3' || client === 'sqlite';
+}
+
+function isMysqlClient(client: unknown): boolean {
+  return client === 'mysql2' || client === 'mysql';
+}
+
+/** Parses `mysql://user:password@host:port/database?opt=value` into a mysql2 connection object. */
+export function parseMysqlUrl(url: string): Record<string, unknown> {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch (err) {
+    throw new ConfigError('meta.connection', 'is not a valid mysql:// URL', { cause: err });
+  }
+  if (u.protocol !== 'mysql:' && u.protocol !== 'mariadb:' && u.protocol !== 'mysql2:') {
+    throw new ConfigError('meta.connection', `a MySQL URL must start with mysql://, not ${u.protocol}//`);
+  }
+  const out: Record<string, unknown> = { host: u.hostname.replace(/^\[|\]$/g, '') || '127.0.0.1' };
+  if (u.port) out.port = Number(u.port);
+  if (u.username) out.user = decodeURIComponent(u.username);
+  if (u.password) out.password = decodeURIComponent(u.password);
+  const database = decodeURIComponent(u.pathname.replace(/^\//, ''));
+  if (database) out.database = database;
+  for (const [k, v] of u.searchParams) {
+    out[k] = v === 'true' ? true : v === 'false' ? false : /^\d+$/.test(v) ? Number(v) : v;
+  }
+  return out;
+}
+
+/**
+ * knex prints failed migrations to the console before rejecting; blobshift
+ * rethrows them as typed errors, so the printout is dropped (warnings stay).
+ */
+const QUIET_ERRORS: Knex.Logger = { error() {} };
+
+type AfterCreate = (conn: unknown, done: (err: Error | null, conn: unknown) => void) => void;
+
+function sqliteAfterCreate(userHook: AfterCreate | undefined): AfterCreate {
+  return (conn, done) => {
+    try {
+      const db = conn as { pragma(sql: string): unknown; readonly: boolean };
+      if (!db.readonly) db.pragma('journal_mode = WAL');
+      db.pragma(`busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`);
+      db.pragma('foreign_keys = ON');
+    } catch (err) {
+      done(err instanceof Error ? err : new Error(String(err)), conn);
+      return;
+    }
+    if (userHook) userHook(conn, done);
+    else done(null, conn);
+  };
+}
+
+/**
+ * The knex config blobshift opens: SQLite through better-sqlite3 with WAL, a
+ * busy timeout and foreign keys on every connection; MySQL through mysql2 with
+ * UTC dates and safe big numbers. `connection.options.fileMustExist` (SQLite)
+ * is checked here, since knex does not pass it on.
+ */
+export async function normalizeKnexConfig(config: Knex.Config): Promise<Knex.Config> {
+  const client = config.client;
+  if (isSqliteClient(client)) {
+    let connection = config.connection as unknown;
+    if (typeof connection === 'string') connection = { filename: connection };
+    if (connection === null || typeof connection !== 'object') {
+      throw new ConfigError('meta.connection', 'SQLite needs a connection with a filename');
+    }
+    const conn = { ...(connection as Record<string, unknown>) };
+    const filename = conn.filename;
+    if (typeof filename !== 'string' || filename === '') {
+      throw new ConfigError(
+        'meta.connection.filename',
+        'is required for SQLite (a path to the database file)',
+      );
+    }
+    const options = { ...((conn.options as Record<string, unknown> | undefined) ?? {}) };
+    if (options.fileMustExist === true && filename !== ':memory:') {
+      try {
+        await access(filename);
+      } catch (err) {
+        throw new ConfigError(
+          'meta.connection.filename',
+          `the SQLite file ${filename} does not exist (check the path; blobshift does not create it here)`,
+          { cause: err },
+        );
+      }
+    }
+    delete options.fileMustExist;
+    conn.options = options;
+    const pool = { ...(config.pool ?? {}) } as Knex.PoolConfig & { afterCreate?: AfterCreate };
+    pool.afterCreate = sqliteAfterCreate(pool.afterCreate);
+    return {
+      log: QUIET_ERRORS,
+      ...config,
+      client: 'better-sqlite3',
+      useNullAsDefault: true,
+      connection: conn,
+      pool,
+    };
+  }
+  if (isMysqlClient(client)) {
+    let connection = config.connection as unknown;
+    if (typeof connection === 'string') connection = parseMysqlUrl(connection);
+    if (typeof connection === 'function') return { log: QUIET_ERRORS, ...config, client: 'mysql2' };
+    if (connection === null || typeof connection !== 'object') {
+      throw new ConfigError('meta.connection', 'MySQL needs a connection object or a mysql:// URL');
+    }
+    const conn: Record<string, unknown> = {
+      charset: 'utf8mb4',
+      ...(connection as Record<string, unknown>),
+      // Dates are written and read as UTC; ids come back as numbers while they are safe.
+      timezone: 'Z',
+      supportBigNumbers: true,
+    };
+    return { log: QUIET_ERRORS, ...config, client: 'mysql2', connection: conn };
+  }
+  throw new ConfigError(
+    'meta.client',
+    `the database client ${JSON.stringify(client)} is not supported; use better-sqlite3 (SQLite) or mysql2 (MySQL/MariaDB)`,
+  );
+}
+
+/** Creates a knex instance from a config normalised by {@link normalizeKnexConfig}. Loads knex lazily. */
+export async function createKnex(config: Knex.Config): Promise<Knex> {
+  const normalized = await normalizeKnexConfig(config);
+  const { default: knexFactory } = await import('knex');
+  return knexFactory(normalized);
+}
+
+function uniqueViolation(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return (
+    code === 'ER_DUP_ENTRY' || code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY'
+  );
+}
+
+function checkRow(m: NewBlobMeta): void {
+  validateKey(m.key);
+  if (typeof m.type !== 'string') throw new BlobShiftError(`row ${m.key}: type must be a string`);
+  if (typeof m.parentId !== 'string') throw new BlobShiftError(`row ${m.key}: parentId must be a string`);
+  if (!Number.isSafeInteger(m.contentLength) || m.contentLength < 0) {
+    throw new BlobShiftError(
+      `row ${m.key}: contentLength must be a non-negative integer, got ${m.contentLength}`,
+    );
+  }
+  if (m.sha256 !== undefined && m.sha256 !== null && !SHA256.test(m.sha256)) {
+    throw new BlobShiftError(`row ${m.key}: sha256 must be 64 lower-case hex digits`);
+  }
+}
+
+function checkShard(shard: ShardSpec | undefined): void {
+  if (shard === undefined) return;
+  const { index, count } = shard;
+  if (
+    !Number.isSafeInteger(count) ||
+    count < 1 ||
+    !Number.isSafeInteger(index) ||
+    index < 0 ||
+    index >= count
+  ) {
+    throw new ConfigError('shard', `a shard is I/N with 0 <= I < N, got ${index}/${count}`);
+  }
+}
+
+function uniq(values: Iterable<string>): string[] {
+  return [...new Set(values)];
+}
+
+/**
+ * Blob metadata rows and run state, over knex. Open with {@link MetaDB.open}.
+ *
+ * blobshift's own table `<table>` (default `blob_meta`) has `key` as
+ * `VARBINARY(1024)` on MySQL (byte order, no case folding) and TEXT on SQLite
+ * (BINARY collation); `<table>_runs` holds run state; `<table>_migrations`
+ * the schema version. An app's own table mapped with `columns` is read-only.
+ */
+export class MetaDB implements MetaStore {
+  readonly table: string;
+  readonly readOnly: boolean;
+  readonly dialect: Dialect;
+  /** Where run state lives: `<table>_runs`, or `runsTable` beside a mapped app table. */
+  readonly runsTable: string;
+  readonly #knex: Knex;
+  readonly #owned: boolean;
+  readonly #cols: ColumnMap;
+  readonly #binaryKeys: boolean;
+  readonly #select: Record<string, string>;
+  #closed = false;
+
+  private constructor(init: {
+    knex: Knex;
+    owned: boolean;
+    dialect: Dialect;
+    table: string;
+    runsTable: string;
+    cols: ColumnMap;
+    readOnly: boolean;
+    binaryKeys: boolean;
+  }) {
+    this.#knex = init.knex;
+    this.#owned = init.owned;
+    this.dialect = init.dialect;
+    this.table = init.table;
+    this.runsTable = init.runsTable;
+    this.#cols = init.cols;
+    this.readOnly = init.readOnly;
+    this.#binaryKeys = init.binaryKeys;
+    const select: Record<string, string> = {};
+    for (const field of COLUMN_FIELDS) {
+      const col = init.cols[field];
+      if (col !== undefined) select[field] = col;
+    }
+    this.#select = select;
+  }
+
+  /**
+   * Opens the metadata. Given a knex config, creates (and on `close` destroys)
+   * its own knex; given a knex instance, uses it as is and leaves it open.
+   * Creates or migrates the schema unless `create: false` (then it must exist
+   * and be current). With `columns`, maps the app's own table read-only and
+   * keeps run state in `runsTable` (default `blobshift_meta_runs`).
+   * Rejects `ConfigError` for bad names or a missing SQLite file, and
+   * `PreflightError` when the database cannot be reached or its schema is
+   * unusable (a stale migration lock is reported with the SQL that clears it).
+   */
+  static async open(knexConfigOrInstance: Knex.Config | Knex, opts: MetaOpenOptions = {}): Promise<MetaDB> {
+    const table = validateIdentifier('meta.table', opts.table ?? 'blob_meta', MAX_TABLE_NAME);
+    const owned = !isKnex(knexConfigOrInstance);
+    const knex = isKnex(knexConfigOrInstance) ? knexConfigOrInstance : await createKnex(knexConfigOrInstance);
+    try {
+      const dialect = dialectOf(knex);
+      const target = `metadata table ${table}`;
+      try {
+        await knex.raw('select 1');
+      } catch (err) {
+        throw new PreflightError(target, `the database is unreachable: ${errorMessage(err)}`, { cause: err });
+      }
+      if (opts.columns) {
+        const cols = await MetaDB.#mapColumns(knex, table, opts.columns);
+        const runsTable = validateIdentifier(
+          'meta.runsTable',
+          opts.runsTable ?? DEFAULT_RUNS_TABLE,
+          MAX_TABLE_NAME,
+        );
+        if (runsTable === table) {
+          throw new ConfigError('meta.runsTable', `must differ from the mapped app table ${table}`);
+        }
+        const names = runsOnlyTableNames(runsTable);
+        const migrations = runsOnlyMigrations(names, dialect);
+        if (opts.create === false) await checkSchema(knex, names, migrations, `run-state table ${runsTable}`);
+        else await ensureSchema(knex, names, migrations, `run-state table ${runsTable}`);
+        return new MetaDB({
+          knex,
+          owned,
+          dialect,
+          table,
+          runsTable,
+          cols: cols.map,
+          readOnly: true,
+          binaryKeys: cols.binaryKeys,
+        });
+      }
+      const names = ownTableNames(table);
+      const migrations = ownMigrations(names, dialect);
+      if (opts.create === false) await checkSchema(knex, names, migrations, target);
+      else await ensureSchema(knex, names, migrations, target);
+      await checkOwnColumns(knex, table, target);
+      return new MetaDB({
+        knex,
+        owned,
+        dialect,
+        table,
+        runsTable: names.runs,
+        cols: OWN_COLUMNS,
+        readOnly: false,
+        binaryKeys: dialect === 'mysql',
+      });
+    } catch (err) {
+      if (owned) await knex.destroy().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  static async #mapColumns(
+    knex: Knex,
+    table: string,
+    columns: ColumnMap,
+  ): Promise<{ map: ColumnMap; binaryKeys: boolean }> {
+    const map: Partial<ColumnMap> = {};
+    for (const field of COLUMN_FIELDS) {
+      const col = (columns as unknown as Record<string, unknown>)[field];
+      if (col === undefined) {
+        if (field === 'id' || field === 'key' || field === 'size') {
+          throw new ConfigError(`meta.columns.${field}`, 'is required to map an app table');
+        }
+        continue;
+      }
+      map[field] = validateIdentifier(`meta.columns.${field}`, col);
+    }
+    for (const field of Object.keys(columns)) {
+      if (!(COLUMN_FIELDS as readonly string[]).includes(field)) {
+        throw new ConfigError(
+          `meta.columns.${field}`,
+          `is not a known column (known: ${COLUMN_FIELDS.join(', ')})`,
+        );
+      }
+    }
+    if (!(await knex.schema.hasTable(table))) {
+      throw new ConfigError('meta.table', `the app table ${table} does not exist in this database`);
+    }
+    const info = (await knex(table).columnInfo()) as unknown as Record<string, { type?: string }>;
+    const present = Object.keys(info);
+    for (const field of COLUMN_FIELDS) {
+      const col = map[field];
+      if (col === undefined) continue;
+      const found =
+        present.find((c) => c === col) ?? present.find((c) => c.toLowerCase() === col.toLowerCase());
+      if (found === undefined) {
+        throw new ConfigError(
+          `meta.columns.${field}`,
+          `table ${table} has no column "${col}" (its columns: ${present.join(', ')})`,
+        );
+      }
+      map[field] = found;
+    }
+    const keyType = String(info[map.key as string]?.type ?? '');
+    return { map: map as ColumnMap, binaryKeys: /binary|blob/i.test(keyType) };
+  }
+
+  /** The knex instance (shared with the app when one was passed to `open`). */
+  get knex(): Knex {
+    return this.#knex;
+  }
+
+  #keyParam(key: string): string | Buffer {
+    return this.#binaryKeys ? Buffer.from(key, 'utf8') : key;
+  }
+
+  #writable(op: string): void {
+    if (this.readOnly) {
+      throw new ReadOnlyError(
+        `cannot ${op}: ${this.table} is the app's own table, mapped read-only (meta.columns); ` +
+          'blobshift never writes to it',
+      );
+    }
+  }
+
+  #toMeta(row: Record<string, unknown>): BlobMeta {
+    return {
+      id: toSafeNumber(row.id, `${this.table} id`),
+      key: toKey(row.key),
+      parentId: toText(row.parentId),
+      type: toText(row.type),
+      name: toText(row.name),
+      contentLength: toSafeNumber(row.size, `${this.table} size`),
+      contentType: toNullableText(row.contentType),
+      sha256: toNullableText(row.sha256),
+      createdOn: toDate(row.createdOn) ?? new Date(0),
+      expiresOn: toDate(row.expiresOn),
+    };
+  }
+
+  #toRow(m: NewBlobMeta, createdOn: Date): Record<string, unknown> {
+    return {
+      key: this.#keyParam(m.key),
+      parent_id: m.parentId,
+      type: m.type,
+      name: m.name ?? '',
+      content_length: m.contentLength,
+      content_type: m.contentType ?? null,
+      sha256: m.sha256 ?? null,
+      created_on: createdOn,
+      expires_on: m.expiresOn ?? null,
+    };
+  }
+
+  #duplicate(m: NewBlobMeta, err: unknown): BlobShiftError {
+    return new BlobShiftError(
+      `a row with key ${JSON.stringify(m.key)} already exists in ${this.table}; use upsert to replace it`,
+      { cause: err },
+    );
+  }
+
+  /** Inserts a row; rejects when its key already has one (use `upsert` to replace). */
+  async add(m: NewBlobMeta): Promise<BlobMeta> {
+    this.#writable('add a row');
+    checkRow(m);
+    const createdOn = m.createdOn ?? new Date();
+    let ids: unknown[];
+    try {
+      ids = await this.#knex(this.table).insert(this.#toRow(m, createdOn));
+    } catch (err) {
+      if (uniqueViolation(err)) throw this.#duplicate(m, err);
+      throw err;
+    }
+    return {
+      id: toSafeNumber(ids[0], `${this.table} id`),
+      key: m.key,
+      parentId: m.parentId,
+      type: m.type,
+      name: m.name ?? '',
+      contentLength: m.contentLength,
+      contentType: m.contentType ?? null,
+      sha256: m.sha256 ?? null,
+      createdOn,
+      expiresOn: m.expiresOn ?? null,
+    };
+  }
+
+  /**
+   * Inserts many rows, `INSERT_BATCH` per statement, in one transaction (all
+   * or none). Resolves the number inserted. Rejects when a key already has a row.
+   */
+  async addMany(rows: NewBlobMeta[]): Promise<number> {
+    this.#writable('add rows');
+    const now = new Date();
+    const prepared = rows.map((m) => {
+      checkRow(m);
+      return this.#toRow(m, m.createdOn ?? now);
+    });
+    try {
+      await this.#knex.transaction(async (trx) => {
+        for (let i = 0; i < prepared.length; i += INSERT_BATCH) {
+          await trx(this.table).insert(prepared.slice(i, i + INSERT_BATCH));
+        }
+      });
+    } catch (err) {
+      if (uniqueViolation(err)) {
+        throw new BlobShiftError(`a key in the batch already has a row in ${this.table}; nothing was added`, {
+          cause: err,
+        });
+      }
+      throw err;
+    }
+    return prepared.length;
+  }
+
+  /**
+   * Inserts the row, or updates the row with the same key in place (its id
+   * stays). On update, `createdOn` changes only when given.
+   */
+  async upsert(m: NewBlobMeta): Promise<BlobMeta> {
+    this.#writable('upsert a row');
+    checkRow(m);
+    const row = this.#toRow(m, m.createdOn ?? new Date());
+    const merge = ['parent_id', 'type', 'name', 'content_length', 'content_type', 'sha256', 'expires_on'];
+    if (m.createdOn !== undefined) merge.push('created_on');
+    const result = await this.#knex.transaction(async (trx) => {
+      await trx(this.table).insert(row).onConflict('key').merge(merge);
+      return trx(this.table).select(this.#select).where(this.#cols.key, this.#keyParam(m.key)).first();
+    });
+    if (result === undefined) throw new BlobShiftError(`upsert of ${JSON.stringify(m.key)} left no row`);
+    return this.#toMeta(result as Record<string, unknown>);
+  }
+
+  /** The row for `key`, or `undefined`. Keys match byte for byte. */
+  async get(key: string): Promise<BlobMeta | undefined> {
+    const row = await this.#knex(this.table)
+      .select(this.#select)
+      .where(this.#cols.key, this.#keyParam(key))
+      .first();
+    return row === undefined ? undefined : this.#toMeta(row as Record<string, unknown>);
+  }
+
+  /** Deletes the row for `key`; resolves true when there was one. Idempotent. */
+  async delete(key: string): Promise<boolean> {
+    this.#writable('delete a row');
+    const n = await this.#knex(this.table).where(this.#cols.key, this.#keyParam(key)).del();
+    return Number(n) > 0;
+  }
+
+  /** Deletes the rows of `keys` (`KEY_BATCH` per statement); resolves how many were deleted. */
+  async deleteMany(keys: string[]): Promise<number> {
+    this.#writable('delete rows');
+    let deleted = 0;
+    const unique = uniq(keys);
+    for (let i = 0; i < unique.length; i += KEY_BATCH) {
+      const batch = unique.slice(i, i + KEY_BATCH).map((k) => this.#keyParam(k));
+      deleted += Number(await this.#knex(this.table).whereIn(this.#cols.key, batch).del());
+    }
+    return deleted;
+  }
+
+  #typeColumn(types: string[] | undefined): string | undefined {
+    if (types === undefined || types.length === 0) return undefined;
+    if (this.#cols.type === undefined) {
+      throw new ConfigError('meta.columns.type', 'filtering by types needs a type column mapped');
+    }
+    return this.#cols.type;
+  }
+
+  async #page(
+    after: number,
+    limit: number,
+    type: string | undefined,
+    upTo: number | undefined,
+    shard: ShardSpec | undefined,
+  ): Promise<BlobMeta[]> {
+    const q = this.#knex(this.table).select(this.#select).where(this.#cols.id, '>', after);
+    if (upTo !== undefined) q.where(this.#cols.id, '<=', upTo);
+    if (type !== undefined) q.where(this.#cols.type as string, type);
+    if (shard !== undefined) q.whereRaw('?? % ? = ?', [this.#cols.id, shard.count, shard.index]);
+    const rows = (await q.orderBy(this.#cols.id, 'asc').limit(limit)) as Record<string, unknown>[];
+    return rows.map((r) => this.#toMeta(r));
+  }
+
+  /**
+   * Rows in ascending id order, `chunkSize` per chunk, pages fetched lazily by
+   * keyset (`id > last`). With `types`, one cursor per type (served by the
+   * `(type, id)` index) merged by id. `shard` keeps `id % count = index`;
+   * `idRange` keeps `after < id <= upTo`; `afterId` resumes after an id.
+   */
+  async *walk(opts: WalkOptions): AsyncIterable<BlobMeta[]> {
+    const { chunkSize } = opts;
+    if (!Number.isSafeInteger(chunkSize) || chunkSize < 1) {
+      throw new ConfigError('chunkSize', `must be a positive integer, got ${chunkSize}`);
+    }
+    checkShard(opts.shard);
+    const start = Math.max(opts.afterId ?? 0, opts.idRange?.after ?? 0);
+    const upTo = opts.idRange?.upTo;
+    const typeCol = this.#typeColumn(opts.types);
+    if (typeCol === undefined) {
+      let after = start;
+      for (;;) {
+        const rows = await this.#page(after, chunkSize, undefined, upTo, opts.shard);
+        if (rows.length > 0) yield rows;
+        if (rows.length < chunkSize) return;
+        after = (rows[rows.length - 1] as BlobMeta).id;
+      }
+    }
+    interface Cursor {
+      type: string;
+      after: number;
+      buffer: BlobMeta[];
+      pos: number;
+      done: boolean;
+    }
+    const cursors: Cursor[] = uniq(opts.types ?? []).map((type) => ({
+      type,
+      after: start,
+      buffer: [],
+      pos: 0,
+      done: false,
+    }));
+    let chunk: BlobMeta[] = [];
+    for (;;) {
+      let best: Cursor | undefined;
+      for (const c of cursors) {
+        if (c.pos >= c.buffer.length && !c.done) {
+          c.buffer = await this.#page(c.after, chunkSize, c.type, upTo, opts.shard);
+          c.pos = 0;
+          if (c.buffer.length < chunkSize) c.done = true;
+          const last = c.buffer[c.buffer.length - 1];
+          if (last !== undefined) c.after = last.id;
+        }
+        const head = c.buffer[c.pos];
+        if (head !== undefined && (best === undefined || head.id < (best.buffer[best.pos] as BlobMeta).id)) {
+          best = c;
+        }
+      }
+      if (best === undefined) break;
+      chunk.push(best.buffer[best.pos] as BlobMeta);
+      best.pos += 1;
+      if (chunk.length === chunkSize) {
+        yield chunk;
+        chunk = [];
+      }
+    }
+    if (chunk.length > 0) yield chunk;
+  }
+
+  /** Row count and summed sizes, in total and per type (requested types with no rows appear as zeros). */
+  async estimate(opts: { types?: string[] } = {}): Promise<Estimate> {
+    const typeCol = this.#typeColumn(opts.types);
+    const byType: Record<string, TypeTotals> = {};
+    for (const t of uniq(opts.types ?? [])) byType[t] = { count: 0, bytes: 0 };
+    const q = this.#knex(this.table).count({ count: '*' }).sum({ bytes: this.#cols.size });
+    if (this.#cols.type !== undefined) q.select({ type: this.#cols.type }).groupBy(this.#cols.type);
+    if (typeCol !== undefined) q.whereIn(typeCol, uniq(opts.types ?? []));
+    const rows = (await q) as Record<string, unknown>[];
+    let count = 0;
+    let bytes = 0;
+    for (const r of rows) {
+      const c = toSafeNumber(r.count, 'row count');
+      if (c === 0) continue;
+      const b = toSafeNumber(r.bytes, 'byte sum');
+      const type = toText(r.type);
+      byType[type] = { count: c, bytes: b };
+      count += c;
+      bytes += b;
+    }
+    return { count, bytes, byType };
+  }
+
+  /** The subset of `keys` that have a row: one query per `KEY_BATCH` keys. Byte-exact. */
+  async referenced(keys: string[]): Promise<Set<string>> {
+    const found = new Set<string>();
+    const unique = uniq(keys);
+    const wanted = new Set(unique);
+    for (let i = 0; i < unique.length; i += KEY_BATCH) {
+      const batch = unique.slice(i, i + KEY_BATCH).map((k) => this.#keyParam(k));
+      const rows = (await this.#knex(this.table)
+        .select({ key: this.#cols.key })
+        .whereIn(this.#cols.key, batch)) as Record<string, unknown>[];
+      for (const r of rows) {
+        const k = toKey(r.key);
+        // A case-insensitive app column may answer for another spelling; keep exact matches only.
+        if (wanted.has(k)) found.add(k);
+      }
+    }
+    return found;
+  }
+
+  /** The highest id (0 when there are no rows), within `types` when given. */
+  async maxId(opts: { types?: string[] } = {}): Promise<number> {
+    const typeCol = this.#typeColumn(opts.types);
+    const q = this.#knex(this.table).max({ max: this.#cols.id });
+    if (typeCol !== undefined) q.whereIn(typeCol, uniq(opts.types ?? []));
+    const row = (await q.first()) as Record<string, unknown> | undefined;
+    return toSafeNumber(row?.max ?? 0, `${this.table} max id`);
+  }
+
+  async getRun(name: string, shard: string): Promise<RunState | undefined> {
+    const row = await this.#knex(this.runsTable).where({ name, shard }).first();
+    return row === undefined ? undefined : rowToRun(row as Record<string, unknown>);
+  }
+
+  async saveRun(state: RunState): Promise<void> {
+    await this.#knex(this.runsTable).insert(runToRow(state)).onConflict(['name', 'shard']).merge();
+  }
+
+  async deleteRun(name: string, shard: string): Promise<boolean> {
+    const n = await this.#knex(this.runsTable).where({ name, shard }).del();
+    return Number(n) > 0;
+  }
+
+  async listRuns(): Promise<RunState[]> {
+    const rows = (await this.#knex(this.runsTable)
+      .select('*')
+      .orderBy([
+        { column: 'name', order: 'asc' },
+        { column: 'shard', order: 'asc' },
+      ])) as Record<string, unknown>[];
+    return rows.map(rowToRun);
+  }
+
+  /** Destroys the knex instance if `open` created it; a passed-in instance stays open. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#owned) await this.#knex.destroy();
+  }
+}

@@ -1,0 +1,292 @@
+/**
+ * blobshift's own metadata schema, kept by knex migrations from an in-code
+ * migration source. The version table is `<table>_migrations` (and knex's
+ * lock table `<table>_migrations_lock`), never knex's default
+ * `knex_migrations`, which the application's own migrations may own.
+ */
+import type { Knex } from 'knex';
+import { ConfigError, errorMessage, PreflightError } from '../errors.js';
+
+/** SQL identifiers blobshift accepts for table and column names. */
+export const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/**
+ * The longest table name accepted: MySQL identifiers stop at 64 characters
+ * and blobshift derives `<table>_migrations_lock` from it.
+ */
+export const MAX_TABLE_NAME = 64 - '_migrations_lock'.length;
+
+/** Throws `ConfigError` (naming `path`) unless `name` is a plain SQL identifier that fits. */
+export function validateIdentifier(path: string, name: unknown, max = 64): string {
+  if (typeof name !== 'string' || !IDENTIFIER.test(name)) {
+    throw new ConfigError(
+      path,
+      `${JSON.stringify(name)} is not a valid SQL name: use letters, digits and "_", not starting with a digit`,
+    );
+  }
+  if (name.length > max) {
+    throw new ConfigError(path, `"${name}" is ${name.length} characters long; the limit is ${max}`);
+  }
+  return name;
+}
+
+export type Dialect = 'sqlite' | 'mysql';
+
+/** Which of blobshift's dialects a knex instance speaks; `ConfigError` for others. */
+export function dialectOf(knex: Knex): Dialect {
+  const client = knex.client as { dialect?: string; driverName?: string; config?: { client?: unknown } };
+  const name = String(client.dialect ?? client.driverName ?? client.config?.client ?? '');
+  if (name === 'sqlite3' || name === 'better-sqlite3' || name === 'sqlite') return 'sqlite';
+  if (name === 'mysql' || name === 'mysql2') return 'mysql';
+  throw new ConfigError(
+    'meta.client',
+    `the database client "${name}" is not supported; use better-sqlite3 (SQLite) or mysql2 (MySQL/MariaDB)`,
+  );
+}
+
+/** Names derived from the metadata table's name. */
+export interface TableNames {
+  blobs: string;
+  runs: string;
+  migrations: string;
+  lock: string;
+}
+
+export function ownTableNames(table: string): TableNames {
+  return {
+    blobs: table,
+    runs: `${table}_runs`,
+    migrations: `${table}_migrations`,
+    lock: `${table}_migrations_lock`,
+  };
+}
+
+/** The run-state table for a mapped app table: it has its own migrations. */
+export function runsOnlyTableNames(runsTable: string): Omit<TableNames, 'blobs'> {
+  return { runs: runsTable, migrations: `${runsTable}_migrations`, lock: `${runsTable}_migrations_lock` };
+}
+
+interface InCodeMigration {
+  name: string;
+  up(knex: Knex): Promise<void>;
+  down(knex: Knex): Promise<void>;
+}
+
+function mysqlTableOptions(t: Knex.CreateTableBuilder, dialect: Dialect): void {
+  if (dialect !== 'mysql') return;
+  t.engine('InnoDB');
+  t.charset('utf8mb4');
+  // Byte comparison everywhere: types and names never fold case, as on SQLite.
+  t.collate('utf8mb4_bin');
+}
+
+// MySQL commits DDL at once, so a crash mid-migration can leave some tables
+// created; each step skips a table that exists, so the rerun completes it.
+async function createRunsTable(knex: Knex, runs: string, dialect: Dialect): Promise<void> {
+  if (await knex.schema.hasTable(runs)) return;
+  await knex.schema.createTable(runs, (t) => {
+    mysqlTableOptions(t, dialect);
+    t.string('name', 255).notNullable();
+    t.string('shard', 64).notNullable().defaultTo('');
+    t.string('status', 32).notNullable();
+    t.bigInteger('low_water_mark').notNullable().defaultTo(0);
+    t.text('counts', 'mediumtext').notNullable();
+    t.text('logs', 'mediumtext').notNullable();
+    t.text('options', 'mediumtext').notNullable();
+    t.integer('attempts').notNullable().defaultTo(0);
+    t.integer('exit_code').nullable();
+    t.datetime('started_at', { precision: 3 }).notNullable();
+    t.datetime('updated_at', { precision: 3 }).notNullable();
+    t.datetime('finished_at', { precision: 3 }).nullable();
+    t.text('extra', 'longtext').notNullable();
+    t.primary(['name', 'shard'], `${runs}_pkey`);
+  });
+}
+
+/** The migrations of blobshift's own schema, oldest first. Never reorder or edit a shipped one. */
+export function ownMigrations(names: TableNames, dialect: Dialect): InCodeMigration[] {
+  return [
+    {
+      name: '001_blob_meta',
+      async up(knex) {
+        if (await knex.schema.hasTable(names.blobs)) {
+          await createRunsTable(knex, names.runs, dialect);
+          return;
+        }
+        await knex.schema.createTable(names.blobs, (t) => {
+          mysqlTableOptions(t, dialect);
+          t.bigIncrements('id').primary();
+          if (dialect === 'mysql') t.specificType('key', 'varbinary(1024)').notNullable();
+          else t.text('key').notNullable();
+          t.string('parent_id', 255).notNullable().defaultTo('');
+          t.string('type', 255).notNullable();
+          t.string('name', 1024).notNullable().defaultTo('');
+          t.bigInteger('content_length').notNullable();
+          t.string('content_type', 255).nullable();
+          t.specificType('sha256', 'char(64)').nullable();
+          t.datetime('created_on', { precision: 3 }).notNullable();
+          t.datetime('expires_on', { precision: 3 }).nullable();
+          t.unique(['key'], { indexName: `${names.blobs}_key_unique` });
+          t.index(['type', 'id'], `${names.blobs}_type_id`);
+        });
+        await createRunsTable(knex, names.runs, dialect);
+      },
+      async down(knex) {
+        await knex.schema.dropTableIfExists(names.runs);
+        await knex.schema.dropTableIfExists(names.blobs);
+      },
+    },
+  ];
+}
+
+/** The migrations of a run-state table kept beside an app's own (read-only) table. */
+export function runsOnlyMigrations(names: Omit<TableNames, 'blobs'>, dialect: Dialect): InCodeMigration[] {
+  return [
+    {
+      name: '001_runs',
+      async up(knex) {
+        await createRunsTable(knex, names.runs, dialect);
+      },
+      async down(knex) {
+        await knex.schema.dropTableIfExists(names.runs);
+      },
+    },
+  ];
+}
+
+function migrationSource(migrations: InCodeMigration[]): Knex.MigrationSource<InCodeMigration> {
+  return {
+    getMigrations: async () => migrations,
+    getMigrationName: (m) => m.name,
+    getMigration: async (m) => ({ up: (k: Knex) => m.up(k), down: (k: Knex) => m.down(k) }),
+  };
+}
+
+/** How long `ensureSchema` waits for a lock another process may hold before calling it stale. */
+export const LOCK_GRACE_MS = 3000;
+
+function staleLockError(lock: string, target: string, cause?: unknown): PreflightError {
+  return new PreflightError(
+    target,
+    `the schema migration lock in ${lock} is held (is_locked = 1): a migration crashed or is still ` +
+      `running. If no other blobshift process is migrating this database, clear it with: ` +
+      `UPDATE ${lock} SET is_locked = 0`,
+    { cause },
+  );
+}
+
+async function lockHeld(knex: Knex, lock: string): Promise<boolean> {
+  if (!(await knex.schema.hasTable(lock))) return false;
+  const rows: { is_locked: unknown }[] = await knex(lock).select('is_locked');
+  return rows.some((r) => Number(r.is_locked) === 1);
+}
+
+/**
+ * Brings the schema to the latest version. A second call with nothing to do
+ * changes nothing (and takes no lock). Fails fast with `PreflightError` when
+ * migrations are pending and the migration lock stays held past a short grace
+ * period (a crash left it): the message names the SQL that clears it.
+ */
+export async function ensureSchema(
+  knex: Knex,
+  names: Omit<TableNames, 'blobs'>,
+  migrations: InCodeMigration[],
+  target: string,
+  graceMs = LOCK_GRACE_MS,
+): Promise<void> {
+  const config: Knex.MigratorConfig = {
+    tableName: names.migrations,
+    migrationSource: migrationSource(migrations),
+  };
+  const deadline = Date.now() + graceMs;
+  for (;;) {
+    let pending: unknown[];
+    try {
+      const listed = (await knex.migrate.list(config)) as [unknown[], unknown[]];
+      pending = listed[1];
+    } catch (err) {
+      // Two processes opening a fresh database race to create the version tables.
+      if (/already exists/i.test(errorMessage(err)) && Date.now() < deadline) continue;
+      throw new PreflightError(
+        target,
+        `cannot read the schema version from ${names.migrations}: ${errorMessage(err)}`,
+        {
+          cause: err,
+        },
+      );
+    }
+    if (pending.length === 0) return;
+    if (await lockHeld(knex, names.lock)) {
+      if (Date.now() >= deadline) throw staleLockError(names.lock, target);
+      await new Promise((r) => setTimeout(r, 200));
+      continue;
+    }
+    try {
+      await knex.migrate.latest(config);
+      return;
+    } catch (err) {
+      if (err instanceof Error && err.name === 'MigrationLocked') {
+        // Another process took the lock between our check and our attempt.
+        if (Date.now() >= deadline) throw staleLockError(names.lock, target, err);
+        await new Promise((r) => setTimeout(r, 200));
+        continue;
+      }
+      throw new PreflightError(target, `creating or migrating the schema failed: ${errorMessage(err)}`, {
+        cause: err,
+      });
+    }
+  }
+}
+
+/** The columns of blobshift's own blob table. */
+export const OWN_BLOB_COLUMNS = [
+  'id',
+  'key',
+  'parent_id',
+  'type',
+  'name',
+  'content_length',
+  'content_type',
+  'sha256',
+  'created_on',
+  'expires_on',
+] as const;
+
+/** Refuses a table that has the name but not the shape of blobshift's blob table. */
+export async function checkOwnColumns(knex: Knex, table: string, target: string): Promise<void> {
+  const info = await knex(table).columnInfo();
+  const missing = OWN_BLOB_COLUMNS.filter((c) => !(c in info));
+  if (missing.length > 0) {
+    throw new PreflightError(
+      target,
+      `table ${table} exists but is not a blobshift metadata table (no column ${missing.join(', ')}); ` +
+        'choose another meta.table, or map an app table read-only with meta.columns',
+    );
+  }
+}
+
+/** For `create: false`: the schema must already be there and current. */
+export async function checkSchema(
+  knex: Knex,
+  names: Partial<TableNames> & Omit<TableNames, 'blobs'>,
+  migrations: InCodeMigration[],
+  target: string,
+): Promise<void> {
+  for (const t of [names.blobs, names.runs, names.migrations]) {
+    if (t !== undefined && !(await knex.schema.hasTable(t))) {
+      throw new PreflightError(
+        target,
+        `table ${t} does not exist (open with create: true to create the schema)`,
+      );
+    }
+  }
+  const done: { name: string }[] = await knex(names.migrations).select('name');
+  const have = new Set(done.map((r) => r.name));
+  const missing = migrations.filter((m) => !have.has(m.name)).map((m) => m.name);
+  if (missing.length > 0) {
+    throw new PreflightError(
+      target,
+      `the schema is behind this version of blobshift (missing ${missing.join(', ')}); open with create: true to migrate it`,
+    );
+  }
+}

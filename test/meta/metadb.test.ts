@@ -1,0 +1,843 @@
+/**
+ * The MetaDB suite: one function, run on SQLite (a temporary file) and on
+ * MariaDB/MySQL when BLOBSHIFT_TEST_MYSQL is set.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { expect } from 'chai';
+import fc from 'fast-check';
+import type { Knex } from 'knex';
+import { BlobShiftError, ConfigError, PreflightError, ReadOnlyError } from '../../lib/errors.js';
+import { createKnex, emptyCounts, MetaDB, parseMysqlUrl } from '../../lib/meta/index.js';
+import type { ColumnMap, MetaOpenOptions, NewBlobMeta, RunState } from '../../lib/meta/types.js';
+import type { BlobMeta } from '../../lib/types.js';
+import { announce, MYSQL_URL, uniqueName } from '../support/env.js';
+
+interface Target {
+  /** A knex config for the database the suite runs in. */
+  config(): Knex.Config;
+  /** A config for a fresh, empty database (dropped by `dropDatabase`). */
+  freshDatabase(): Promise<{ config: Knex.Config; drop(): Promise<void> }>;
+  setup(): Promise<void>;
+  teardown(): Promise<void>;
+}
+
+const TYPES = ['attachment', 'image', 'avatar', 'export'];
+
+function row(key: string, over: Partial<NewBlobMeta> = {}): NewBlobMeta {
+  return { key, parentId: 'case-1', type: 'attachment', contentLength: 10, ...over };
+}
+
+async function collect(it: AsyncIterable<BlobMeta[]>): Promise<BlobMeta[][]> {
+  const chunks: BlobMeta[][] = [];
+  for await (const c of it) chunks.push(c);
+  return chunks;
+}
+
+async function walkIds(meta: MetaDB, opts: Parameters<MetaDB['walk']>[0]): Promise<number[]> {
+  return (await collect(meta.walk(opts))).flat().map((m) => m.id);
+}
+
+function describeMetaDB(name: string, target: Target): void {
+  describe(`MetaDB on ${name}`, function () {
+    this.timeout(60_000);
+    let raw: Knex;
+    const opened: MetaDB[] = [];
+    const tables: string[] = [];
+
+    before(async () => {
+      await target.setup();
+      raw = await createKnex(target.config());
+    });
+    after(async () => {
+      await raw.destroy();
+      await target.teardown();
+    });
+    afterEach(async () => {
+      for (const m of opened.splice(0)) await m.close();
+      for (const t of tables.splice(0).reverse()) await raw.schema.dropTableIfExists(t);
+    });
+
+    /** Registers blobshift's tables for `table` to be dropped after the test. */
+    function track(table: string): void {
+      tables.push(table, `${table}_runs`, `${table}_migrations`, `${table}_migrations_lock`);
+    }
+
+    async function open(opts: MetaOpenOptions = {}, knexOrConfig?: Knex | Knex.Config): Promise<MetaDB> {
+      const table = opts.table ?? uniqueName('bm');
+      if (!opts.columns) track(table);
+      const meta = await MetaDB.open(knexOrConfig ?? target.config(), { ...opts, table });
+      opened.push(meta);
+      return meta;
+    }
+
+    it('adds, gets and deletes rows, with ids as numbers and dates as Dates', async () => {
+      const meta = await open();
+      expect(meta.readOnly).to.equal(false);
+      expect(meta.dialect).to.equal(name === 'SQLite' ? 'sqlite' : 'mysql');
+      const createdOn = new Date('2024-02-29T12:34:56.789Z');
+      const expiresOn = new Date('2030-01-01T00:00:00.001Z');
+      const added = await meta.add({
+        key: 'cases/1/report.pdf',
+        parentId: 'case-1',
+        type: 'attachment',
+        name: 'report.pdf',
+        contentLength: 12345,
+        contentType: 'application/pdf',
+        sha256: 'a'.repeat(64),
+        createdOn,
+        expiresOn,
+      });
+      expect(added.id).to.be.a('number').and.greaterThan(0);
+      const got = await meta.get('cases/1/report.pdf');
+      expect(got).to.deep.equal({
+        id: added.id,
+        key: 'cases/1/report.pdf',
+        parentId: 'case-1',
+        type: 'attachment',
+        name: 'report.pdf',
+        contentLength: 12345,
+        contentType: 'application/pdf',
+        sha256: 'a'.repeat(64),
+        createdOn,
+        expiresOn,
+      });
+      expect(got?.createdOn).to.be.instanceOf(Date);
+      const minimal = await meta.add(row('k2'));
+      expect(minimal.id).to.be.greaterThan(added.id);
+      const gotMinimal = await meta.get('k2');
+      expect(gotMinimal?.name).to.equal('');
+      expect(gotMinimal?.contentType).to.equal(null);
+      expect(gotMinimal?.sha256).to.equal(null);
+      expect(gotMinimal?.expiresOn).to.equal(null);
+      expect(gotMinimal?.createdOn.getTime()).to.be.closeTo(Date.now(), 60_000);
+
+      expect(await meta.get('missing')).to.equal(undefined);
+      expect(await meta.delete('cases/1/report.pdf')).to.equal(true);
+      expect(await meta.delete('cases/1/report.pdf')).to.equal(false);
+      expect(await meta.get('cases/1/report.pdf')).to.equal(undefined);
+      expect(await meta.get('k2')).to.deep.equal(gotMinimal);
+    });
+
+    it('refuses a second add of a key, invalid keys and bad rows', async () => {
+      const meta = await open();
+      await meta.add(row('dup'));
+      const err = await meta.add(row('dup')).catch((e: unknown) => e);
+      expect(err).to.be.instanceOf(BlobShiftError);
+      expect((err as Error).message).to.match(/already exists.*upsert/);
+      for (const bad of ['', '/abs', 'a//b', 'a/../b', 'nul\u0000']) {
+        const e = await meta.add(row(bad)).catch((x: unknown) => x);
+        expect(e, JSON.stringify(bad)).to.have.property('code', 'E_INVALID_KEY');
+      }
+      const neg = await meta.add(row('neg', { contentLength: -1 })).catch((e: unknown) => e);
+      expect(neg).to.be.instanceOf(BlobShiftError);
+      const sha = await meta.add(row('sha', { sha256: 'XYZ' })).catch((e: unknown) => e);
+      expect(sha).to.be.instanceOf(BlobShiftError);
+      expect((await meta.estimate()).count).to.equal(1);
+    });
+
+    it('upserts by key, keeping the id and the creation date unless given', async () => {
+      const meta = await open();
+      const first = await meta.upsert(row('u/1', { contentLength: 5, sha256: '1'.repeat(64) }));
+      await meta.add(row('u/2'));
+      const second = await meta.upsert(
+        row('u/1', {
+          contentLength: 7,
+          sha256: '2'.repeat(64),
+          type: 'image',
+          name: 'n',
+          contentType: 'image/png',
+        }),
+      );
+      expect(second.id).to.equal(first.id);
+      expect(second.contentLength).to.equal(7);
+      expect(second.sha256).to.equal('2'.repeat(64));
+      expect(second.type).to.equal('image');
+      expect(second.contentType).to.equal('image/png');
+      expect(second.createdOn.getTime()).to.equal(first.createdOn.getTime());
+      const when = new Date('2020-05-05T05:05:05.005Z');
+      const third = await meta.upsert(row('u/1', { createdOn: when }));
+      expect(third.id).to.equal(first.id);
+      expect(third.createdOn.getTime()).to.equal(when.getTime());
+      expect(await meta.get('u/1')).to.deep.equal(third);
+      expect((await meta.estimate()).count).to.equal(2);
+    });
+
+    it('keeps keys that differ only in case or trailing space distinct', async () => {
+      const meta = await open();
+      const keys = ['a/File', 'a/file', 'a/FILE', 'a/file ', 'a/file  ', 'a/fïle', 'a/fi\u0308le'];
+      const ids = new Map<string, number>();
+      for (const [i, k] of keys.entries()) ids.set(k, (await meta.add(row(k, { contentLength: i }))).id);
+      expect(new Set(ids.values()).size).to.equal(keys.length);
+      for (const [i, k] of keys.entries()) {
+        const got = await meta.get(k);
+        expect(got?.key, JSON.stringify(k)).to.equal(k);
+        expect(got?.contentLength).to.equal(i);
+      }
+      expect(await meta.get('a/fILE')).to.equal(undefined);
+      expect(await meta.get('a/file   ')).to.equal(undefined);
+      const ref = await meta.referenced(['a/file', 'a/file ', 'a/fIle', 'A/file']);
+      expect([...ref].sort()).to.deep.equal(['a/file', 'a/file ']);
+      await meta.upsert(row('a/file ', { contentLength: 99 }));
+      expect((await meta.get('a/file'))?.contentLength).to.equal(1);
+      expect((await meta.get('a/file '))?.contentLength).to.equal(99);
+      expect(await meta.delete('a/FILE')).to.equal(true);
+      expect((await meta.get('a/File'))?.key).to.equal('a/File');
+    });
+
+    it('round-trips unicode keys, names and types', async () => {
+      const meta = await open();
+      const items = [
+        { key: 'ünïcødé/日本語/ファイル.txt', name: 'Résumé – 履歴書 😀.pdf', type: 'pièce-jointe' },
+        { key: 'emoji/😀/🧪', name: '🧪'.repeat(50), type: '画像' },
+        { key: 'rtl/שלום/مرحبا', name: 'שלום', type: 'attachment' },
+      ];
+      for (const it of items) await meta.add(row(it.key, { name: it.name, type: it.type }));
+      for (const it of items) {
+        const got = await meta.get(it.key);
+        expect(got?.name).to.equal(it.name);
+        expect(got?.type).to.equal(it.type);
+      }
+      const walked = (await collect(meta.walk({ chunkSize: 2, types: ['画像', 'pièce-jointe'] }))).flat();
+      expect(walked.map((m) => m.key)).to.deep.equal([items[0]?.key, items[1]?.key]);
+      expect(await meta.referenced(items.map((i) => i.key))).to.deep.equal(new Set(items.map((i) => i.key)));
+      const est = await meta.estimate();
+      expect(Object.keys(est.byType).sort()).to.deep.equal(['attachment', 'pièce-jointe', '画像'].sort());
+    });
+
+    describe('walks', () => {
+      let meta: MetaDB;
+      let all: BlobMeta[];
+
+      before(async () => {
+        const table = uniqueName('bmw');
+        meta = await MetaDB.open(target.config(), { table });
+        const rows: NewBlobMeta[] = [];
+        for (let i = 0; i < 437; i++) {
+          rows.push({
+            key: `walk/${i.toString(36)}/${uniqueName('k')}`,
+            parentId: `p${i % 13}`,
+            type: TYPES[(i * 7919) % 5 === 4 ? 0 : (i * 31) % 4] as string,
+            contentLength: (i * 104729) % 100_000,
+          });
+        }
+        expect(await meta.addMany(rows)).to.equal(437);
+        // Delete a few to leave gaps in the id sequence.
+        for (const r of rows.filter((_, i) => i % 17 === 3)) await meta.delete(r.key);
+        all = (await collect(meta.walk({ chunkSize: 1000 }))).flat();
+      });
+      after(async () => {
+        const table = meta.table;
+        await meta.close();
+        for (const t of [`${table}_runs`, table, `${table}_migrations`, `${table}_migrations_lock`]) {
+          await raw.schema.dropTableIfExists(t);
+        }
+      });
+
+      it('yields every row once, in ascending id order, in chunks of chunkSize', async () => {
+        expect(all.length).to.equal(437 - 26);
+        const chunks = await collect(meta.walk({ chunkSize: 50 }));
+        expect(chunks.map((c) => c.length)).to.deep.equal([50, 50, 50, 50, 50, 50, 50, 50, 11]);
+        const ids = chunks.flat().map((m) => m.id);
+        expect(ids).to.deep.equal(all.map((m) => m.id));
+        expect(ids).to.deep.equal([...ids].sort((a, b) => a - b));
+        expect(new Set(ids).size).to.equal(ids.length);
+      });
+
+      it('resumes after an id', async () => {
+        const mid = all[200] as BlobMeta;
+        const rest = await walkIds(meta, { chunkSize: 33, afterId: mid.id });
+        expect(rest).to.deep.equal(all.slice(201).map((m) => m.id));
+        expect(
+          await walkIds(meta, { chunkSize: 10, afterId: (all[all.length - 1] as BlobMeta).id }),
+        ).to.deep.equal([]);
+      });
+
+      it('type filters and shards cover every matching row exactly once', async () => {
+        await fc.assert(
+          fc.asyncProperty(
+            fc.subarray(TYPES.concat('nonexistent')),
+            fc.integer({ min: 1, max: 7 }),
+            fc.integer({ min: 1, max: 120 }),
+            fc.integer({ min: 0, max: 400 }),
+            async (types, count, chunkSize, skip) => {
+              const afterId = skip === 0 ? 0 : (all[Math.min(skip, all.length - 1)] as BlobMeta).id;
+              const expected = all
+                .filter((m) => (types.length === 0 || types.includes(m.type)) && m.id > afterId)
+                .map((m) => m.id);
+              const union: number[] = [];
+              for (let index = 0; index < count; index++) {
+                const chunks = await collect(
+                  meta.walk({ chunkSize, types, shard: { index, count }, afterId }),
+                );
+                for (const c of chunks) {
+                  expect(c.length).to.be.within(1, chunkSize);
+                  for (const m of c) {
+                    expect(m.id % count).to.equal(index);
+                    if (types.length > 0) expect(types).to.include(m.type);
+                  }
+                }
+                const ids = chunks.flat().map((m) => m.id);
+                expect(ids).to.deep.equal([...ids].sort((a, b) => a - b));
+                union.push(...ids);
+              }
+              expect(new Set(union).size).to.equal(union.length); // disjoint
+              expect(union.sort((a, b) => a - b)).to.deep.equal(expected); // complete
+            },
+          ),
+          { numRuns: 20 },
+        );
+      });
+
+      it('merges per-type cursors into full chunks in id order', async () => {
+        const types = ['image', 'attachment'];
+        const chunks = await collect(meta.walk({ chunkSize: 16, types }));
+        const expected = all.filter((m) => types.includes(m.type));
+        expect(chunks.slice(0, -1).every((c) => c.length === 16)).to.equal(true);
+        expect(chunks.flat()).to.deep.equal(expected);
+        expect(await walkIds(meta, { chunkSize: 16, types: ['image', 'image', 'attachment'] })).to.deep.equal(
+          expected.map((m) => m.id),
+        );
+      });
+
+      it('walks id ranges (after exclusive, upTo inclusive)', async () => {
+        const a = (all[40] as BlobMeta).id;
+        const b = (all[90] as BlobMeta).id;
+        expect(await walkIds(meta, { chunkSize: 7, idRange: { after: a, upTo: b } })).to.deep.equal(
+          all.slice(41, 91).map((m) => m.id),
+        );
+        expect(
+          await walkIds(meta, { chunkSize: 7, idRange: { after: a, upTo: b }, types: ['avatar', 'export'] }),
+        ).to.deep.equal(
+          all
+            .slice(41, 91)
+            .filter((m) => ['avatar', 'export'].includes(m.type))
+            .map((m) => m.id),
+        );
+        // A resume point inside the range wins over the range's start.
+        const c = (all[60] as BlobMeta).id;
+        expect(
+          await walkIds(meta, { chunkSize: 5, idRange: { after: a, upTo: b }, afterId: c }),
+        ).to.deep.equal(all.slice(61, 91).map((m) => m.id));
+        expect(await walkIds(meta, { chunkSize: 5, idRange: { after: b, upTo: a } })).to.deep.equal([]);
+      });
+
+      it('refuses bad chunk sizes and shards', async () => {
+        for (const opts of [
+          { chunkSize: 0 },
+          { chunkSize: 1.5 },
+          { chunkSize: 10, shard: { index: 3, count: 3 } },
+          { chunkSize: 10, shard: { index: -1, count: 3 } },
+          { chunkSize: 10, shard: { index: 0, count: 0 } },
+        ]) {
+          const err = await collect(meta.walk(opts)).catch((e: unknown) => e);
+          expect(err, JSON.stringify(opts)).to.be.instanceOf(ConfigError);
+        }
+      });
+
+      it('estimates counts and bytes per type', async () => {
+        const est = await meta.estimate();
+        expect(est.count).to.equal(all.length);
+        expect(est.bytes).to.equal(all.reduce((s, m) => s + m.contentLength, 0));
+        for (const t of TYPES) {
+          const rows = all.filter((m) => m.type === t);
+          expect(est.byType[t], t).to.deep.equal({
+            count: rows.length,
+            bytes: rows.reduce((s, m) => s + m.contentLength, 0),
+          });
+        }
+        const some = await meta.estimate({ types: ['image', 'avatar', 'nothing'] });
+        const rows = all.filter((m) => m.type === 'image' || m.type === 'avatar');
+        expect(some.count).to.equal(rows.length);
+        expect(some.bytes).to.equal(rows.reduce((s, m) => s + m.contentLength, 0));
+        expect(some.byType.nothing).to.deep.equal({ count: 0, bytes: 0 });
+        expect(Object.keys(some.byType).sort()).to.deep.equal(['avatar', 'image', 'nothing']);
+      });
+
+      it('reports the highest id, within types', async () => {
+        expect(await meta.maxId()).to.equal((all[all.length - 1] as BlobMeta).id);
+        const images = all.filter((m) => m.type === 'image');
+        expect(await meta.maxId({ types: ['image'] })).to.equal((images[images.length - 1] as BlobMeta).id);
+        expect(await meta.maxId({ types: ['nothing'] })).to.equal(0);
+      });
+    });
+
+    it('answers referenced() for more than 1000 keys with one query per 1000', async () => {
+      const k = await createKnex(target.config());
+      try {
+        const meta = await open({}, k);
+        const present: NewBlobMeta[] = [];
+        for (let i = 0; i < 1300; i++) present.push(row(`ref/${i}`, { contentLength: i }));
+        await meta.addMany(present);
+        const asked: string[] = [];
+        for (let i = 0; i < 2500; i++) asked.push(i % 2 === 0 ? `ref/${i}` : `absent/${i}`);
+        asked.push('ref/0', 'ref/0'); // duplicates count once
+        let queries = 0;
+        const onQuery = (q: { sql: string }) => {
+          if (/select/i.test(q.sql)) queries++;
+        };
+        k.on('query', onQuery);
+        const found = await meta.referenced(asked);
+        k.off('query', onQuery);
+        expect(queries).to.equal(3);
+        const expected = asked.filter((key) => key.startsWith('ref/') && Number(key.slice(4)) < 1300);
+        expect(found).to.deep.equal(new Set(expected));
+        expect(await meta.referenced([])).to.deep.equal(new Set());
+        await meta.close(); // a passed-in knex stays open
+        expect(await k.raw('select 1')).to.not.equal(undefined);
+      } finally {
+        await k.destroy();
+      }
+    });
+
+    it('reads 64-bit ids beyond 2^32 as numbers', async () => {
+      const meta = await open();
+      const big = 2 ** 40 + 7;
+      await raw(meta.table).insert({
+        id: big,
+        key: meta.dialect === 'mysql' ? Buffer.from('big') : 'big',
+        parent_id: '',
+        type: 'attachment',
+        name: '',
+        content_length: 2 ** 35,
+        created_on: new Date(),
+      });
+      const got = await meta.get('big');
+      expect(got?.id).to.equal(big);
+      expect(got?.contentLength).to.equal(2 ** 35);
+      expect(await meta.maxId()).to.equal(big);
+      const next = await meta.add(row('after-big'));
+      expect(next.id).to.equal(big + 1);
+      expect(await walkIds(meta, { chunkSize: 10, shard: { index: big % 5, count: 5 } })).to.deep.equal([
+        big,
+      ]);
+      expect((await meta.estimate()).bytes).to.equal(2 ** 35 + 10);
+    });
+
+    it('a second open changes nothing', async () => {
+      const table = uniqueName('bm');
+      const first = await open({ table });
+      await first.add(row('keep/me'));
+      const before = await raw(`${table}_migrations`).select('name', 'batch');
+      const second = await open({ table });
+      const third = await MetaDB.open(target.config(), { table, create: false });
+      opened.push(third);
+      expect(await raw(`${table}_migrations`).select('name', 'batch')).to.deep.equal(before);
+      expect(before.map((r: { name: string }) => r.name)).to.deep.equal(['001_blob_meta']);
+      expect((await second.get('keep/me'))?.key).to.equal('keep/me');
+      expect((await third.estimate()).count).to.equal(1);
+      const lock = await raw(`${table}_migrations_lock`).select('is_locked');
+      expect(lock.map((r: { is_locked: unknown }) => Number(r.is_locked))).to.deep.equal([0]);
+    });
+
+    it('create: false refuses a missing schema', async () => {
+      const err = await MetaDB.open(target.config(), { table: uniqueName('none'), create: false }).catch(
+        (e: unknown) => e,
+      );
+      expect(err).to.be.instanceOf(PreflightError);
+      expect((err as Error).message).to.match(/does not exist/);
+    });
+
+    it('refuses invalid table names', async () => {
+      for (const table of ['', 'a-b', '1abc', 'drop table x;', 'a'.repeat(49), 'x`y']) {
+        const err = await MetaDB.open(target.config(), { table }).catch((e: unknown) => e);
+        expect(err, table).to.be.instanceOf(ConfigError);
+        expect((err as ConfigError).path).to.equal('meta.table');
+      }
+    });
+
+    it('refuses a foreign table that has the name but not the shape', async () => {
+      const table = uniqueName('foreign');
+      track(table);
+      await raw.schema.createTable(table, (t) => {
+        t.increments('id');
+        t.string('something');
+      });
+      const err = await MetaDB.open(target.config(), { table }).catch((e: unknown) => e);
+      expect(err).to.be.instanceOf(PreflightError);
+      expect((err as Error).message).to.match(/not a blobshift metadata table/);
+    });
+
+    it('reports a stale migration lock with the SQL that clears it, then opens once cleared', async () => {
+      const table = uniqueName('bml');
+      track(table);
+      const lock = `${table}_migrations_lock`;
+      await raw.schema.createTable(lock, (t) => {
+        t.increments('index').primary();
+        t.integer('is_locked');
+      });
+      await raw(lock).insert({ is_locked: 1 });
+      const t0 = Date.now();
+      const err = await MetaDB.open(target.config(), { table }).catch((e: unknown) => e);
+      expect(err).to.be.instanceOf(PreflightError);
+      expect((err as Error).message).to.include(`UPDATE ${lock} SET is_locked = 0`);
+      expect(Date.now() - t0).to.be.below(15_000);
+      expect(await raw.schema.hasTable(table)).to.equal(false);
+      await raw.raw(`UPDATE ${lock} SET is_locked = 0`);
+      const meta = await open({ table });
+      await meta.add(row('after-lock'));
+      expect((await meta.get('after-lock'))?.key).to.equal('after-lock');
+    });
+
+    it('leaves an app table and its own knex_migrations untouched', async () => {
+      const fresh = await target.freshDatabase();
+      const k = await createKnex(fresh.config);
+      try {
+        await k.schema.createTable('knex_migrations', (t) => {
+          t.increments();
+          t.string('name');
+          t.integer('batch');
+          t.timestamp('migration_time');
+        });
+        await k.schema.createTable('knex_migrations_lock', (t) => {
+          t.increments('index').primary();
+          t.integer('is_locked');
+        });
+        await k('knex_migrations').insert([
+          { name: '20200101_app_init.js', batch: 1, migration_time: new Date('2020-01-01T00:00:00Z') },
+          { name: '20210101_app_more.js', batch: 2, migration_time: new Date('2021-01-01T00:00:00Z') },
+        ]);
+        // The app is mid-migration: its lock is held. Ours is a different table.
+        await k('knex_migrations_lock').insert({ is_locked: 1 });
+        const beforeRows = await k('knex_migrations').select('*').orderBy('id');
+        const beforeCols = Object.keys(await k('knex_migrations').columnInfo()).sort();
+
+        const meta = await MetaDB.open(k, { table: 'blob_meta' });
+        await meta.add(row('x'));
+        await meta.close();
+        const again = await MetaDB.open(fresh.config, {});
+        expect((await again.get('x'))?.key).to.equal('x');
+        await again.close();
+
+        expect(await k('knex_migrations').select('*').orderBy('id')).to.deep.equal(beforeRows);
+        expect(Object.keys(await k('knex_migrations').columnInfo()).sort()).to.deep.equal(beforeCols);
+        const lockRows = await k('knex_migrations_lock').select('is_locked');
+        expect(lockRows.map((r: { is_locked: unknown }) => Number(r.is_locked))).to.deep.equal([1]);
+        expect(
+          (await k('blob_meta_migrations').select('name')).map((r: { name: string }) => r.name),
+        ).to.deep.equal(['001_blob_meta']);
+      } finally {
+        await k.destroy();
+        await fresh.drop();
+      }
+    });
+
+    describe("an app's own mapped table", () => {
+      let appTable: string;
+      let runsTable: string;
+      let columns: ColumnMap;
+      const appRows = [
+        { path: 'files/a.txt', bytes: 10, kind: 'doc', owner: 'u1', mime: 'text/plain' },
+        { path: 'files/b.png', bytes: 2000, kind: 'img', owner: 'u1', mime: 'image/png' },
+        { path: 'files/B.png', bytes: 3000, kind: 'img', owner: 'u2', mime: null },
+        { path: 'files/ü.bin', bytes: 5, kind: 'doc', owner: 'u3', mime: null },
+      ];
+
+      beforeEach(async () => {
+        appTable = uniqueName('app');
+        runsTable = uniqueName('runs');
+        tables.push(appTable, runsTable, `${runsTable}_migrations`, `${runsTable}_migrations_lock`);
+        await raw.schema.createTable(appTable, (t) => {
+          if (name !== 'SQLite') {
+            t.charset('utf8mb4');
+            t.collate('utf8mb4_bin');
+          }
+          t.bigIncrements('file_id').primary();
+          t.string('path', 512).notNullable().unique();
+          t.bigInteger('bytes').notNullable();
+          t.string('kind', 32).notNullable();
+          t.string('owner', 64).notNullable();
+          t.string('mime', 64).nullable();
+        });
+        await raw(appTable).insert(appRows);
+        columns = {
+          id: 'file_id',
+          key: 'path',
+          size: 'bytes',
+          type: 'kind',
+          parentId: 'owner',
+          contentType: 'mime',
+        };
+      });
+
+      it('walks, estimates and answers referenced/get/maxId, with defaults for unmapped columns', async () => {
+        const meta = await open({ table: appTable, columns, runsTable });
+        expect(meta.readOnly).to.equal(true);
+        const walked = (await collect(meta.walk({ chunkSize: 3 }))).flat();
+        expect(walked.map((m) => m.key)).to.deep.equal(appRows.map((r) => r.path));
+        expect(walked[0]).to.deep.equal({
+          id: walked[0]?.id,
+          key: 'files/a.txt',
+          parentId: 'u1',
+          type: 'doc',
+          name: '',
+          contentLength: 10,
+          contentType: 'text/plain',
+          sha256: null,
+          createdOn: new Date(0),
+          expiresOn: null,
+        });
+        expect(
+          (await collect(meta.walk({ chunkSize: 10, types: ['img'] }))).flat().map((m) => m.key),
+        ).to.deep.equal(['files/b.png', 'files/B.png']);
+        expect(await meta.estimate()).to.deep.equal({
+          count: 4,
+          bytes: 5015,
+          byType: { doc: { count: 2, bytes: 15 }, img: { count: 2, bytes: 5000 } },
+        });
+        expect(await meta.referenced(['files/a.txt', 'files/A.txt', 'files/ü.bin', 'nope'])).to.deep.equal(
+          new Set(['files/a.txt', 'files/ü.bin']),
+        );
+        expect((await meta.get('files/B.png'))?.contentLength).to.equal(3000);
+        expect(await meta.maxId()).to.equal(walked[3]?.id);
+      });
+
+      it('works with only id, key and size mapped', async () => {
+        const meta = await open({
+          table: appTable,
+          columns: { id: 'file_id', key: 'path', size: 'bytes' },
+          runsTable,
+        });
+        const est = await meta.estimate();
+        expect(est).to.deep.equal({ count: 4, bytes: 5015, byType: { '': { count: 4, bytes: 5015 } } });
+        const walked = (await collect(meta.walk({ chunkSize: 10 }))).flat();
+        expect(walked.map((m) => [m.type, m.parentId, m.contentType])).to.deep.equal(
+          appRows.map(() => ['', '', null]),
+        );
+        const err = await collect(meta.walk({ chunkSize: 10, types: ['doc'] })).catch((e: unknown) => e);
+        expect(err).to.be.instanceOf(ConfigError);
+        expect((err as ConfigError).path).to.equal('meta.columns.type');
+      });
+
+      it('refuses writes with ReadOnlyError and leaves the table as it was', async () => {
+        const meta = await open({ table: appTable, columns, runsTable });
+        for (const attempt of [
+          () => meta.add(row('files/new')),
+          () => meta.upsert(row('files/a.txt')),
+          () => meta.delete('files/a.txt'),
+          () => meta.addMany([row('files/new')]),
+          () => meta.deleteMany(['files/a.txt']),
+        ]) {
+          const err = await attempt().catch((e: unknown) => e);
+          expect(err).to.be.instanceOf(ReadOnlyError);
+          expect((err as Error).message).to.include(appTable);
+        }
+        expect(await raw(appTable).count({ n: '*' }).first()).to.satisfy(
+          (r: { n: unknown }) => Number(r.n) === 4,
+        );
+      });
+
+      it('keeps run state in its own table', async () => {
+        const meta = await open({ table: appTable, columns, runsTable });
+        expect(meta.runsTable).to.equal(runsTable);
+        const state = sampleRun('mapped', '');
+        await meta.saveRun(state);
+        expect(await meta.getRun('mapped', '')).to.deep.equal(state);
+        expect(await raw.schema.hasTable(`${appTable}_runs`)).to.equal(false);
+      });
+
+      it('names a missing column or table in a ConfigError', async () => {
+        const bad = await MetaDB.open(target.config(), {
+          table: appTable,
+          columns: { ...columns, size: 'size_bytes' },
+          runsTable,
+        }).catch((e: unknown) => e);
+        expect(bad).to.be.instanceOf(ConfigError);
+        expect((bad as ConfigError).path).to.equal('meta.columns.size');
+        expect((bad as Error).message).to.include('size_bytes');
+        const noTable = await MetaDB.open(target.config(), {
+          table: uniqueName('missing'),
+          columns,
+          runsTable,
+        }).catch((e: unknown) => e);
+        expect(noTable).to.be.instanceOf(ConfigError);
+        expect((noTable as ConfigError).path).to.equal('meta.table');
+        const badName = await MetaDB.open(target.config(), {
+          table: appTable,
+          columns: { ...columns, key: 'path; drop table x' },
+          runsTable,
+        }).catch((e: unknown) => e);
+        expect((badName as ConfigError).path).to.equal('meta.columns.key');
+      });
+    });
+
+    it('round-trips run state', async () => {
+      const meta = await open();
+      expect(await meta.getRun('default', '')).to.equal(undefined);
+      expect(await meta.listRuns()).to.deep.equal([]);
+      const a = sampleRun('default', '');
+      const b = sampleRun('default', '1/4');
+      const c = sampleRun('alpha', '');
+      await meta.saveRun(a);
+      await meta.saveRun(b);
+      await meta.saveRun(c);
+      expect(await meta.getRun('default', '')).to.deep.equal(a);
+      expect(await meta.getRun('default', '1/4')).to.deep.equal(b);
+      const updated: RunState = {
+        ...a,
+        status: 'completed',
+        lowWaterMark: 2 ** 40,
+        counts: { ...a.counts, copied: 5, bytes: 2 ** 45 },
+        logs: [...a.logs, 'backfill-default-20260102T000000Z.jsonl'],
+        attempts: 2,
+        exitCode: 0,
+        finishedAt: new Date('2026-01-02T03:04:05.678Z'),
+        extra: { done: [[1, 100]], note: 'ünï' },
+      };
+      await meta.saveRun(updated);
+      expect(await meta.getRun('default', '')).to.deep.equal(updated);
+      expect((await meta.listRuns()).map((r) => [r.name, r.shard])).to.deep.equal([
+        ['alpha', ''],
+        ['default', ''],
+        ['default', '1/4'],
+      ]);
+      expect(await meta.deleteRun('default', '1/4')).to.equal(true);
+      expect(await meta.deleteRun('default', '1/4')).to.equal(false);
+      expect(await meta.getRun('default', '1/4')).to.equal(undefined);
+    });
+  });
+}
+
+function sampleRun(name: string, shard: string): RunState {
+  return {
+    name,
+    shard,
+    status: 'running',
+    lowWaterMark: 42,
+    counts: { ...emptyCounts(), total: 100, copied: 40, present: 2 },
+    logs: [`backfill-${name}-20260101T000000Z.jsonl`],
+    options: { types: ['attachment'], concurrency: 16, shard },
+    attempts: 1,
+    exitCode: null,
+    startedAt: new Date('2026-01-01T00:00:00.123Z'),
+    updatedAt: new Date('2026-01-01T00:05:00.456Z'),
+    finishedAt: null,
+    extra: {},
+  };
+}
+
+// SQLite: a temporary file per run.
+{
+  let dir = '';
+  describeMetaDB('SQLite', {
+    config: () => ({ client: 'better-sqlite3', connection: { filename: join(dir, 'meta.sqlite') } }),
+    async freshDatabase() {
+      const file = join(dir, `${uniqueName('fresh')}.sqlite`);
+      return {
+        config: { client: 'better-sqlite3', connection: { filename: file } },
+        drop: () => rm(file, { force: true }),
+      };
+    },
+    async setup() {
+      dir = await mkdtemp(join(tmpdir(), 'blobshift-meta-'));
+    },
+    async teardown() {
+      await rm(dir, { recursive: true, force: true });
+    },
+  });
+
+  describe('MetaDB on SQLite: connection settings', () => {
+    let sdir = '';
+    before(async () => {
+      sdir = await mkdtemp(join(tmpdir(), 'blobshift-meta-'));
+    });
+    after(async () => {
+      await rm(sdir, { recursive: true, force: true });
+    });
+
+    it('uses WAL, a busy timeout and foreign keys on every connection', async () => {
+      const meta = await MetaDB.open({ client: 'sqlite3', connection: { filename: join(sdir, 'w.sqlite') } });
+      try {
+        const [mode] = (await meta.knex.raw('PRAGMA journal_mode')) as { journal_mode: string }[];
+        expect(mode?.journal_mode).to.equal('wal');
+        const [busy] = (await meta.knex.raw('PRAGMA busy_timeout')) as { timeout: number }[];
+        expect(busy?.timeout).to.equal(10_000);
+        const [fk] = (await meta.knex.raw('PRAGMA foreign_keys')) as { foreign_keys: number }[];
+        expect(fk?.foreign_keys).to.equal(1);
+      } finally {
+        await meta.close();
+      }
+    });
+
+    it('lets two connections share the file (an app and a backfill)', async () => {
+      const file = join(sdir, 'shared.sqlite');
+      const app = await MetaDB.open({ client: 'better-sqlite3', connection: { filename: file } });
+      const tool = await MetaDB.open({ client: 'better-sqlite3', connection: { filename: file } });
+      try {
+        await Promise.all(Array.from({ length: 50 }, (_, i) => app.add(row(`s/${i}`))));
+        const seen = (await collect(tool.walk({ chunkSize: 20 }))).flat();
+        expect(seen.length).to.equal(50);
+      } finally {
+        await app.close();
+        await tool.close();
+      }
+    });
+
+    it('with fileMustExist, refuses a missing file with a ConfigError naming the field', async () => {
+      const file = join(sdir, 'typo.sqlite');
+      const err = await MetaDB.open({
+        client: 'better-sqlite3',
+        connection: { filename: file, options: { fileMustExist: true } } as Knex.Config['connection'],
+      }).catch((e: unknown) => e);
+      expect(err).to.be.instanceOf(ConfigError);
+      expect((err as ConfigError).path).to.equal('meta.connection.filename');
+      expect((err as Error).message).to.include('does not exist');
+    });
+
+    it('refuses unsupported clients', async () => {
+      const err = await MetaDB.open({ client: 'pg', connection: 'postgres://x@127.0.0.1/db' }).catch(
+        (e: unknown) => e,
+      );
+      expect(err).to.be.instanceOf(ConfigError);
+      expect((err as ConfigError).path).to.equal('meta.client');
+    });
+
+    it('parses mysql URLs', () => {
+      expect(
+        parseMysqlUrl('mysql://app:p%40ss@db.example:3307/blobs?ssl=true&connectTimeout=5000'),
+      ).to.deep.equal({
+        host: 'db.example',
+        port: 3307,
+        user: 'app',
+        password: 'p@ss',
+        database: 'blobs',
+        ssl: true,
+        connectTimeout: 5000,
+      });
+    });
+  });
+}
+
+if (MYSQL_URL) {
+  const url = MYSQL_URL;
+  const databases: string[] = [];
+  describeMetaDB('MariaDB', {
+    config: () => ({ client: 'mysql2', connection: url }),
+    async freshDatabase() {
+      const db = uniqueName('blobshift_');
+      const k = await createKnex({ client: 'mysql2', connection: url });
+      try {
+        await k.raw(`CREATE DATABASE \`${db}\` CHARACTER SET utf8mb4`);
+      } finally {
+        await k.destroy();
+      }
+      databases.push(db);
+      return {
+        config: { client: 'mysql2', connection: { ...parseMysqlUrl(url), database: db } },
+        async drop() {
+          const d = await createKnex({ client: 'mysql2', connection: url });
+          try {
+            await d.raw(`DROP DATABASE IF EXISTS \`${db}\``);
+          } finally {
+            await d.destroy();
+          }
+        },
+      };
+    },
+    async setup() {},
+    async teardown() {},
+  });
+} else {
+  announce('BLOBSHIFT_TEST_MYSQL', 'MetaDB on MariaDB/MySQL');
+}
