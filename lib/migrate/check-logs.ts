@@ -1,0 +1,505 @@
+/**
+ * check-blob-logs: classify what backfill could not copy, and with `migrate`
+ * re-copy the stragglers through the one copy path (`copy.ts`).
+ *
+ * Each record of each missing-blob log is classified once (the same key in
+ * several logs is checked once; the first record read gives its type), in
+ * this order:
+ *   1. in the new backend                → "Found in new db"
+ *   2. no metadata row any more          → "Not referenced" (never copied: that
+ *                                          would resurrect a deleted blob)
+ *   3. in the old backend                → "Found in old db" (`migrate` copies it)
+ *   4. otherwise                         → "Not found"
+ *
+ * Logs are streamed; only the set of keys seen is held for the whole run.
+ * Records are taken in chunks: one existence check per key in the new backend
+ * (a HEAD; a log is small next to the bucket, so listing the bucket would cost
+ * more), one metadata query per chunk for the keys not in new, then one
+ * existence check (or the copy) per key in old; all bounded by `concurrency`.
+ */
+import { open } from 'node:fs/promises';
+import PQueue from 'p-queue';
+import { AbortedError, BackendError, errorMessage, isErrnoException, PreflightError } from '../errors.js';
+import type { MetaStore } from '../meta/types.js';
+import type { BlobDB } from '../types.js';
+import { type EngineLogger, silentLogger } from './backfill.js';
+import { type CopyOutcome, copyBlob, DEFAULT_RETRY, ReferenceChecker, type RetryPolicy } from './copy.js';
+import { shortError } from './errors.js';
+import { compactUtc, type LogProblem, type MissingRecord, NOT_FOUND, readMissingLog } from './missing-log.js';
+import { JsonLinesFile } from './report-file.js';
+import { withRetry } from './retry.js';
+
+export interface CheckLogsOptions {
+  /** Missing-blob logs to read, in order. */
+  files: string[];
+  meta: MetaStore;
+  oldDb: BlobDB;
+  newDb: BlobDB;
+  /** Copy the "Found in old db" blobs to the new backend (through `copyBlob`). */
+  migrate?: boolean;
+  /** Checks (and copies) at once. Default 16. */
+  concurrency?: number;
+  /** Records per metadata query. Default 500. */
+  chunkSize?: number;
+  retry?: Partial<RetryPolicy>;
+  /** Stops the run: rejects with `AbortedError`. */
+  signal?: AbortSignal;
+  onProgress?: (p: CheckLogsProgress) => void;
+  logger?: EngineLogger;
+}
+
+export interface CheckLogsProgress {
+  /** Valid records read so far (duplicates included). */
+  read: number;
+  /** Distinct keys classified so far. */
+  checked: number;
+  /** The log being read. */
+  file: string;
+}
+
+export interface CheckCounts {
+  checked: number;
+  foundInNew: number;
+  foundInOld: number;
+  notReferenced: number;
+  notFound: number;
+  /** Of `foundInOld`: copied to the new backend by this run. */
+  migrated: number;
+  /** Of `foundInOld`: the copy failed (see `migrateFailures`). */
+  migrateFailed: number;
+}
+
+export interface CheckTypeReport extends CheckCounts {
+  /** The blob type from the log record (`''` when the record had none). */
+  type: string;
+}
+
+export interface CheckedRecord {
+  id: number;
+  key: string;
+  type: string;
+  parentId: string;
+}
+
+export interface FailedCopy extends CheckedRecord {
+  error: string;
+}
+
+export interface LogLineProblem {
+  file: string;
+  line: number;
+  why: string;
+}
+
+export interface CheckLogsReport {
+  files: string[];
+  migrate: boolean;
+  /** Valid records read, duplicates included. */
+  records: number;
+  /** Records whose key an earlier record (in any log) already had. */
+  duplicates: number;
+  /** One entry per type, sorted by type name. */
+  byType: CheckTypeReport[];
+  totals: CheckCounts;
+  /** Every "Not found" record, in log order. */
+  notFound: CheckedRecord[];
+  /** Every failed copy (with `migrate`), in log order. */
+  migrateFailures: FailedCopy[];
+  /** Malformed lines: reported, skipped, and the run exits 1. */
+  malformed: LogLineProblem[];
+  /** Torn last lines (a writer killed mid-line): warnings only. */
+  warnings: LogLineProblem[];
+  /**
+   * 0 when nothing is left "Found in old db" (not migrated) or "Not found"
+   * and no line was malformed; 1 otherwise.
+   */
+  exitCode: 0 | 1;
+}
+
+type Classification = 'foundInNew' | 'foundInOld' | 'notReferenced' | 'notFound';
+
+interface Pending {
+  seq: number;
+  record: MissingRecord;
+}
+
+/** How many "Not found" keys `formatCheckReport` lists before pointing at a file. */
+export const MAX_LISTED = 100;
+
+export function emptyCheckCounts(): CheckCounts {
+  return {
+    checked: 0,
+    foundInNew: 0,
+    foundInOld: 0,
+    notReferenced: 0,
+    notFound: 0,
+    migrated: 0,
+    migrateFailed: 0,
+  };
+}
+
+/**
+ * Reads and classifies the logs. Rejects before anything is checked when a
+ * log is missing or unreadable (`PreflightError`); malformed lines are
+ * reported in the result instead. Per-key backend errors are retried when
+ * transient and otherwise reject (`BackendError`, naming the key).
+ */
+export async function checkBlobLogs(opts: CheckLogsOptions): Promise<CheckLogsReport> {
+  const { meta, oldDb, newDb } = opts;
+  const migrate = opts.migrate === true;
+  const concurrency = Math.max(1, opts.concurrency ?? 16);
+  const chunkSize = Math.max(1, opts.chunkSize ?? 500);
+  const logger = opts.logger ?? silentLogger;
+  const retry: RetryPolicy = { ...DEFAULT_RETRY, ...opts.retry };
+  const signal = opts.signal;
+
+  for (const file of opts.files) await assertReadable(file);
+
+  const byType = new Map<string, CheckCounts>();
+  const notFound: (CheckedRecord & { seq: number })[] = [];
+  const failures: (FailedCopy & { seq: number })[] = [];
+  const malformed: LogLineProblem[] = [];
+  const warnings: LogLineProblem[] = [];
+  const seen = new Set<string>();
+  let records = 0;
+  let duplicates = 0;
+  let checked = 0;
+  let seq = 0;
+  let currentFile = '';
+
+  const queue = new PQueue({ concurrency });
+  const references = new ReferenceChecker(meta);
+
+  let lastProgress = 0;
+  const progress = (force = false) => {
+    if (!opts.onProgress) return;
+    const now = Date.now();
+    if (!force && now - lastProgress < 200) return;
+    lastProgress = now;
+    opts.onProgress({ read: records, checked, file: currentFile });
+  };
+
+  const tally = (p: Pending, kind: Classification, extra?: { migrated?: boolean; failed?: string }) => {
+    const r = p.record;
+    let counts = byType.get(r.type);
+    if (!counts) {
+      counts = emptyCheckCounts();
+      byType.set(r.type, counts);
+    }
+    counts.checked++;
+    counts[kind]++;
+    if (extra?.migrated) counts.migrated++;
+    const entry = { id: r.id, key: r.key, type: r.type, parentId: r.parentId };
+    if (extra?.failed !== undefined) {
+      counts.migrateFailed++;
+      failures.push({ seq: p.seq, ...entry, error: extra.failed });
+    }
+    if (kind === 'notFound') notFound.push({ seq: p.seq, ...entry });
+    checked++;
+    progress();
+  };
+
+  const attempt = <T>(what: string, key: string | undefined, fn: () => Promise<T>) =>
+    withRetry(fn, retry, {
+      what: 'check-blob-logs',
+      ...(signal ? { signal } : {}),
+      onRetry: (err, n) =>
+        logger.warn(`${what} failed, retrying (attempt ${n + 1} of ${retry.attempts})`, {
+          ...(key !== undefined ? { key } : {}),
+          error: shortError(err),
+        }),
+    }).catch((err: unknown) => {
+      if (err instanceof AbortedError) throw err;
+      const on = key !== undefined ? ` for ${JSON.stringify(key)}` : '';
+      throw new BackendError(`check-blob-logs: ${what} failed${on}: ${shortError(err)}`, {
+        cause: err,
+        ...(key !== undefined ? { key } : {}),
+      });
+    });
+
+  // A failure anywhere stops the run: queued tasks then settle at once
+  // (rejecting) rather than being dropped, so every promise below settles.
+  let stopped: { error: unknown } | undefined;
+  const stop = (error: unknown) => {
+    stopped ??= { error };
+  };
+  const task = <T>(fn: () => Promise<T>): Promise<T> =>
+    queue.add(
+      async () => {
+        if (stopped) throw stopped.error;
+        return fn();
+      },
+      { throwOnTimeout: true },
+    );
+
+  const copy = async (p: Pending): Promise<void> => {
+    const key = p.record.key;
+    const row = await attempt('reading the metadata row', key, () => meta.get(key));
+    if (!row) {
+      tally(p, 'notReferenced');
+      return;
+    }
+    const outcome: CopyOutcome = await copyBlob(
+      {
+        oldDb,
+        newDb,
+        references,
+        retry,
+        ...(signal ? { signal } : {}),
+        onRetry: (k, n, err) =>
+          logger.warn(`retrying copy (attempt ${n + 1} of ${retry.attempts})`, {
+            key: k,
+            error: shortError(err),
+          }),
+      },
+      { key, contentLength: row.contentLength, contentType: row.contentType },
+    );
+    switch (outcome.kind) {
+      case 'copied':
+        tally(p, 'foundInOld', { migrated: true });
+        return;
+      case 'present':
+        // The app (or another run) put it in the new backend meanwhile.
+        tally(p, 'foundInNew');
+        return;
+      case 'deleted':
+        // The row went while copying; the copy was taken back.
+        tally(p, 'notReferenced');
+        return;
+      case 'notFound':
+        tally(p, 'notFound');
+        return;
+      case 'failed':
+        logger.warn('copy failed', { key, error: outcome.error });
+        tally(p, 'foundInOld', { failed: outcome.error });
+        return;
+    }
+  };
+
+  const checkOld = async (p: Pending): Promise<void> => {
+    if (migrate) return copy(p);
+    const key = p.record.key;
+    const inOld = await attempt('the existence check in the old backend', key, () => oldDb.exists(key));
+    tally(p, inOld ? 'foundInOld' : 'notFound');
+  };
+
+  const processChunk = async (chunk: Pending[]): Promise<void> => {
+    const inNew = await Promise.all(
+      chunk.map((p) =>
+        task(() =>
+          attempt('the existence check in the new backend', p.record.key, () => newDb.exists(p.record.key)),
+        ),
+      ),
+    );
+    const rest: Pending[] = [];
+    chunk.forEach((p, i) => {
+      if (inNew[i]) tally(p, 'foundInNew');
+      else rest.push(p);
+    });
+    if (rest.length === 0) return;
+    const keys = rest.map((p) => p.record.key);
+    const referenced = await attempt('the metadata query', undefined, () => meta.referenced(keys));
+    const toOld: Promise<void>[] = [];
+    for (const p of rest) {
+      if (!referenced.has(p.record.key)) tally(p, 'notReferenced');
+      else toOld.push(task(() => checkOld(p)));
+    }
+    await Promise.all(toOld);
+  };
+
+  // One chunk is read while the one before is being checked.
+  let chunk: Pending[] = [];
+  let inFlight: Promise<void> = Promise.resolve();
+  const dispatch = async () => {
+    const next = chunk;
+    chunk = [];
+    await inFlight;
+    if (stopped) throw stopped.error;
+    // Settles only when every task of the chunk has settled.
+    inFlight = Promise.allSettled([processChunk(next)]).then(([r]) => {
+      if (r?.status === 'rejected') stop(r.reason);
+    });
+  };
+
+  const onAbort = () => stop(new AbortedError('check-blob-logs interrupted'));
+  signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    for (const file of opts.files) {
+      currentFile = file;
+      await readMissingLog(
+        file,
+        async (record) => {
+          if (stopped) throw stopped.error;
+          records++;
+          if (seen.has(record.key)) {
+            duplicates++;
+            return;
+          }
+          seen.add(record.key);
+          chunk.push({ seq: seq++, record });
+          if (chunk.length >= chunkSize) await dispatch();
+        },
+        (problem: LogProblem) => {
+          const entry = { file: problem.file, line: problem.line, why: problem.why };
+          if (problem.torn) {
+            warnings.push(entry);
+            logger.warn(`${problem.file}:${problem.line}: ${problem.why}`);
+          } else {
+            malformed.push(entry);
+            logger.error(`${problem.file}:${problem.line}: ${problem.why}`);
+          }
+        },
+      );
+    }
+    if (chunk.length > 0) await dispatch();
+    await inFlight;
+    if (stopped) throw stopped.error;
+  } catch (err) {
+    stop(err);
+    await inFlight;
+    await queue.onIdle();
+    if (signal?.aborted && !(err instanceof AbortedError)) {
+      throw new AbortedError('check-blob-logs interrupted', { cause: err });
+    }
+    throw err;
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+  }
+  progress(true);
+
+  const types = [...byType.keys()].sort(compareText);
+  const totals = emptyCheckCounts();
+  const typeReports: CheckTypeReport[] = types.map((type) => {
+    const c = byType.get(type) ?? emptyCheckCounts();
+    for (const k of Object.keys(totals) as (keyof CheckCounts)[]) totals[k] += c[k];
+    return { type, ...c };
+  });
+  const leftBehind = totals.foundInOld - totals.migrated + totals.notFound;
+  const strip = <T extends { seq: number }>(list: T[]) =>
+    list.sort((a, b) => a.seq - b.seq).map(({ seq: _seq, ...rest }) => rest);
+  return {
+    files: [...opts.files],
+    migrate,
+    records,
+    duplicates,
+    byType: typeReports,
+    totals,
+    notFound: strip(notFound),
+    migrateFailures: strip(failures),
+    malformed,
+    warnings,
+    exitCode: leftBehind > 0 || malformed.length > 0 ? 1 : 0,
+  };
+}
+
+/**
+ * Writes every "Not found" record to a new file in `logDir` (0600, the
+ * directory 0700 when created), in the missing-blob log format, so the file
+ * can be read by check-blob-logs again. Resolves its path.
+ */
+export async function writeNotFoundFile(
+  report: Pick<CheckLogsReport, 'notFound'>,
+  logDir: string,
+  now: Date = new Date(),
+): Promise<string> {
+  const file = await JsonLinesFile.create(logDir, `check-blob-logs-not-found-${compactUtc(now)}.jsonl`);
+  try {
+    const at = now.toISOString();
+    for (const r of report.notFound) {
+      const line: MissingRecord = {
+        id: r.id,
+        key: r.key,
+        type: r.type,
+        parentId: r.parentId,
+        error: NOT_FOUND,
+        at,
+      };
+      await file.write(line);
+    }
+  } finally {
+    await file.close();
+  }
+  return file.path;
+}
+
+/**
+ * The report as operators read it (runbooks quote the per-type blocks):
+ *
+ *     attachment: checked 2342 records
+ *       Found in new db: 0
+ *       Found in old db: 0
+ *       Not referenced: 0
+ *       Not found: 2342
+ *
+ * then, with `migrate`, `Migrated: N` (and `Migrate failed: M` with each
+ * failure), then the "Not found" keys: listed when there are at most 100,
+ * otherwise the path of `notFoundFile` (see `writeNotFoundFile`), then
+ * malformed lines and warnings. Ends with a newline.
+ */
+export function formatCheckReport(report: CheckLogsReport, opts: { notFoundFile?: string } = {}): string {
+  const out: string[] = [];
+  if (report.byType.length === 0) {
+    out.push(`no records in ${report.files.length} log${report.files.length === 1 ? '' : 's'}`);
+  }
+  for (const t of report.byType) {
+    out.push(
+      `${t.type === '' ? '(no type)' : t.type}: checked ${t.checked} records`,
+      `  Found in new db: ${t.foundInNew}`,
+      `  Found in old db: ${t.foundInOld}`,
+      `  Not referenced: ${t.notReferenced}`,
+      `  Not found: ${t.notFound}`,
+    );
+  }
+  if (report.migrate) {
+    out.push(`Migrated: ${report.totals.migrated}`);
+    if (report.totals.migrateFailed > 0) {
+      out.push(`Migrate failed: ${report.totals.migrateFailed}`);
+      for (const f of report.migrateFailures.slice(0, MAX_LISTED)) out.push(`  ${f.key}: ${f.error}`);
+      if (report.migrateFailures.length > MAX_LISTED) {
+        out.push(`  … and ${report.migrateFailures.length - MAX_LISTED} more (see --json)`);
+      }
+    }
+  }
+  const n = report.notFound.length;
+  if (n > 0) {
+    if (n <= MAX_LISTED) {
+      out.push('Not found keys:');
+      for (const r of report.notFound) out.push(`  ${r.key}`);
+    } else if (opts.notFoundFile !== undefined) {
+      out.push(`Not found keys: ${n}, listed in ${opts.notFoundFile}`);
+    } else {
+      out.push(`Not found keys (first ${MAX_LISTED} of ${n}):`);
+      for (const r of report.notFound.slice(0, MAX_LISTED)) out.push(`  ${r.key}`);
+    }
+  }
+  if (report.malformed.length > 0) {
+    out.push(`Malformed lines: ${report.malformed.length}`);
+    for (const p of report.malformed.slice(0, MAX_LISTED)) out.push(`  ${p.file}:${p.line}: ${p.why}`);
+    if (report.malformed.length > MAX_LISTED)
+      out.push(`  … and ${report.malformed.length - MAX_LISTED} more`);
+  }
+  for (const w of report.warnings) out.push(`Warning: ${w.file}:${w.line}: ${w.why}`);
+  return `${out.join('\n')}\n`;
+}
+
+/** A log that cannot be opened is refused before any record is checked. */
+async function assertReadable(file: string): Promise<void> {
+  const target = `missing-blob log ${JSON.stringify(file)}`;
+  let isFile: boolean;
+  try {
+    const handle = await open(file, 'r');
+    try {
+      isFile = (await handle.stat()).isFile();
+    } finally {
+      await handle.close();
+    }
+  } catch (err) {
+    const why = isErrnoException(err, 'ENOENT') ? 'no such file' : `cannot read it: ${errorMessage(err)}`;
+    throw new PreflightError(target, why, { cause: err });
+  }
+  if (!isFile) throw new PreflightError(target, 'not a regular file');
+}
+
+function compareText(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+}
