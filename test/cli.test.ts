@@ -208,13 +208,12 @@ describe('scripts/cli.ts startup', () => {
     visit(join(ROOT, 'scripts', 'cli.ts'));
     const packages = [...bare].filter((s) => !s.startsWith('node:'));
     expect(packages).to.deep.equal(['commander']);
-    expect([...seen].map((f) => f.slice(ROOT.length + 1)).sort()).to.deep.equal([
-      'lib/cli/args.ts',
-      'lib/cli/run.ts',
-      'lib/errors.ts',
-      'lib/redact.ts',
-      'scripts/cli.ts',
-    ]);
+    const files = [...seen].map((f) => f.slice(ROOT.length + 1));
+    expect(files).to.include.members(['scripts/cli.ts', 'lib/cli/args.ts', 'lib/cli/run.ts']);
+    // Nothing of the engine, the backends, the metadata layer or the other subcommands.
+    for (const f of files) {
+      expect(f).to.match(/^(scripts\/cli\.ts|lib\/cli\/(args|run)\.ts|lib\/(errors|redact|keys)\.ts)$/);
+    }
   });
 
   it('every subcommand module exports main(options, args)', async () => {
