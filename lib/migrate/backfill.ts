@@ -267,7 +267,7 @@ export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> 
       logger.error(`stopping: ${reason}`);
     }
     queue.clear();
-    window.wakeAll();
+    window.close();
   };
 
   const finish = (entry: WindowEntry<Slot>, row: BlobMeta, outcome: Outcome) => {
@@ -350,9 +350,11 @@ export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> 
   };
 
   const ctxSignal = opts.hardSignal;
+  let running = 0;
   const copyRow = async (entry: WindowEntry<Slot>, row: BlobMeta, checkNewFirst: boolean) => {
     const reserve = Math.min(row.contentLength, 32 * 1024 * 1024);
     await budget.acquire(reserve);
+    running++;
     try {
       if (stopReason !== undefined) return;
       let outcome: Outcome | undefined;
@@ -385,6 +387,10 @@ export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> 
       });
     } finally {
       budget.release(reserve);
+      running--;
+      // Nothing else is running to confirm an outage: the held failures were
+      // about their own blobs (and they may be all that blocks the window).
+      if (running === 0) releaseHeld();
       progress();
     }
   };
@@ -392,15 +398,12 @@ export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> 
   const onAbort = () => {
     interrupted = true;
     queue.clear();
-    window.wakeAll();
+    window.close();
   };
-  opts.signal?.addEventListener('abort', onAbort, { once: true });
-  const onHardAbort = () => {
-    interrupted = true;
-    queue.clear();
-    window.wakeAll();
-  };
-  opts.hardSignal?.addEventListener('abort', onHardAbort, { once: true });
+  for (const signal of [opts.signal, opts.hardSignal]) {
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener('abort', onAbort, { once: true });
+  }
 
   try {
     if (existence === 'list') {
@@ -500,7 +503,7 @@ export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> 
     }
   } finally {
     opts.signal?.removeEventListener('abort', onAbort);
-    opts.hardSignal?.removeEventListener('abort', onHardAbort);
+    opts.hardSignal?.removeEventListener('abort', onAbort);
     await index?.close().catch(() => {});
   }
 

@@ -20,6 +20,7 @@ export class InFlightWindow<T> {
   #head = 0;
   #mark: number;
   #waiters: (() => void)[] = [];
+  #closed = false;
   readonly #onFinalize: (entry: WindowEntry<T>) => void;
 
   constructor(capacity: number, startMark: number, onFinalize: (entry: WindowEntry<T>) => void) {
@@ -38,22 +39,20 @@ export class InFlightWindow<T> {
     return this.#entries.length - this.#head;
   }
 
-  /** Resolves once the window has room. */
+  /** Resolves once the window has room, or once it is closed. */
   async room(): Promise<void> {
-    while (this.size >= this.capacity) {
+    while (this.size >= this.capacity && !this.#closed) {
       await new Promise<void>((resolve) => this.#waiters.push(resolve));
     }
   }
 
-  /** Resolves once the window is empty. */
-  async drained(): Promise<void> {
-    while (this.size > 0) {
-      await new Promise<void>((resolve) => this.#waiters.push(resolve));
-    }
+  /** The run is stopping: nobody waits for room any more. */
+  close(): void {
+    this.#closed = true;
+    this.#wakeAll();
   }
 
-  /** Wakes every waiter (used when the run stops, so nobody waits forever). */
-  wakeAll(): void {
+  #wakeAll(): void {
     const waiters = this.#waiters;
     this.#waiters = [];
     for (const w of waiters) w();
@@ -88,7 +87,7 @@ export class InFlightWindow<T> {
       this.#entries = this.#entries.slice(this.#head);
       this.#head = 0;
     }
-    if (moved) this.wakeAll();
+    if (moved) this.#wakeAll();
   }
 
   /** Moves the mark forward over ids that had no blob in this walk (end of a chunk). */

@@ -1,0 +1,93 @@
+/**
+ * Preflight: before a command writes anything, make sure the metadata
+ * database answers, each backend answers (bucket exists, credentials work),
+ * the new backend takes a write, and old and new are not the same place.
+ * Every failure is a `PreflightError` naming what failed.
+ */
+import { randomBytes } from 'node:crypto';
+import { PreflightError } from '../errors.js';
+import type { MetaStore } from '../meta/types.js';
+import type { BlobDB } from '../types.js';
+import { shortError } from './errors.js';
+
+/** A backend may offer its own checks (S3: bucket and capability probes). */
+interface Probeable {
+  preflight?(opts: { write: boolean }): Promise<void>;
+  probeCapabilities?(): Promise<unknown>;
+}
+
+export interface PreflightOptions {
+  meta?: MetaStore;
+  oldDb?: BlobDB;
+  newDb?: BlobDB;
+  /** Names for messages (the config's descriptions). */
+  names?: { old?: string; new?: string; meta?: string };
+  /** Probe a write (and delete) on the new backend. */
+  write?: boolean;
+  /** The config says old and new overlap (same root, same bucket with overlapping prefixes). */
+  sameLocation?: boolean;
+}
+
+/** Resolves when everything answers; rejects `PreflightError` otherwise. */
+export async function preflight(opts: PreflightOptions): Promise<void> {
+  const names = {
+    old: opts.names?.old ?? 'the old backend',
+    new: opts.names?.new ?? 'the new backend',
+    meta: opts.names?.meta ?? 'the metadata database',
+  };
+  if (opts.sameLocation) {
+    throw new PreflightError(
+      'old and new',
+      `${names.old} and ${names.new} are the same place (or overlap); a migration needs two distinct backends`,
+    );
+  }
+  if (opts.meta) {
+    try {
+      await opts.meta.maxId();
+    } catch (err) {
+      throw new PreflightError(names.meta, `it does not answer: ${shortError(err)}`, { cause: err });
+    }
+  }
+  for (const [side, db] of [
+    ['old', opts.oldDb],
+    ['new', opts.newDb],
+  ] as const) {
+    if (!db) continue;
+    const name = names[side];
+    try {
+      const probe = db as BlobDB & Probeable;
+      if (typeof probe.preflight === 'function') await probe.preflight({ write: false });
+      for await (const _ of db.list()) break;
+    } catch (err) {
+      throw new PreflightError(name, `it cannot be listed: ${shortError(err)}`, { cause: err });
+    }
+  }
+  if (opts.write && opts.newDb) await writeProbe(opts.newDb, opts.oldDb, names);
+}
+
+async function writeProbe(newDb: BlobDB, oldDb: BlobDB | undefined, names: { old: string; new: string }) {
+  const key = `blobshift-preflight-${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`;
+  try {
+    const probe = newDb as BlobDB & Probeable;
+    if (typeof probe.probeCapabilities === 'function') await probe.probeCapabilities();
+    await newDb.put(key, 'blobshift write probe', { overwrite: false, contentType: 'text/plain' });
+  } catch (err) {
+    throw new PreflightError(names.new, `a test write failed: ${shortError(err)}`, { cause: err });
+  }
+  try {
+    let seenInOld = false;
+    try {
+      seenInOld = oldDb !== undefined && (await oldDb.exists(key));
+    } catch (err) {
+      throw new PreflightError(names.old, `it does not answer: ${shortError(err)}`, { cause: err });
+    }
+    if (seenInOld) {
+      throw new PreflightError(
+        'old and new',
+        `a blob written to ${names.new} appeared in ${names.old}: they are the same place; a migration needs two distinct backends`,
+      );
+    }
+  } finally {
+    await newDb.delete(key).catch(() => {});
+  }
+}

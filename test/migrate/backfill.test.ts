@@ -1,0 +1,430 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { expect } from 'chai';
+import { MemoryBlobDB } from '../../lib/backends/memory.js';
+import { readAll } from '../../lib/body.js';
+import { RunStateError } from '../../lib/errors.js';
+import { MetaDB } from '../../lib/meta/index.js';
+import type { NewBlobMeta } from '../../lib/meta/types.js';
+import { type BackfillOptions, backfill } from '../../lib/migrate/backfill.js';
+import { type MissingRecord, readMissingLog } from '../../lib/migrate/missing-log.js';
+import { connectionRefused, slowDown, WrappedBlobDB } from '../support/wrap.js';
+
+interface Fixture {
+  dir: string;
+  meta: MetaDB;
+  oldDb: MemoryBlobDB;
+  newDb: MemoryBlobDB;
+  logDir: string;
+}
+
+async function fixture(): Promise<Fixture> {
+  const dir = await mkdtemp(join(tmpdir(), 'blobshift-backfill-'));
+  const meta = await MetaDB.open({
+    client: 'better-sqlite3',
+    connection: { filename: join(dir, 'meta.sqlite') },
+  });
+  return { dir, meta, oldDb: new MemoryBlobDB(), newDb: new MemoryBlobDB(), logDir: join(dir, 'logs') };
+}
+
+async function dispose(f: Fixture): Promise<void> {
+  await f.meta.close();
+  await rm(f.dir, { recursive: true, force: true });
+}
+
+/** Seeds `n` blobs of `type` into old (and rows into meta); returns their keys. */
+async function seed(
+  f: Fixture,
+  n: number,
+  opts: { type?: string; inOld?: boolean; size?: number; prefix?: string } = {},
+): Promise<string[]> {
+  const type = opts.type ?? 'attachment';
+  const rows: NewBlobMeta[] = [];
+  const keys: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const key = `${opts.prefix ?? type}/${randomBytes(8).toString('hex')}`;
+    const body = randomBytes(opts.size ?? 100 + (i % 50));
+    if (opts.inOld !== false) await f.oldDb.put(key, body, { contentType: 'application/x-test' });
+    rows.push({
+      key,
+      parentId: `case-${i % 7}`,
+      type,
+      name: `file-${i}.bin`,
+      contentLength: body.length,
+      contentType: 'application/x-test',
+      sha256: createHash('sha256').update(body).digest('hex'),
+    });
+    keys.push(key);
+  }
+  await f.meta.addMany(rows);
+  return keys;
+}
+
+async function logRecords(files: string[]): Promise<MissingRecord[]> {
+  const out: MissingRecord[] = [];
+  for (const file of files) {
+    await readMissingLog(
+      file,
+      (r) => {
+        out.push(r);
+      },
+      (p) => {
+        throw new Error(`unexpected log problem ${p.file}:${p.line}: ${p.why}`);
+      },
+    );
+  }
+  return out;
+}
+
+function opts(f: Fixture, extra: Partial<BackfillOptions> = {}): BackfillOptions {
+  return {
+    meta: f.meta,
+    oldDb: f.oldDb,
+    newDb: f.newDb,
+    logDir: f.logDir,
+    chunkSize: 50,
+    concurrency: 8,
+    ...extra,
+  };
+}
+
+async function sameBytes(a: MemoryBlobDB, b: MemoryBlobDB, key: string): Promise<boolean> {
+  const [x, y] = await Promise.all([readAll(await a.get(key)), readAll(await b.get(key))]);
+  return x.equals(y);
+}
+
+describe('backfill (engine)', function () {
+  this.timeout(60_000);
+  let f: Fixture;
+  beforeEach(async () => {
+    f = await fixture();
+  });
+  afterEach(async () => {
+    await dispose(f);
+  });
+
+  it('copies every referenced blob byte-identical, with its content type', async () => {
+    const keys = await seed(f, 230);
+    const summary = await backfill(opts(f));
+    expect(summary.status).to.equal('completed');
+    expect(summary.exitCode).to.equal(0);
+    expect(summary.total).to.equal(230);
+    expect(summary.copied).to.equal(230);
+    expect(summary.present + summary.notFound + summary.failed).to.equal(0);
+    for (const key of keys) {
+      expect(await sameBytes(f.oldDb, f.newDb, key), key).to.equal(true);
+      expect((await f.newDb.stat(key)).contentType).to.equal('application/x-test');
+    }
+    const state = await f.meta.getRun('default', '');
+    expect(state?.status).to.equal('completed');
+    expect(state?.lowWaterMark).to.equal(await f.meta.maxId());
+  });
+
+  it('logs exactly the blobs in neither backend, exits 1, and reprints the same summary when run again', async () => {
+    const present: string[] = [];
+    const lost: string[] = [];
+    for (const type of ['attachment', 'image', 'form']) {
+      present.push(...(await seed(f, 20, { type })));
+      lost.push(...(await seed(f, 3, { type, inOld: false })));
+    }
+    const first = await backfill(opts(f));
+    expect(first.exitCode).to.equal(1);
+    expect(first.notFound).to.equal(9);
+    expect(first.copied).to.equal(60);
+    const records = await logRecords(first.logs);
+    expect(new Set(records.map((r) => r.key))).to.deep.equal(new Set(lost));
+    for (const r of records) expect(r.error).to.equal('not found');
+    const inNew = new Set<string>();
+    for await (const info of f.newDb.list()) inNew.add(info.key);
+    expect(inNew).to.deep.equal(new Set(present));
+    const logMode = (await stat(first.logs[0] as string)).mode & 0o777;
+    expect(logMode).to.equal(0o600);
+
+    const again = await backfill(opts(f));
+    expect(again.reprinted).to.equal(true);
+    expect(again.exitCode).to.equal(1);
+    const { reprinted: _a, ...restFirst } = first;
+    const { reprinted: _b, ...restAgain } = again;
+    expect(restAgain).to.deep.equal(restFirst);
+  });
+
+  it('counts blobs already in new as present without writing them', async () => {
+    const keys = await seed(f, 40);
+    for (const key of keys.slice(0, 25)) await f.newDb.put(key, await f.oldDb.get(key));
+    const newDb = new WrappedBlobDB(f.newDb);
+    const summary = await backfill(opts(f, { newDb }));
+    expect(summary.present).to.equal(25);
+    expect(summary.copied).to.equal(15);
+    expect(newDb.calls.put).to.equal(15);
+  });
+
+  it('never overwrites a blob the app wrote to new after the snapshot', async () => {
+    const [key] = await seed(f, 1, { size: 64 });
+    const appBytes = Buffer.alloc(64, 7);
+    // The app writes between the snapshot and the copy.
+    const newDb = new WrappedBlobDB(f.newDb, {
+      before: async (method, k) => {
+        if (method === 'put' && k === key && !(await f.newDb.exists(key))) await f.newDb.put(key, appBytes);
+      },
+    });
+    const summary = await backfill(opts(f, { newDb }));
+    expect(summary.present).to.equal(1);
+    expect((await readAll(await f.newDb.get(key as string))).equals(appBytes)).to.equal(true);
+  });
+
+  it('does not resurrect a blob deleted by the app while it was being copied', async () => {
+    const keys = await seed(f, 10);
+    const victim = keys[4] as string;
+    const newDb = new WrappedBlobDB(f.newDb, {
+      afterPut: async (k) => {
+        if (k === victim) {
+          // The app deletes: row first, then the blob in both backends (it was not in new yet).
+          await f.meta.delete(k);
+          await f.oldDb.delete(k);
+        }
+      },
+    });
+    const summary = await backfill(opts(f, { newDb }));
+    expect(summary.deletedDuringMigration).to.equal(1);
+    expect(summary.copied).to.equal(9);
+    expect(await f.newDb.exists(victim)).to.equal(false);
+    expect(summary.exitCode).to.equal(0);
+  });
+
+  it('counts a row deleted before its copy as deleted during migration, not as lost', async () => {
+    const keys = await seed(f, 5);
+    const victim = keys[2] as string;
+    const oldDb = new WrappedBlobDB(f.oldDb, {
+      before: async (method, k) => {
+        if (method === 'stat' && k === victim) {
+          await f.meta.delete(victim);
+          await f.oldDb.delete(victim);
+        }
+      },
+    });
+    const summary = await backfill(opts(f, { oldDb }));
+    expect(summary.deletedDuringMigration).to.equal(1);
+    expect(summary.notFound).to.equal(0);
+    expect(summary.exitCode).to.equal(0);
+  });
+
+  it('skips expired blobs and counts them', async () => {
+    await seed(f, 5);
+    await f.meta.add({
+      key: 'expired/one',
+      parentId: 'p',
+      type: 'attachment',
+      contentLength: 3,
+      expiresOn: new Date(Date.now() - 1000),
+    });
+    const summary = await backfill(opts(f));
+    expect(summary.expired).to.equal(1);
+    expect(summary.copied).to.equal(5);
+    expect(summary.exitCode).to.equal(0);
+  });
+
+  it('logs a row with an absurd size as failed and goes on', async () => {
+    await seed(f, 3);
+    await f.meta.add({ key: 'bad/size', parentId: 'p', type: 'attachment', contentLength: 5 });
+    // MetaDB refuses such a row; an app's own table may still hold one.
+    const raw = new Database(join(f.dir, 'meta.sqlite'));
+    raw.prepare("UPDATE blob_meta SET content_length = -5 WHERE key = 'bad/size'").run();
+    raw.close();
+    const summary = await backfill(opts(f));
+    expect(summary.failed).to.equal(1);
+    expect(summary.copied).to.equal(3);
+    const records = await logRecords(summary.logs);
+    expect(records.map((r) => r.key)).to.deep.equal(['bad/size']);
+    expect(records[0]?.error).to.match(/invalid size/);
+  });
+
+  it('logs a blob whose old copy disagrees with the metadata size, never copying it', async () => {
+    const [key] = await seed(f, 1, { size: 10 });
+    await f.oldDb.put(key as string, Buffer.alloc(11));
+    const summary = await backfill(opts(f));
+    expect(summary.failed).to.equal(1);
+    expect(await f.newDb.exists(key as string)).to.equal(false);
+  });
+
+  it('filters by type and splits into shards that cover every blob exactly once', async () => {
+    await seed(f, 30, { type: 'a' });
+    await seed(f, 30, { type: 'b' });
+    await seed(f, 30, { type: 'c' });
+    const newDb = new WrappedBlobDB(f.newDb);
+    const results = await Promise.all(
+      [0, 1, 2].map((index) => backfill(opts(f, { newDb, types: ['a', 'c'], shard: { index, count: 3 } }))),
+    );
+    expect(results.reduce((n, r) => n + r.copied, 0)).to.equal(60);
+    expect(newDb.putKeys.length).to.equal(60);
+    expect(new Set(newDb.putKeys).size).to.equal(60);
+    expect(newDb.putKeys.every((k) => k.startsWith('a/') || k.startsWith('c/'))).to.equal(true);
+    for (const r of results) expect(r.logs[0]).to.match(/-shard-\d-of-3\.jsonl$/);
+  });
+
+  it('refuses to resume a run with other types or another shard', async () => {
+    await seed(f, 20);
+    const ac = new AbortController();
+    ac.abort();
+    const first = await backfill(opts(f, { types: ['attachment'], signal: ac.signal }));
+    expect(first.status).to.equal('interrupted');
+    let err: unknown;
+    try {
+      await backfill(opts(f, { types: ['image'] }));
+    } catch (e) {
+      err = e;
+    }
+    expect(err).to.be.instanceOf(RunStateError);
+    expect((err as Error).message).to.match(/--types attachment then, image now/);
+    const reset = await backfill(opts(f, { types: ['image'], reset: true }));
+    expect(reset.status).to.equal('completed');
+  });
+
+  it('resumes after an interruption, re-doing at most the in-flight window', async () => {
+    await seed(f, 300);
+    const ac = new AbortController();
+    const newDb = new WrappedBlobDB(f.newDb, {
+      before: (method) => {
+        if (method === 'put' && newDb.calls.put === 120) ac.abort();
+      },
+    });
+    const first = await backfill(opts(f, { newDb, signal: ac.signal, concurrency: 8 }));
+    expect(first.status).to.equal('interrupted');
+    expect(first.exitCode).to.equal(130);
+    const state = await f.meta.getRun('default', '');
+    expect(state?.status).to.equal('interrupted');
+    expect(state?.lowWaterMark).to.be.greaterThan(0);
+    const second = await backfill(opts(f, { newDb, concurrency: 8 }));
+    expect(second.status).to.equal('completed');
+    expect(second.total).to.equal(300);
+    expect(second.copied + second.present).to.equal(300);
+    expect(second.attempts).to.equal(2);
+    expect(second.logs).to.have.length(2);
+    expect(newDb.putKeys.length).to.be.at.most(300 + 8);
+    const inNew = new Set<string>();
+    for await (const info of f.newDb.list()) inNew.add(info.key);
+    expect(inNew.size).to.equal(300);
+  });
+
+  it('keeps dispatch within the window of the low-water mark', async () => {
+    await seed(f, 200);
+    let maxAhead = 0;
+    const slow = new Set<number>([3, 77]);
+    const ids = new Map<string, number>();
+    for await (const chunk of f.meta.walk({ chunkSize: 500 })) for (const r of chunk) ids.set(r.key, r.id);
+    let lowest = 0;
+    const inflight = new Set<number>();
+    const newDb = new WrappedBlobDB(f.newDb, {
+      before: async (method, key) => {
+        if (method !== 'put' || key === undefined) return;
+        const id = ids.get(key) ?? 0;
+        inflight.add(id);
+        lowest = Math.min(...inflight);
+        maxAhead = Math.max(maxAhead, id - lowest);
+        if (slow.has(id)) await new Promise((r) => setTimeout(r, 100));
+      },
+      afterPut: (key) => {
+        inflight.delete(ids.get(key) ?? 0);
+      },
+    });
+    const summary = await backfill(opts(f, { newDb, concurrency: 4 }));
+    expect(summary.copied).to.equal(200);
+    expect(maxAhead).to.be.lessThan(4);
+  });
+
+  it('retries transient failures, reopening the source, and counts the retries', async () => {
+    const keys = await seed(f, 20);
+    const failures = new Map<string, number>();
+    const newDb = new WrappedBlobDB(f.newDb, {
+      before: (method, key) => {
+        if (method !== 'put' || key === undefined) return;
+        const n = failures.get(key) ?? 0;
+        if (n < 2) {
+          failures.set(key, n + 1);
+          throw slowDown();
+        }
+      },
+    });
+    const summary = await backfill(opts(f, { newDb, retry: { baseDelayMs: 1, maxDelayMs: 2 } }));
+    expect(summary.copied).to.equal(20);
+    expect(summary.retries).to.equal(40);
+    for (const key of keys) expect(await sameBytes(f.oldDb, f.newDb, key)).to.equal(true);
+  });
+
+  it('logs "too many retries" for a key that always fails, goes on, and exits 1', async () => {
+    const keys = await seed(f, 30);
+    const bad = keys[10] as string;
+    const newDb = new WrappedBlobDB(f.newDb, {
+      before: (method, key) => {
+        if (method === 'put' && key === bad) throw slowDown();
+      },
+    });
+    const summary = await backfill(opts(f, { newDb, retry: { baseDelayMs: 1, maxDelayMs: 2, attempts: 3 } }));
+    expect(summary.status).to.equal('completed');
+    expect(summary.exitCode).to.equal(1);
+    expect(summary.failed).to.equal(1);
+    expect(summary.copied).to.equal(29);
+    const records = await logRecords(summary.logs);
+    expect(records).to.have.length(1);
+    expect(records[0]).to.include({ key: bad, error: 'too many retries' });
+  });
+
+  it('stops with exit 3 when the new backend is gone, keeps the checkpoint, and a rerun completes', async () => {
+    await seed(f, 100);
+    let down = false;
+    const newDb = new WrappedBlobDB(f.newDb, {
+      before: (method) => {
+        if (method === 'put' && newDb.calls.put > 40) down = true;
+        if (down && method !== 'list') throw connectionRefused();
+      },
+    });
+    const first = await backfill(opts(f, { newDb, retry: { baseDelayMs: 1, maxDelayMs: 2 } }));
+    expect(first.status).to.equal('infrastructure');
+    expect(first.exitCode).to.equal(3);
+    expect(first.reason).to.match(/ECONNREFUSED/);
+    const state = await f.meta.getRun('default', '');
+    expect(state?.status).to.equal('failed');
+    expect(state?.counts.failed).to.equal(0);
+    down = false;
+    newDb.hooks = {};
+    const second = await backfill(opts(f, { newDb }));
+    expect(second.status).to.equal('completed');
+    expect(second.exitCode).to.equal(0);
+    expect(second.copied + second.present).to.equal(100);
+    expect(second.failed).to.equal(0);
+  });
+
+  it('dry run reports what it would copy and writes nothing', async () => {
+    const keys = await seed(f, 12);
+    await f.newDb.put(keys[0] as string, await f.oldDb.get(keys[0] as string));
+    const newDb = new WrappedBlobDB(f.newDb);
+    const summary = await backfill(opts(f, { newDb, dryRun: true }));
+    expect(summary.status).to.equal('dry-run');
+    expect(summary.present).to.equal(1);
+    expect(summary.toCopy).to.equal(11);
+    expect(newDb.calls.put).to.equal(0);
+    expect(await f.meta.getRun('default', '')).to.equal(undefined);
+    expect(await readdir(f.logDir).catch(() => [])).to.deep.equal([]);
+  });
+
+  it('uses a HEAD per blob with existence "head" and still copies only what is missing', async () => {
+    const keys = await seed(f, 10);
+    await f.newDb.put(keys[0] as string, await f.oldDb.get(keys[0] as string));
+    const newDb = new WrappedBlobDB(f.newDb);
+    const summary = await backfill(opts(f, { newDb, existence: 'head' }));
+    expect(newDb.calls.list).to.equal(0);
+    expect(summary.present).to.equal(1);
+    expect(summary.copied).to.equal(9);
+    expect(newDb.calls.stat).to.be.at.least(10);
+  });
+
+  it('writes log files that never overwrite an earlier attempt', async () => {
+    await seed(f, 2, { inOld: false });
+    const a = await backfill(opts(f, { run: 'r1' }));
+    const b = await backfill(opts(f, { run: 'r1', reset: true }));
+    expect(a.logs[0]).to.not.equal(b.logs[0]);
+    expect(await readFile(a.logs[0] as string, 'utf8')).to.match(/not found/);
+  });
+});
