@@ -162,7 +162,7 @@ describe('backfill (engine)', function () {
   });
 
   it('never overwrites a blob the app wrote to new after the snapshot', async () => {
-    const [key] = await seed(f, 1, { size: 64 });
+    const key = (await seed(f, 1, { size: 64 }))[0] as string;
     const appBytes = Buffer.alloc(64, 7);
     // The app writes between the snapshot and the copy.
     const newDb = new WrappedBlobDB(f.newDb, {
@@ -172,7 +172,7 @@ describe('backfill (engine)', function () {
     });
     const summary = await backfill(opts(f, { newDb }));
     expect(summary.present).to.equal(1);
-    expect((await readAll(await f.newDb.get(key as string))).equals(appBytes)).to.equal(true);
+    expect((await readAll(await f.newDb.get(key))).equals(appBytes)).to.equal(true);
   });
 
   it('does not resurrect a blob deleted by the app while it was being copied', async () => {
