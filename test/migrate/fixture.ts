@@ -1,0 +1,314 @@
+/**
+ * Shared set-up for the check-blob-logs, verify and cleanup-old tests: two
+ * backends, metadata on a fresh SQLite file (and on MariaDB when
+ * BLOBSHIFT_TEST_MYSQL is set), a log directory, and a BlobDB wrapper that
+ * counts calls and lets a test change what one method answers.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { MemoryBlobDB } from '../../lib/backends/memory.js';
+import { createS3Client, S3BlobDB, type S3ClientConfigLike } from '../../lib/backends/s3.js';
+import { createKnex, MetaDB } from '../../lib/meta/index.js';
+import type { NewBlobMeta } from '../../lib/meta/types.js';
+import type {
+  BlobBody,
+  BlobDB,
+  BlobInfo,
+  BulkDeleteResult,
+  Capabilities,
+  ListOptions,
+  PutOptions,
+} from '../../lib/types.js';
+import { announce, MYSQL_URL, RGW_ENDPOINT, uniqueName } from '../support/env.js';
+import {
+  createBucket,
+  deleteBucket,
+  rgwClientConfig,
+  type S3rverHandle,
+  startS3rver,
+} from '../support/s3rver.js';
+
+export interface Fixture {
+  dir: string;
+  logDir: string;
+  meta: MetaDB;
+  oldDb: BlobDB;
+  newDb: BlobDB;
+  dispose(): Promise<void>;
+}
+
+export interface Target {
+  name: string;
+  /** Starts what the target's tests share (an S3 server); `after` stops it. */
+  before(): Promise<void>;
+  after(): Promise<void>;
+  make(): Promise<Fixture>;
+}
+
+interface MetaTarget {
+  name: string;
+  open(dir: string): Promise<{ meta: MetaDB; drop(): Promise<void> }>;
+}
+
+interface BackendTarget {
+  name: string;
+  before?(): Promise<void>;
+  after?(): Promise<void>;
+  /** The old and the new backend of one test, and how to remove what they leave. */
+  create(dir: string): Promise<{ oldDb: BlobDB; newDb: BlobDB; drop(): Promise<void> }>;
+  /** Metadata databases to pair it with (default: every one). */
+  metas?: (all: MetaTarget[]) => MetaTarget[];
+}
+
+const metaTargets: MetaTarget[] = [
+  {
+    name: 'SQLite',
+    async open(dir) {
+      const meta = await MetaDB.open({
+        client: 'better-sqlite3',
+        connection: { filename: join(dir, 'meta.sqlite') },
+      });
+      return { meta, drop: async () => {} };
+    },
+  },
+];
+if (MYSQL_URL) {
+  const url = MYSQL_URL;
+  metaTargets.push({
+    name: 'MariaDB',
+    async open() {
+      const table = uniqueName('bs_');
+      const meta = await MetaDB.open({ client: 'mysql2', connection: url }, { table });
+      return {
+        meta,
+        async drop() {
+          const k = await createKnex({ client: 'mysql2', connection: url });
+          try {
+            for (const t of [table, `${table}_runs`, `${table}_migrations`, `${table}_migrations_lock`]) {
+              await k.schema.dropTableIfExists(t);
+            }
+          } finally {
+            await k.destroy();
+          }
+        },
+      };
+    },
+  });
+} else {
+  announce('BLOBSHIFT_TEST_MYSQL', 'MariaDB (check-blob-logs, verify, cleanup-old)');
+}
+
+/** A new S3 bucket per test for the new backend; the old one in memory (as from files). */
+function s3Target(
+  name: string,
+  config: () => S3ClientConfigLike,
+  start?: () => Promise<() => Promise<void>>,
+) {
+  let admin: S3Client | undefined;
+  let stop: (() => Promise<void>) | undefined;
+  const target: BackendTarget = {
+    name,
+    async before() {
+      if (start) stop = await start();
+      admin = createS3Client(config());
+    },
+    async after() {
+      admin?.destroy();
+      await stop?.();
+    },
+    async create() {
+      if (!admin) throw new Error(`${name}: before() did not run`);
+      const client = admin;
+      const bucket = await createBucket(client);
+      const newDb = new S3BlobDB({ bucket, clientConfig: config() });
+      return {
+        oldDb: new MemoryBlobDB(),
+        newDb,
+        drop: () => deleteBucket(client, bucket),
+      };
+    },
+  };
+  return target;
+}
+
+let s3rver: S3rverHandle | undefined;
+const backendTargets: BackendTarget[] = [
+  {
+    name: 'memory',
+    create: async () => ({ oldDb: new MemoryBlobDB(), newDb: new MemoryBlobDB(), drop: async () => {} }),
+  },
+  {
+    ...s3Target(
+      's3rver (new) and memory (old)',
+      () => {
+        if (!s3rver) throw new Error('s3rver is not running');
+        return s3rver.clientConfig();
+      },
+      async () => {
+        const server = await startS3rver();
+        s3rver = server;
+        return () => server.stop();
+      },
+    ),
+    metas: (all) => all.slice(0, 1),
+  },
+];
+if (RGW_ENDPOINT) {
+  backendTargets.push({
+    ...s3Target('Ceph RGW (new) and memory (old)', () => rgwClientConfig()),
+    metas: (all) => all.slice(-1),
+  });
+} else {
+  announce('BLOBSHIFT_TEST_RGW', 'Ceph RGW (check-blob-logs, verify, cleanup-old)');
+}
+
+/** Every combination of backends and metadata database the suites run on. */
+export const TARGETS: Target[] = backendTargets.flatMap((b) =>
+  (b.metas ? b.metas(metaTargets) : metaTargets).map((m) => ({
+    name: `${b.name} backends, ${m.name} metadata`,
+    before: async () => {
+      await b.before?.();
+    },
+    after: async () => {
+      await b.after?.();
+    },
+    async make(): Promise<Fixture> {
+      const dir = await mkdtemp(join(tmpdir(), 'blobshift-close-'));
+      const { meta, drop } = await m.open(dir);
+      const { oldDb, newDb, drop: dropBackends } = await b.create(dir);
+      return {
+        dir,
+        logDir: join(dir, 'logs'),
+        meta,
+        oldDb,
+        newDb,
+        async dispose() {
+          await dropBackends();
+          await oldDb.close();
+          await newDb.close();
+          await meta.close();
+          await drop();
+          await rm(dir, { recursive: true, force: true });
+        },
+      };
+    },
+  })),
+);
+
+export function sha256(data: Buffer | string): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+export interface SeedOptions {
+  type?: string;
+  key?: string;
+  body?: Buffer;
+  /** Store in old (default true). */
+  inOld?: boolean;
+  /** Store in new (default false). */
+  inNew?: boolean;
+  /** Add a metadata row (default true). */
+  row?: boolean;
+  /** Put the sha256 in the row (default true). */
+  withSha?: boolean;
+  expiresOn?: Date;
+}
+
+/** One blob, where the options say; resolves its key and body. */
+export async function seed(f: Fixture, opts: SeedOptions = {}): Promise<{ key: string; body: Buffer }> {
+  const type = opts.type ?? 'attachment';
+  const key = opts.key ?? `${type}/${randomBytes(6).toString('hex')}`;
+  const body = opts.body ?? randomBytes(64 + Math.floor(Math.random() * 64));
+  if (opts.inOld !== false) await f.oldDb.put(key, body, { contentType: 'application/x-test' });
+  if (opts.inNew === true) await f.newDb.put(key, body, { contentType: 'application/x-test' });
+  if (opts.row !== false) {
+    const row: NewBlobMeta = {
+      key,
+      parentId: 'case-1',
+      type,
+      name: 'file.bin',
+      contentLength: body.length,
+      contentType: 'application/x-test',
+      sha256: opts.withSha === false ? null : sha256(body),
+      ...(opts.expiresOn ? { expiresOn: opts.expiresOn } : {}),
+    };
+    await f.meta.add(row);
+  }
+  return { key, body };
+}
+
+export async function readStream(stream: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const c of stream) chunks.push(typeof c === 'string' ? Buffer.from(c) : (c as Buffer));
+  return Buffer.concat(chunks);
+}
+
+type Method = 'put' | 'get' | 'stat' | 'exists' | 'size' | 'delete' | 'bulkDelete' | 'list';
+
+/** Delegates to `inner`, counting calls per method; `override` replaces a method's answer. */
+export class CountingBlobDB implements BlobDB {
+  readonly calls: Record<Method, number> = {
+    put: 0,
+    get: 0,
+    stat: 0,
+    exists: 0,
+    size: 0,
+    delete: 0,
+    bulkDelete: 0,
+    list: 0,
+  };
+  readonly inner: BlobDB;
+  override: {
+    list?: (opts?: ListOptions) => AsyncIterable<BlobInfo>;
+    bulkDelete?: (keys: string[]) => Promise<BulkDeleteResult>;
+    exists?: (key: string) => Promise<boolean>;
+  } = {};
+
+  constructor(inner: BlobDB) {
+    this.inner = inner;
+  }
+
+  get capabilities(): Capabilities {
+    return this.inner.capabilities;
+  }
+
+  put(key: string, body: BlobBody, opts?: PutOptions): Promise<BlobInfo> {
+    this.calls.put++;
+    return this.inner.put(key, body, opts);
+  }
+  get(key: string): Promise<Readable> {
+    this.calls.get++;
+    return this.inner.get(key);
+  }
+  stat(key: string): Promise<BlobInfo> {
+    this.calls.stat++;
+    return this.inner.stat(key);
+  }
+  exists(key: string): Promise<boolean> {
+    this.calls.exists++;
+    return this.override.exists ? this.override.exists(key) : this.inner.exists(key);
+  }
+  size(key: string): Promise<number> {
+    this.calls.size++;
+    return this.inner.size(key);
+  }
+  delete(key: string): Promise<boolean> {
+    this.calls.delete++;
+    return this.inner.delete(key);
+  }
+  bulkDelete(keys: string[]): Promise<BulkDeleteResult> {
+    this.calls.bulkDelete++;
+    return this.override.bulkDelete ? this.override.bulkDelete(keys) : this.inner.bulkDelete(keys);
+  }
+  list(opts?: ListOptions): AsyncIterable<BlobInfo> {
+    this.calls.list++;
+    return this.override.list ? this.override.list(opts) : this.inner.list(opts);
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
