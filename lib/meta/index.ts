@@ -45,6 +45,8 @@ export const KEY_BATCH = 1000;
 export const INSERT_BATCH = 500;
 /** SQLite busy timeout: how long a writer waits for another (the app, a backfill) to finish. */
 export const SQLITE_BUSY_TIMEOUT_MS = 10_000;
+/** Rows `get` considers for one key: a case-insensitive app column can hold several spellings. */
+const MAX_CASE_VARIANTS = 16;
 /** The run-state table used beside an app's own mapped table. */
 export const DEFAULT_RUNS_TABLE = 'blobshift_meta_runs';
 
@@ -540,11 +542,13 @@ export class MetaDB implements MetaStore {
 
   /** The row for `key`, or `undefined`. Keys match byte for byte. */
   async get(key: string): Promise<BlobMeta | undefined> {
-    const row = await this.#knex(this.table)
+    const rows = (await this.#knex(this.table)
       .select(this.#select)
       .where(this.#cols.key, this.#keyParam(key))
-      .first();
-    return row === undefined ? undefined : this.#toMeta(row as Record<string, unknown>);
+      .limit(MAX_CASE_VARIANTS)) as Record<string, unknown>[];
+    // A case-insensitive app column may answer for another spelling; only the exact key counts.
+    const row = rows.find((r) => toKey(r.key) === key);
+    return row === undefined ? undefined : this.#toMeta(row);
   }
 
   /** Deletes the row for `key`; resolves true when there was one. Idempotent. */

@@ -637,6 +637,30 @@ function describeMetaDB(name: string, target: Target): void {
         expect(await raw.schema.hasTable(`${appTable}_runs`)).to.equal(false);
       });
 
+      it('stays byte-exact on a case-insensitive key column', async () => {
+        const ci = uniqueName('appci');
+        tables.push(ci);
+        await raw.schema.createTable(ci, (t) => {
+          t.increments('id').primary();
+          if (name === 'SQLite') t.specificType('path', 'TEXT COLLATE NOCASE').notNullable();
+          else t.string('path', 255).collate('utf8mb4_general_ci').notNullable();
+          t.integer('bytes').notNullable();
+        });
+        await raw(ci).insert([
+          { path: 'Docs/Readme.md', bytes: 1 },
+          { path: 'docs/other.md', bytes: 2 },
+        ]);
+        const meta = await open({ table: ci, columns: { id: 'id', key: 'path', size: 'bytes' }, runsTable });
+        // The database matches both spellings; MetaDB keeps the exact one only.
+        const counted = (await raw(ci).where('path', 'docs/readme.md').count({ n: '*' })) as { n: unknown }[];
+        expect(Number(counted[0]?.n)).to.equal(1);
+        expect(await meta.get('docs/readme.md')).to.equal(undefined);
+        expect((await meta.get('Docs/Readme.md'))?.contentLength).to.equal(1);
+        expect(await meta.referenced(['docs/readme.md', 'DOCS/OTHER.MD', 'docs/other.md'])).to.deep.equal(
+          new Set(['docs/other.md']),
+        );
+      });
+
       it('names a missing column or table in a ConfigError', async () => {
         const bad = await MetaDB.open(target.config(), {
           table: appTable,
