@@ -1,0 +1,448 @@
+import {
+  lstat,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  rm,
+  stat,
+  symlink,
+  utimes,
+  writeFile,
+} from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { PassThrough, Readable } from 'node:stream';
+import { expect } from 'chai';
+import { FilesystemBlobDB, META_PREFIX, TEMP_PREFIX } from '../../lib/backends/fs.js';
+import { readAll } from '../../lib/body.js';
+import {
+  BackendError,
+  BlobExistsError,
+  BlobNotFoundError,
+  KeyConflictError,
+  SizeMismatchError,
+} from '../../lib/errors.js';
+import { describeBlobDB, getBytes, listKeys, rejectionOf } from '../conformance/blobdb.suite.js';
+
+const roots: string[] = [];
+async function freshDir(): Promise<string> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'blobshift-fs-'));
+  roots.push(dir);
+  return dir;
+}
+
+after(async () => {
+  await Promise.all(roots.map((r) => rm(r, { recursive: true, force: true })));
+});
+
+// keyConflicts: a file cannot also be a directory, so `a` and `a/b` cannot coexist.
+// conditionalWrites comes from the instance (true: link() refuses an existing name).
+describeBlobDB('FilesystemBlobDB', async () => new FilesystemBlobDB({ root: await freshDir() }), {
+  keyConflicts: true,
+});
+
+/** Every file and directory under `dir`, relative, sorted ('/' appended to directories). */
+async function tree(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (d: string, rel: string): Promise<void> => {
+    for (const e of await readdir(d, { withFileTypes: true })) {
+      if (e.isDirectory()) {
+        out.push(`${rel}${e.name}/`);
+        await walk(path.join(d, e.name), `${rel}${e.name}/`);
+      } else {
+        out.push(rel + e.name);
+      }
+    }
+  };
+  await walk(dir, '');
+  return out.sort();
+}
+
+const reserved = (entries: string[]): string[] =>
+  entries.filter((e) => path.basename(e).startsWith('.blobshift-'));
+const twoHoursAgo = (): Date => new Date(Date.now() - 2 * 3600 * 1000);
+
+function failingBody(bytes: number): Readable {
+  let sent = false;
+  return new Readable({
+    read() {
+      if (!sent) {
+        sent = true;
+        this.push(Buffer.alloc(bytes, 1));
+      } else {
+        setImmediate(() => this.destroy(new Error('disk of the sender caught fire')));
+      }
+    },
+  });
+}
+
+describe('FilesystemBlobDB', () => {
+  let root: string;
+  let db: FilesystemBlobDB;
+
+  beforeEach(async () => {
+    root = await freshDir();
+    db = new FilesystemBlobDB({ root });
+  });
+
+  afterEach(async () => {
+    await db.close();
+  });
+
+  describe('layout', () => {
+    it('stores a blob as a plain file at root/key, leaving no temp file', async () => {
+      await db.put('a/b/c.txt', 'plain bytes');
+      expect(await readFile(path.join(root, 'a', 'b', 'c.txt'), 'utf8')).to.equal('plain bytes');
+      expect(await tree(root)).to.deep.equal(['a/', 'a/b/', 'a/b/c.txt']);
+    });
+
+    it('serves an existing tree of files written by something else, without metadata', async () => {
+      await mkdir(path.join(root, 'legacy', '2019'), { recursive: true });
+      await writeFile(path.join(root, 'legacy', '2019', 'photo.jpg'), 'jpeg bytes');
+      await writeFile(path.join(root, 'top'), '');
+      expect(await listKeys(db)).to.deep.equal(['legacy/2019/photo.jpg', 'top']);
+      const st = await db.stat('legacy/2019/photo.jpg');
+      expect(st.size).to.equal(10);
+      expect(st.contentType).to.equal(undefined);
+      expect(st.httpMeta).to.equal(undefined);
+      expect((await getBytes(db, 'legacy/2019/photo.jpg')).toString()).to.equal('jpeg bytes');
+    });
+
+    it('reads from a missing root as an empty store, without creating it', async () => {
+      const missing = path.join(root, 'not', 'yet');
+      const lazy = new FilesystemBlobDB({ root: missing });
+      expect(await lazy.exists('k')).to.equal(false);
+      expect(await rejectionOf(lazy.get('k'))).to.be.instanceOf(BlobNotFoundError);
+      expect(await lazy.delete('k')).to.equal(false);
+      expect(await listKeys(lazy)).to.deep.equal([]);
+      expect(await lazy.cleanupTemp()).to.deep.equal({ removed: 0 });
+      expect(await tree(root)).to.deep.equal([]);
+      await lazy.put('k', 'v');
+      expect(await readFile(path.join(missing, 'k'), 'utf8')).to.equal('v');
+    });
+
+    it('does not list file names that are not valid keys', async () => {
+      await writeFile(path.join(root, 'bad\nname'), 'x');
+      await writeFile(path.join(root, 'good'), 'x');
+      expect(await listKeys(db)).to.deep.equal(['good']);
+    });
+
+    it('delete removes now-empty parent directories, but never the root or non-empty ones', async () => {
+      await db.put('x/y/z/deep', '1');
+      await db.put('x/keep', '2');
+      expect(await db.delete('x/y/z/deep')).to.equal(true);
+      expect(await tree(root)).to.deep.equal(['x/', 'x/keep']);
+      expect(await db.delete('x/keep')).to.equal(true);
+      expect(await tree(root)).to.deep.equal([]);
+      expect((await stat(root)).isDirectory()).to.equal(true);
+    });
+
+    it('get hands back an open file: the bytes stay readable after a delete', async () => {
+      await db.put('held', Buffer.alloc(300_000, 9));
+      const stream = await db.get('held');
+      expect(await db.delete('held')).to.equal(true);
+      const bytes = await readAll(stream);
+      expect(bytes.length).to.equal(300_000);
+      expect(bytes.every((b) => b === 9)).to.equal(true);
+    });
+
+    it('refuses bad options', () => {
+      expect(() => new FilesystemBlobDB({ root: '' })).to.throw(/root/);
+      expect(() => new FilesystemBlobDB({ root, fileMode: 0o10000 })).to.throw(/fileMode/);
+      expect(() => new FilesystemBlobDB({ root, dirMode: -1 })).to.throw(/dirMode/);
+    });
+  });
+
+  describe('modes', () => {
+    let umask: number;
+    beforeEach(() => {
+      umask = process.umask(0o077);
+    });
+    afterEach(() => {
+      process.umask(umask);
+    });
+
+    it('applies fileMode and dirMode whatever the umask', async () => {
+      const custom = new FilesystemBlobDB({ root: path.join(root, 'r'), fileMode: 0o640, dirMode: 0o751 });
+      await custom.put('d1/d2/f', 'x', { contentType: 'text/plain' });
+      expect((await stat(path.join(root, 'r'))).mode & 0o7777, 'created root').to.equal(0o751);
+      expect((await stat(path.join(root, 'r', 'd1'))).mode & 0o7777).to.equal(0o751);
+      expect((await stat(path.join(root, 'r', 'd1', 'd2'))).mode & 0o7777).to.equal(0o751);
+      expect((await stat(path.join(root, 'r', 'd1', 'd2', 'f'))).mode & 0o7777).to.equal(0o640);
+      const sidecars = reserved(await tree(path.join(root, 'r')));
+      expect(sidecars).to.have.length(1);
+      expect((await stat(path.join(root, 'r', sidecars[0] as string))).mode & 0o7777).to.equal(0o640);
+    });
+
+    it('defaults to 0644 files and 0755 directories', async () => {
+      await db.put('d/f', 'x');
+      await db.put('d/g', 'y', { overwrite: false });
+      expect((await stat(path.join(root, 'd'))).mode & 0o7777).to.equal(0o755);
+      expect((await stat(path.join(root, 'd', 'f'))).mode & 0o7777).to.equal(0o644);
+      expect((await stat(path.join(root, 'd', 'g'))).mode & 0o7777).to.equal(0o644);
+    });
+  });
+
+  describe('paths never leave the root', () => {
+    let outside: string;
+    beforeEach(async () => {
+      outside = await freshDir();
+      await writeFile(path.join(outside, 'secret'), 'top secret');
+      await symlink(outside, path.join(root, 'out'));
+      await symlink(path.join(outside, 'secret'), path.join(root, 'leak'));
+    });
+
+    it('refuses a put through a directory symlink pointing outside', async () => {
+      for (const key of ['out/x', 'out/new/deeper']) {
+        const err = await rejectionOf(db.put(key, 'escape'));
+        expect(err, key).to.be.instanceOf(BackendError);
+        expect((err as BackendError).code).to.equal('E_BACKEND');
+        expect((err as BackendError).key).to.equal(key);
+        expect((err as Error).message).to.match(/outside the root/);
+      }
+      expect((await readdir(outside)).sort()).to.deep.equal(['secret']);
+    });
+
+    it('refuses get, stat, size and exists through symlinks pointing outside', async () => {
+      for (const key of ['out/secret', 'leak']) {
+        for (const call of [
+          () => db.get(key),
+          () => db.stat(key),
+          () => db.size(key),
+          () => db.exists(key),
+        ]) {
+          const err = await rejectionOf(call());
+          expect(err, key).to.be.instanceOf(BackendError);
+          expect((err as Error).message).to.match(/outside the root/);
+        }
+      }
+    });
+
+    it('refuses to overwrite through a symlinked directory, and a file symlink is replaced, not followed', async () => {
+      expect(await rejectionOf(db.put('out/secret', 'pwned'))).to.be.instanceOf(BackendError);
+      await db.put('leak', 'replaced the link itself');
+      expect(await readFile(path.join(outside, 'secret'), 'utf8')).to.equal('top secret');
+      expect((await lstat(path.join(root, 'leak'))).isFile()).to.equal(true);
+    });
+
+    it('delete of a symlinked blob removes the link only', async () => {
+      expect(await db.delete('leak')).to.equal(true);
+      expect(await readFile(path.join(outside, 'secret'), 'utf8')).to.equal('top secret');
+      expect(await rejectionOf(db.delete('out/secret'))).to.be.instanceOf(BackendError);
+      expect(await readFile(path.join(outside, 'secret'), 'utf8')).to.equal('top secret');
+    });
+
+    it('follows symlinks that stay inside the root for reads; list follows none', async () => {
+      await db.put('real/f', 'inside');
+      await symlink(path.join(root, 'real'), path.join(root, 'alias'));
+      await symlink(path.join(root, 'real', 'f'), path.join(root, 'direct'));
+      expect((await getBytes(db, 'alias/f')).toString()).to.equal('inside');
+      expect((await getBytes(db, 'direct')).toString()).to.equal('inside');
+      expect(await listKeys(db)).to.deep.equal(['real/f']);
+      expect(await listKeys(db, { prefix: 'alias/' })).to.deep.equal([]);
+      expect(await listKeys(db, { prefix: 'out/' })).to.deep.equal([]);
+    });
+
+    it('works with a root reached through a symlink, and still refuses links out of it', async () => {
+      const viaLink = path.join(await freshDir(), 'root-link');
+      await symlink(root, viaLink);
+      const linked = new FilesystemBlobDB({ root: viaLink });
+      await linked.put('fine', 'ok');
+      expect(await readFile(path.join(root, 'fine'), 'utf8')).to.equal('ok');
+      expect(await rejectionOf(linked.put('out/x', 'no'))).to.be.instanceOf(BackendError);
+    });
+  });
+
+  describe('temp files', () => {
+    it('never lists temp files, removes stale ones when listing, keeps fresh ones', async () => {
+      await db.put('dir/blob', 'b');
+      const stale = path.join(root, 'dir', `${TEMP_PREFIX}0123456789abcdef`);
+      const staleTop = path.join(root, `${TEMP_PREFIX}aaaaaaaaaaaaaaaa`);
+      const fresh = path.join(root, 'dir', `${TEMP_PREFIX}fedcba9876543210`);
+      for (const f of [stale, staleTop, fresh]) await writeFile(f, 'left by a crash');
+      await utimes(stale, twoHoursAgo(), twoHoursAgo());
+      await utimes(staleTop, twoHoursAgo(), twoHoursAgo());
+      expect(await listKeys(db)).to.deep.equal(['dir/blob']);
+      expect(await tree(root)).to.deep.equal(['dir/', `dir/${path.basename(fresh)}`, 'dir/blob']);
+      expect(await db.cleanupTemp({ olderThanMs: 0 })).to.deep.equal({ removed: 1 });
+      expect(await tree(root)).to.deep.equal(['dir/', 'dir/blob']);
+    });
+
+    it('a crash-leftover temp file is not listed and is no blob', async () => {
+      await mkdir(path.join(root, 'x'));
+      await writeFile(path.join(root, 'x', `${TEMP_PREFIX}1111222233334444`), 'half a blob');
+      expect(await listKeys(db)).to.deep.equal([]);
+      expect(await listKeys(db, { prefix: 'x/' })).to.deep.equal([]);
+      expect(await db.exists('x')).to.equal(false);
+      // Still there: it is fresh.
+      expect(await tree(root)).to.deep.equal(['x/', `x/${TEMP_PREFIX}1111222233334444`]);
+    });
+
+    it('cleanupTemp removes stale temp files and orphaned sidecars, and keeps live sidecars', async () => {
+      await db.put('m/kept', 'v', { contentType: 'text/plain' });
+      await writeFile(path.join(root, 'm', `${META_PREFIX}${'0'.repeat(32)}-12345.json`), '{}');
+      await writeFile(path.join(root, 'm', `${TEMP_PREFIX}9999999999999999`), 'x');
+      for (const f of reserved(await tree(root)))
+        await utimes(path.join(root, f), twoHoursAgo(), twoHoursAgo());
+      expect(await db.cleanupTemp()).to.deep.equal({ removed: 2 });
+      expect(reserved(await tree(root))).to.have.length(1);
+      expect((await db.stat('m/kept')).contentType).to.equal('text/plain');
+    });
+
+    it('a put in progress keeps its temp file in the target directory and it is not listed', async () => {
+      await db.put('t/other', 'o');
+      const pass = new PassThrough();
+      const put = db.put('t/pending', pass);
+      pass.write(Buffer.alloc(1000));
+      await new Promise((r) => setTimeout(r, 30));
+      const during = await tree(root);
+      expect(reserved(during).filter((f) => f.startsWith(`t/${TEMP_PREFIX}`))).to.have.length(1);
+      expect(await listKeys(db)).to.deep.equal(['t/other']);
+      pass.end();
+      await put;
+      expect(await tree(root)).to.deep.equal(['t/', 't/other', 't/pending']);
+    });
+  });
+
+  describe('a vs a/b', () => {
+    it('put a/b when a is a blob: KeyConflictError naming a', async () => {
+      await db.put('a', 'file');
+      for (const key of ['a/b', 'a/b/c/d']) {
+        const err = await rejectionOf(db.put(key, 'below'));
+        expect(err, key).to.be.instanceOf(KeyConflictError);
+        expect((err as KeyConflictError).conflictsWith).to.equal('a');
+        expect((err as Error).message).to.contain('"a" is a blob');
+      }
+      expect(await tree(root)).to.deep.equal(['a']);
+    });
+
+    it('put a when a/… holds keys: KeyConflictError, with rename and with link', async () => {
+      await db.put('a/b', 'below');
+      for (const overwrite of [true, false]) {
+        const err = await rejectionOf(db.put('a', 'file', { overwrite, contentType: 'text/plain' }));
+        expect(err).to.be.instanceOf(KeyConflictError);
+        expect((err as KeyConflictError).conflictsWith).to.equal('a/b');
+        expect((err as Error).message).to.contain('other keys are stored under "a/"');
+      }
+      expect(await tree(root)).to.deep.equal(['a/', 'a/b']);
+    });
+
+    it('an empty directory left behind does not block a blob of the same name', async () => {
+      await mkdir(path.join(root, 'empty', 'nested'), { recursive: true });
+      await db.put('empty/nested', 'now a blob');
+      await mkdir(path.join(root, 'e2'));
+      await db.put('e2', 'also', { overwrite: false });
+      expect(await listKeys(db)).to.deep.equal(['e2', 'empty/nested']);
+    });
+
+    it('after deleting a/b, a can be stored', async () => {
+      await db.put('a/b', 'below');
+      await db.delete('a/b');
+      await db.put('a', 'now a file');
+      expect((await getBytes(db, 'a')).toString()).to.equal('now a file');
+    });
+  });
+
+  describe('failed puts', () => {
+    it('an input stream failing midway leaves the previous content and metadata, and no temp file', async () => {
+      await db.put('k/v', 'previous', { contentType: 'text/plain', httpMeta: { cacheControl: 'max-age=5' } });
+      const before = await tree(root);
+      const err = await rejectionOf(db.put('k/v', failingBody(200_000), { contentType: 'image/png' }));
+      expect(err).to.be.instanceOf(BackendError);
+      expect(((err as Error).cause as Error).message).to.equal('disk of the sender caught fire');
+      expect((await getBytes(db, 'k/v')).toString()).to.equal('previous');
+      const st = await db.stat('k/v');
+      expect(st.contentType).to.equal('text/plain');
+      expect(st.httpMeta?.cacheControl).to.equal('max-age=5');
+      expect(await tree(root)).to.deep.equal(before);
+    });
+
+    it('a failed put into new directories removes them again', async () => {
+      const err = await rejectionOf(db.put('new/dirs/k', failingBody(10)));
+      expect(err).to.be.instanceOf(BackendError);
+      expect(await tree(root)).to.deep.equal([]);
+    });
+
+    it('a size mismatch leaves nothing: no temp file, no sidecar', async () => {
+      await db.put('s', 'abc');
+      const err = await rejectionOf(
+        db.put('s', Readable.from([Buffer.from('abcdef')]), { size: 3, contentType: 'a/b' }),
+      );
+      expect(err).to.be.instanceOf(SizeMismatchError);
+      expect(await tree(root)).to.deep.equal(['s']);
+    });
+
+    it('a refused overwrite: false leaves no temp file and no sidecar behind', async () => {
+      await db.put('o', 'first');
+      const err = await rejectionOf(
+        db.put('o', Readable.from([Buffer.from('second')]), { overwrite: false, contentType: 'a/b' }),
+      );
+      expect(err).to.be.instanceOf(BlobExistsError);
+      expect(await tree(root)).to.deep.equal(['o']);
+    });
+  });
+
+  describe('metadata sidecar', () => {
+    it('is replaced on overwrite and cleared when the new put has none', async () => {
+      await db.put('p/q', 'v1', { contentType: 'text/plain', httpMeta: { metadata: { n: '1' } } });
+      expect(reserved(await tree(root))).to.have.length(1);
+      await db.put('p/q', 'v2', { contentType: 'text/csv', httpMeta: { metadata: { n: '2' } } });
+      let st = await db.stat('p/q');
+      expect(st.contentType).to.equal('text/csv');
+      expect(st.httpMeta?.metadata).to.deep.equal({ n: '2' });
+      expect(reserved(await tree(root)), 'the old sidecar is gone').to.have.length(1);
+      await db.put('p/q', 'v3');
+      st = await db.stat('p/q');
+      expect(st.contentType).to.equal(undefined);
+      expect(st.httpMeta).to.equal(undefined);
+      expect(reserved(await tree(root))).to.deep.equal([]);
+    });
+
+    it('is kept by a refused overwrite: false and removed with the blob', async () => {
+      await db.put('r/s', 'v1', { contentType: 'text/plain' });
+      await rejectionOf(db.put('r/s', 'v2', { overwrite: false, contentType: 'text/html' }));
+      expect((await db.stat('r/s')).contentType).to.equal('text/plain');
+      await db.delete('r/s');
+      expect(await tree(root)).to.deep.equal([]);
+    });
+
+    it('is ignored once something else rewrites the blob file in place', async () => {
+      await db.put('w', 'original', { contentType: 'text/plain' });
+      await writeFile(path.join(root, 'w'), 'rewritten by another program');
+      const st = await db.stat('w');
+      expect(st.size).to.equal(28);
+      expect(st.contentType).to.equal(undefined);
+      // Same size, same inode: the modification time gives it away.
+      await db.put('w2', 'original', { contentType: 'text/plain' });
+      await new Promise((r) => setTimeout(r, 5));
+      await writeFile(path.join(root, 'w2'), 'ORIGINAL');
+      expect((await db.stat('w2')).contentType).to.equal(undefined);
+    });
+
+    it('fits next to a 255-byte file name', async () => {
+      const name = 'é'.repeat(127) + 'x'; // 255 bytes
+      await db.put(`long/${name}`, 'v', { contentType: 'text/plain', httpMeta: { contentLanguage: 'de' } });
+      const st = await db.stat(`long/${name}`);
+      expect(st.contentType).to.equal('text/plain');
+      expect(st.httpMeta?.contentLanguage).to.equal('de');
+      expect(await listKeys(db)).to.deep.equal([`long/${name}`]);
+    });
+
+    it('racing overwrites with metadata leave the winner its own metadata', async () => {
+      await Promise.all(
+        Array.from({ length: 8 }, (_, i) =>
+          db.put('race', `body ${i}`, {
+            contentType: `text/x-${i}`,
+            httpMeta: { metadata: { i: String(i) } },
+          }),
+        ),
+      );
+      const body = (await getBytes(db, 'race')).toString();
+      const i = body.slice(5);
+      const st = await db.stat('race');
+      expect(st.contentType).to.equal(`text/x-${i}`);
+      expect(st.httpMeta?.metadata).to.deep.equal({ i });
+    });
+  });
+});
