@@ -295,9 +295,11 @@ describe('FilesystemBlobDB', () => {
       const pass = new PassThrough();
       const put = db.put('t/pending', pass);
       pass.write(Buffer.alloc(1000));
-      await new Promise((r) => setTimeout(r, 30));
-      const during = await tree(root);
-      expect(reserved(during).filter((f) => f.startsWith(`t/${TEMP_PREFIX}`))).to.have.length(1);
+      const temps = async (): Promise<string[]> =>
+        reserved(await tree(root)).filter((f) => f.startsWith(`t/${TEMP_PREFIX}`));
+      for (let i = 0; i < 200 && (await temps()).length === 0; i++)
+        await new Promise((r) => setTimeout(r, 10));
+      expect(await temps()).to.have.length(1);
       expect(await listKeys(db)).to.deep.equal(['t/other']);
       pass.end();
       await put;
