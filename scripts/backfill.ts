@@ -1,14 +1,111 @@
 /**
- * `blobshift backfill`: not built yet. The CLI (scripts/cli.ts) parses and validates
- * the flags, then calls `main(options, args)` and exits with its result.
- * Run directly (`tsx scripts/backfill.ts …`), this file runs the CLI with `backfill`
+ * `blobshift backfill`: copy every referenced blob the new backend lacks.
+ * The CLI (scripts/cli.ts) parses and validates the flags, then calls
+ * `main(options, args)` and exits with its result. Run directly
+ * (`tsx scripts/backfill.ts …`), this file runs the CLI with `backfill`
  * prepended, so the flags are parsed and checked in one place.
  */
+import type { Shard } from '../lib/cli/args.js';
 import { EXIT, exitWith, isMainModule } from '../lib/cli/run.js';
 
-export async function main(_options: Record<string, unknown>, _args: string[]): Promise<number> {
-  process.stderr.write('blobshift backfill: not built yet\n');
-  return EXIT.USAGE;
+export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
+  const [{ openContext }, { backfill }, { backfillJson, formatBackfillSummary }, out, { createProgress }] =
+    await Promise.all([
+      import('../lib/cli/context.js'),
+      import('../lib/migrate/backfill.js'),
+      import('../lib/migrate/report.js'),
+      import('../lib/cli/output.js'),
+      import('../lib/cli/progress.js'),
+    ]);
+  const dryRun = options.dryRun === true;
+  const json = options.json === true;
+  const concurrency = (options.concurrency as number | undefined) ?? 16;
+  const shard = options.shard as Shard | undefined;
+  const types = (options.types as string[] | undefined) ?? [];
+  if (options.queue !== undefined) {
+    process.stderr.write('blobshift backfill: --queue (scale-out over workers) is not built yet\n');
+    return EXIT.USAGE;
+  }
+
+  const ctx = await openContext({
+    config: options.config as string,
+    requireOld: true,
+    requireNew: true,
+    write: !dryRun,
+    logFormat: options.logFormat as 'text' | 'json',
+  });
+  const { logger } = ctx;
+  const soft = new AbortController();
+  const hard = new AbortController();
+  let signals = 0;
+  const onSignal = (name: string) => {
+    signals++;
+    if (signals === 1) {
+      logger.warn(
+        `${name}: stopping; in-flight copies finish, then the checkpoint is saved (again to abandon them)`,
+      );
+      soft.abort();
+    } else {
+      logger.warn(`${name} again: abandoning in-flight copies; the checkpoint is saved`);
+      hard.abort();
+    }
+  };
+  const onInt = () => onSignal('SIGINT');
+  const onTerm = () => onSignal('SIGTERM');
+  process.on('SIGINT', onInt);
+  process.on('SIGTERM', onTerm);
+  let progress: ReturnType<typeof createProgress> | undefined;
+  try {
+    logger.info('config', { file: ctx.loaded.file, config: ctx.printable });
+    const summary = await backfill({
+      meta: ctx.meta,
+      oldDb: ctx.oldDb!,
+      newDb: ctx.newDb!,
+      run: (options.run as string | undefined) ?? 'default',
+      ...(shard ? { shard } : {}),
+      types,
+      chunkSize: (options.chunkSize as number | undefined) ?? 1000,
+      concurrency,
+      existence: (options.existence as 'list' | 'head' | undefined) ?? 'list',
+      ...(options.maxRate !== undefined ? { maxRate: options.maxRate as number } : {}),
+      reset: options.reset === true,
+      dryRun,
+      logDir: (options.logDir as string | undefined) ?? './blobshift-logs',
+      identity: { old: ctx.names.old ?? 'old', new: ctx.names.new ?? 'new' },
+      signal: soft.signal,
+      hardSignal: hard.signal,
+      logger,
+      onStart: (info) => {
+        logger.info(
+          `backfill run "${info.run}"${info.shard ? ` shard ${info.shard}` : ''}, attempt ${info.attempt}` +
+            (info.resumedFrom > 0 ? `, resuming after id ${info.resumedFrom}` : ''),
+          {
+            log: info.log,
+            estimate: info.estimate,
+            ...(info.snapshot ? { newBackendHolds: info.snapshot } : {}),
+          },
+        );
+        progress = createProgress({
+          total: info.estimate.count,
+          totalBytes: info.estimate.bytes,
+          enabled: options.progress !== false && !json,
+        });
+      },
+      onProgress: (p) => {
+        progress?.setTotal(p.total);
+        progress?.update(p.done, p.bytes);
+      },
+    });
+    progress?.stop();
+    if (json) out.printJson(backfillJson(summary));
+    else out.printLines(formatBackfillSummary(summary));
+    return summary.exitCode;
+  } finally {
+    progress?.stop();
+    process.off('SIGINT', onInt);
+    process.off('SIGTERM', onTerm);
+    await ctx.close();
+  }
 }
 
 if (isMainModule(import.meta.url)) {

@@ -12,6 +12,7 @@
 import { randomBytes } from 'node:crypto';
 
 process.env.AWS_EC2_METADATA_DISABLED = 'true';
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 export const MYSQL_URL = process.env.BLOBSHIFT_TEST_MYSQL || undefined;
 export const RGW_ENDPOINT = process.env.BLOBSHIFT_TEST_RGW || undefined;

@@ -1,0 +1,123 @@
+/**
+ * What every data command does first: load the config, open the metadata and
+ * the backends it needs, run the preflight, and hand back one object that
+ * closes everything. The subcommand scripts stay thin on top of it.
+ */
+import type { BlobShiftConfig, LoadedConfig } from '../config.js';
+import { ConfigError, PreflightError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { MetaStore } from '../meta/types.js';
+import { shortError } from '../migrate/errors.js';
+import { redact } from '../redact.js';
+import type { BlobDB } from '../types.js';
+
+export interface CommandContext {
+  loaded: LoadedConfig;
+  config: BlobShiftConfig;
+  /** The config as validated, secrets redacted: what may be printed. */
+  printable: unknown;
+  meta: MetaStore;
+  oldDb: BlobDB | undefined;
+  newDb: BlobDB | undefined;
+  /** Printable names (no secrets) of the backends and the database. */
+  names: { old: string | undefined; new: string | undefined; meta: string };
+  logger: Logger;
+  close(): Promise<void>;
+}
+
+export interface ContextOptions {
+  /** `-c FILE` (default `./blobshift.config.json`). */
+  config?: string;
+  requireOld?: boolean;
+  requireNew?: boolean;
+  /** Probe a write on the new backend during the preflight. */
+  write?: boolean;
+  /** Skip the preflight (status, estimate). */
+  preflight?: boolean;
+  /** Refuse when old and new are the same place (default true when both are required). */
+  refuseSameLocation?: boolean;
+  logFormat?: 'text' | 'json';
+  /** Override the new backend's socket pool size (S3). */
+  maxSockets?: number;
+}
+
+/** Opens what a command needs; on any failure closes what it opened and rethrows. */
+export async function openContext(opts: ContextOptions): Promise<CommandContext> {
+  const [{ loadConfig, describeBackend, sameLocation }, { createLogger }, { preflight }] = await Promise.all([
+    import('../config.js'),
+    import('../log.js'),
+    import('../migrate/preflight.js'),
+  ]);
+  const logger = createLogger({ format: opts.logFormat ?? 'text' });
+  const loaded = await loadConfig(opts.config ?? './blobshift.config.json', {
+    ...(opts.requireOld ? { requireOld: true } : {}),
+    ...(opts.requireNew ? { requireNew: true } : {}),
+    sqliteMustExist: true,
+  });
+  const config = loaded.config;
+  // Taken before any client is built (SDK clients annotate the credentials object).
+  const printable = redact(structuredClone(config));
+  const names = {
+    old: config.old ? describeBackend(config.old) : undefined,
+    new: config.new ? describeBackend(config.new) : undefined,
+    meta: describeMeta(config),
+  };
+  const opened: { close(): Promise<void> }[] = [];
+  const close = async () => {
+    for (const item of opened.reverse()) await item.close().catch(() => {});
+    opened.length = 0;
+  };
+  try {
+    const meta = await loaded.openMeta().catch((err: unknown) => {
+      throw asPreflight(names.meta, err);
+    });
+    opened.push(meta);
+    const oldDb = opts.requireOld || config.old ? await loaded.buildOld() : undefined;
+    if (oldDb) opened.push(oldDb);
+    const newDb = opts.requireNew || config.new ? await loaded.buildNew() : undefined;
+    if (newDb) opened.push(newDb);
+    if (opts.preflight !== false) {
+      const same =
+        (opts.refuseSameLocation ?? true) && config.old && config.new
+          ? sameLocation(config.old, config.new)
+          : false;
+      await preflight({
+        meta,
+        ...(oldDb ? { oldDb } : {}),
+        ...(newDb ? { newDb } : {}),
+        names: {
+          ...(names.old ? { old: names.old } : {}),
+          ...(names.new ? { new: names.new } : {}),
+          meta: names.meta,
+        },
+        write: opts.write ?? false,
+        sameLocation: same,
+      });
+    }
+    return { loaded, config, printable, meta, oldDb, newDb, names, logger, close };
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}
+
+function describeMeta(config: BlobShiftConfig): string {
+  const m = config.meta;
+  if (m.client === 'better-sqlite3') return `SQLite ${m.connection.filename} (table ${m.table})`;
+  const c = m.connection;
+  if (typeof c === 'string') {
+    try {
+      const u = new URL(c);
+      return `MySQL ${u.hostname}:${u.port || 3306}${u.pathname} (table ${m.table})`;
+    } catch {
+      return `MySQL (table ${m.table})`;
+    }
+  }
+  const conn = c as { host?: string; port?: number; database?: string };
+  return `MySQL ${conn.host ?? 'localhost'}:${conn.port ?? 3306}/${conn.database ?? ''} (table ${m.table})`;
+}
+
+function asPreflight(target: string, err: unknown): unknown {
+  if (err instanceof ConfigError || err instanceof PreflightError) return err;
+  return new PreflightError(target, `it cannot be opened: ${shortError(err)}`, { cause: err });
+}
