@@ -1,18 +1,53 @@
 /**
- * `blobshift check-blob-logs`: not built yet. The CLI (scripts/cli.ts) parses and validates
- * the flags, then calls `main(options, args)` and exits with its result.
- * Run directly (`tsx scripts/check-blob-logs.ts …`), this file runs the CLI with `check-blob-logs`
- * prepended, so the flags are parsed and checked in one place.
+ * `blobshift check-blob-logs LOG...`: classify what backfill could not find
+ * (found in new, found in old, not referenced, not found), per type; with
+ * `--migrate`, copy the "found in old" stragglers through the copy path.
+ * Run directly (`tsx scripts/check-blob-logs.ts …`), this file runs the CLI
+ * with `check-blob-logs` prepended.
  */
-import { EXIT, exitWith, isMainModule } from '../lib/cli/run.js';
+import { exitWith, isMainModule } from '../lib/cli/run.js';
 
-export async function main(_options: Record<string, unknown>, _args: string[]): Promise<number> {
-  process.stderr.write('blobshift check-blob-logs: not built yet\n');
-  return EXIT.USAGE;
+export async function main(options: Record<string, unknown>, args: string[]): Promise<number> {
+  const [{ openContext }, check, out, { trapSignals }] = await Promise.all([
+    import('../lib/cli/context.js'),
+    import('../lib/migrate/check-logs.js'),
+    import('../lib/cli/output.js'),
+    import('../lib/cli/signals.js'),
+  ]);
+  const migrate = options.migrate === true;
+  const ctx = await openContext({
+    config: options.config as string,
+    requireOld: true,
+    requireNew: true,
+    write: migrate,
+  });
+  const signals = trapSignals(ctx.logger);
+  try {
+    const report = await check.checkBlobLogs({
+      files: args,
+      meta: ctx.meta,
+      oldDb: ctx.oldDb!,
+      newDb: ctx.newDb!,
+      migrate,
+      concurrency: (options.concurrency as number | undefined) ?? 16,
+      signal: signals.soft,
+      logger: ctx.logger,
+    });
+    const logDir = (options.logDir as string | undefined) ?? './blobshift-logs';
+    const notFoundFile =
+      report.notFound.length > check.MAX_LISTED ? await check.writeNotFoundFile(report, logDir) : undefined;
+    for (const p of report.malformed) ctx.logger.warn(`${p.file}:${p.line}: ${p.why}`);
+    for (const p of report.warnings) ctx.logger.warn(`${p.file}:${p.line}: ${p.why}`);
+    if (options.json === true) out.printJson({ ...report, ...(notFoundFile ? { notFoundFile } : {}) });
+    else process.stdout.write(check.formatCheckReport(report, notFoundFile ? { notFoundFile } : {}));
+    return report.exitCode;
+  } finally {
+    signals.dispose();
+    await ctx.close();
+  }
 }
 
 if (isMainModule(import.meta.url)) {
-  // No top-level await: cli.js imports this module back, and must not wait on it.
   void import('./cli.js')
     .then(({ runCli }) => runCli(['check-blob-logs', ...process.argv.slice(2)]))
     .then(exitWith);

@@ -1,10 +1,36 @@
 /**
- * `blobshift cleanup-old`: not built yet. The CLI (scripts/cli.ts) parses and validates
- * the flags, then calls `main(options, args)` and exits with its result.
+ * `blobshift cleanup-old --yes`: after a clean verify, delete from the old
+ * backend exactly the blobs the new one holds with the right size, writing an
+ * audit log of every key deleted. Refused without `--yes` (the CLI checks)
+ * and when old and new overlap.
  */
-import { EXIT } from '../lib/cli/run.js';
-
-export async function main(_options: Record<string, unknown>, _args: string[]): Promise<number> {
-  process.stderr.write('blobshift cleanup-old: not built yet\n');
-  return EXIT.USAGE;
+export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
+  const [{ openContext }, c, out, { trapSignals }, { sameLocation }] = await Promise.all([
+    import('../lib/cli/context.js'),
+    import('../lib/migrate/cleanup.js'),
+    import('../lib/cli/output.js'),
+    import('../lib/cli/signals.js'),
+    import('../lib/config.js'),
+  ]);
+  const ctx = await openContext({ config: options.config as string, requireOld: true, requireNew: true });
+  const signals = trapSignals(ctx.logger, 'the current batch finishes');
+  try {
+    const report = await c.cleanupOld({
+      meta: ctx.meta,
+      oldDb: ctx.oldDb!,
+      newDb: ctx.newDb!,
+      yes: options.yes === true,
+      dryRun: options.dryRun === true,
+      logDir: (options.logDir as string | undefined) ?? './blobshift-logs',
+      sameLocation: ctx.config.old && ctx.config.new ? sameLocation(ctx.config.old, ctx.config.new) : false,
+      signal: signals.soft,
+      logger: ctx.logger,
+    });
+    if (options.json === true) out.printJson(report);
+    else process.stdout.write(c.formatCleanupReport(report));
+    return report.exitCode;
+  } finally {
+    signals.dispose();
+    await ctx.close();
+  }
 }

@@ -1,10 +1,29 @@
 /**
- * `blobshift estimate`: not built yet. The CLI (scripts/cli.ts) parses and validates
- * the flags, then calls `main(options, args)` and exits with its result.
+ * `blobshift estimate`: blobs and bytes per type, from the metadata alone
+ * (no backend is contacted).
  */
-import { EXIT } from '../lib/cli/run.js';
-
-export async function main(_options: Record<string, unknown>, _args: string[]): Promise<number> {
-  process.stderr.write('blobshift estimate: not built yet\n');
-  return EXIT.USAGE;
+export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
+  const [{ loadConfig }, out] = await Promise.all([
+    import('../lib/config.js'),
+    import('../lib/cli/output.js'),
+  ]);
+  const loaded = await loadConfig(options.config as string, { sqliteMustExist: true });
+  const meta = await loaded.openMeta();
+  try {
+    const types = options.types as string[] | undefined;
+    const estimate = await meta.estimate(types ? { types } : {});
+    if (options.json === true) {
+      out.printJson(estimate);
+      return 0;
+    }
+    const lines = [`${estimate.count} blobs, ${out.humanBytes(estimate.bytes)} (${estimate.bytes} bytes)`];
+    for (const type of Object.keys(estimate.byType).sort()) {
+      const t = estimate.byType[type];
+      if (t) lines.push(`  ${type}: ${t.count} blobs, ${out.humanBytes(t.bytes)}`);
+    }
+    out.printLines(lines);
+    return 0;
+  } finally {
+    await meta.close();
+  }
 }

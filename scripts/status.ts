@@ -1,10 +1,62 @@
 /**
- * `blobshift status`: not built yet. The CLI (scripts/cli.ts) parses and validates
- * the flags, then calls `main(options, args)` and exits with its result.
+ * `blobshift status [--run NAME]`: a run's saved state (every shard of it),
+ * from the metadata database.
  */
-import { EXIT } from '../lib/cli/run.js';
+import { UsageError } from '../lib/cli/args.js';
 
-export async function main(_options: Record<string, unknown>, _args: string[]): Promise<number> {
-  process.stderr.write('blobshift status: not built yet\n');
-  return EXIT.USAGE;
+export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
+  const [{ loadConfig }, out, { summaryFromState }, { backfillJson, formatBackfillSummary }] =
+    await Promise.all([
+      import('../lib/config.js'),
+      import('../lib/cli/output.js'),
+      import('../lib/migrate/backfill.js'),
+      import('../lib/migrate/report.js'),
+    ]);
+  const loaded = await loadConfig(options.config as string, { sqliteMustExist: true });
+  const meta = await loaded.openMeta();
+  try {
+    const name = (options.run as string | undefined) ?? 'default';
+    const runs = (await meta.listRuns()).filter((r) => r.name === name);
+    if (runs.length === 0) {
+      throw new UsageError(
+        `no run named "${name}" in this metadata database (blobshift backfill --run ${name} starts it)`,
+        {
+          flag: '--run',
+        },
+      );
+    }
+    const shown = runs.map((state) => {
+      const status =
+        state.status === 'completed'
+          ? 'completed'
+          : state.status === 'failed'
+            ? 'infrastructure'
+            : 'interrupted';
+      const summary = summaryFromState(state, status, false);
+      return { state, summary };
+    });
+    if (options.json === true) {
+      out.printJson(
+        shown.map(({ state, summary }) => ({
+          ...backfillJson(summary),
+          state: state.status,
+          startedAt: state.startedAt,
+          updatedAt: state.updatedAt,
+          finishedAt: state.finishedAt,
+          options: state.options,
+        })),
+      );
+      return 0;
+    }
+    for (const { state, summary } of shown) {
+      const lines = formatBackfillSummary(summary);
+      lines[0] = `run ${state.name}${state.shard ? ` shard ${state.shard}` : ''}: ${state.status}${
+        state.status === 'running' ? ' (or killed: a rerun resumes it)' : ''
+      }, checkpoint after id ${state.lowWaterMark}, last saved ${state.updatedAt.toISOString()}`;
+      out.printLines(lines);
+    }
+    return 0;
+  } finally {
+    await meta.close();
+  }
 }

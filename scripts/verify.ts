@@ -1,10 +1,34 @@
 /**
- * `blobshift verify`: not built yet. The CLI (scripts/cli.ts) parses and validates
- * the flags, then calls `main(options, args)` and exits with its result.
+ * `blobshift verify`: every referenced blob is in the new backend with the
+ * metadata's size (and, with `--checksum`, its content). Prints `SAFE TO FLIP`
+ * or `NOT SAFE: …`; exit 0 only when safe.
  */
-import { EXIT } from '../lib/cli/run.js';
-
-export async function main(_options: Record<string, unknown>, _args: string[]): Promise<number> {
-  process.stderr.write('blobshift verify: not built yet\n');
-  return EXIT.USAGE;
+export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
+  const [{ openContext }, v, out, { trapSignals }] = await Promise.all([
+    import('../lib/cli/context.js'),
+    import('../lib/migrate/verify.js'),
+    import('../lib/cli/output.js'),
+    import('../lib/cli/signals.js'),
+  ]);
+  const ctx = await openContext({ config: options.config as string, requireNew: true });
+  const signals = trapSignals(ctx.logger);
+  try {
+    const types = options.types as string[] | undefined;
+    const report = await v.verify({
+      meta: ctx.meta,
+      newDb: ctx.newDb!,
+      ...(ctx.oldDb ? { oldDb: ctx.oldDb } : {}),
+      checksum: options.checksum === true,
+      ...(types ? { types } : {}),
+      logDir: (options.logDir as string | undefined) ?? './blobshift-logs',
+      signal: signals.soft,
+      logger: ctx.logger,
+    });
+    if (options.json === true) out.printJson(report);
+    else process.stdout.write(v.formatVerifyReport(report));
+    return report.exitCode;
+  } finally {
+    signals.dispose();
+    await ctx.close();
+  }
 }
