@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { S3Client } from '@aws-sdk/client-s3';
+import { FilesystemBlobDB } from '../../lib/backends/fs.js';
 import { MemoryBlobDB } from '../../lib/backends/memory.js';
 import { createS3Client, S3BlobDB, type S3ClientConfigLike } from '../../lib/backends/s3.js';
 import { createKnex, MetaDB } from '../../lib/meta/index.js';
@@ -102,7 +103,7 @@ if (MYSQL_URL) {
   announce('BLOBSHIFT_TEST_MYSQL', 'MariaDB (check-blob-logs, verify, cleanup-old)');
 }
 
-/** A new S3 bucket per test for the new backend; the old one in memory (as from files). */
+/** A new S3 bucket per test for the new backend; the old one on files, the usual migration. */
 function s3Target(
   name: string,
   config: () => S3ClientConfigLike,
@@ -120,13 +121,13 @@ function s3Target(
       admin?.destroy();
       await stop?.();
     },
-    async create() {
+    async create(dir) {
       if (!admin) throw new Error(`${name}: before() did not run`);
       const client = admin;
       const bucket = await createBucket(client);
       const newDb = new S3BlobDB({ bucket, clientConfig: config() });
       return {
-        oldDb: new MemoryBlobDB(),
+        oldDb: new FilesystemBlobDB({ root: join(dir, 'old') }),
         newDb,
         drop: () => deleteBucket(client, bucket),
       };
@@ -142,8 +143,16 @@ const backendTargets: BackendTarget[] = [
     create: async () => ({ oldDb: new MemoryBlobDB(), newDb: new MemoryBlobDB(), drop: async () => {} }),
   },
   {
+    name: 'filesystem',
+    create: async (dir) => ({
+      oldDb: new FilesystemBlobDB({ root: join(dir, 'old') }),
+      newDb: new FilesystemBlobDB({ root: join(dir, 'new') }),
+      drop: async () => {},
+    }),
+  },
+  {
     ...s3Target(
-      's3rver (new) and memory (old)',
+      's3rver (new) and filesystem (old)',
       () => {
         if (!s3rver) throw new Error('s3rver is not running');
         return s3rver.clientConfig();
@@ -159,14 +168,14 @@ const backendTargets: BackendTarget[] = [
 ];
 if (RGW_ENDPOINT) {
   backendTargets.push({
-    ...s3Target('Ceph RGW (new) and memory (old)', () => rgwClientConfig()),
+    ...s3Target('Ceph RGW (new) and filesystem (old)', () => rgwClientConfig()),
     metas: (all) => all.slice(-1),
   });
 } else {
   announce('BLOBSHIFT_TEST_RGW', 'Ceph RGW (check-blob-logs, verify, cleanup-old)');
 }
 
-/** Every combination of backends and metadata database the suites run on. */
+/** Every combination of backends and metadata database the suites run on (S3 ones on one database each). */
 export const TARGETS: Target[] = backendTargets.flatMap((b) =>
   (b.metas ? b.metas(metaTargets) : metaTargets).map((m) => ({
     name: `${b.name} backends, ${m.name} metadata`,
