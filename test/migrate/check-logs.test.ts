@@ -1,7 +1,7 @@
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { expect } from 'chai';
-import { PreflightError } from '../../lib/errors.js';
+import { AbortedError, PreflightError } from '../../lib/errors.js';
 import type { MetaStore } from '../../lib/meta/types.js';
 import {
   type CheckLogsOptions,
@@ -279,6 +279,26 @@ for (const target of TARGETS) {
         .to.contain('nope.jsonl')
         .and.contain('no such file');
       expect(newDb.calls.exists + newDb.calls.put).to.equal(0);
+    });
+
+    it('stops with AbortedError when its signal fires, copying nothing more', async () => {
+      const lines: MissingRecord[] = [];
+      for (let n = 0; n < 40; n++) lines.push(record((await seed(f)).key, 'attachment'));
+      const log = await writeLog(f, 'a.jsonl', lines);
+      const ac = new AbortController();
+      const newDb = new CountingBlobDB(f.newDb);
+      newDb.override.exists = async (key) => {
+        ac.abort();
+        return f.newDb.exists(key);
+      };
+      let caught: unknown;
+      try {
+        await run(f, [log], { newDb, migrate: true, signal: ac.signal, chunkSize: 10 });
+      } catch (err) {
+        caught = err;
+      }
+      expect(caught).to.be.instanceOf(AbortedError);
+      expect(newDb.calls.put).to.equal(0);
     });
 
     it('checks a key found in several logs once; the first record gives its type', async () => {

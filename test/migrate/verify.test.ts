@@ -1,6 +1,6 @@
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { expect } from 'chai';
-import { PreflightError } from '../../lib/errors.js';
+import { AbortedError, PreflightError } from '../../lib/errors.js';
 import {
   formatVerifyReport,
   type VerifyOptions,
@@ -252,6 +252,25 @@ for (const target of TARGETS) {
       const report = await run(f, { meta });
       expect(report).to.include({ missing: 0, deletedDuringVerify: 1, checked: 2 });
       expect(report.safe).to.equal(true);
+    });
+
+    it('stops with AbortedError when its signal fires', async () => {
+      await migrated(f, 6);
+      const ac = new AbortController();
+      const newDb = new CountingBlobDB(f.newDb);
+      const inner = f.newDb;
+      newDb.override.list = async function* (opts) {
+        yield* inner.list(opts);
+        ac.abort();
+      };
+      let caught: unknown;
+      try {
+        await run(f, { newDb, checksum: true, signal: ac.signal });
+      } catch (err) {
+        caught = err;
+      }
+      expect(caught).to.be.instanceOf(AbortedError);
+      expect(newDb.calls.get).to.equal(0);
     });
 
     it('refuses metadata with zero rows (within the type filter)', async () => {
