@@ -8,6 +8,7 @@ import { realpathSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import {
   AbortedError,
+  BlobShiftError,
   ConfigError,
   InvalidKeyError,
   LogFormatError,
@@ -44,15 +45,22 @@ export interface RunOptions {
 
 /** Errors that mean "the user must change something": exit 2, message only. */
 export function isUserError(err: unknown): boolean {
-  return (
+  if (
     err instanceof UsageError ||
     err instanceof ConfigError ||
     err instanceof LogFormatError ||
     err instanceof PreflightError ||
     err instanceof RunStateError ||
     err instanceof InvalidKeyError
-  );
+  ) {
+    return true;
+  }
+  // The same families raised as a plain BlobShiftError with their code (an unreadable log file).
+  const code = err instanceof BlobShiftError ? err.code : undefined;
+  return code !== undefined && USER_ERROR_CODES.has(code);
 }
+
+const USER_ERROR_CODES = new Set(['E_CONFIG', 'E_LOG_FORMAT', 'E_PREFLIGHT', 'E_RUN_STATE', 'E_INVALID_KEY']);
 
 /** The exit code for an error that reached the top. */
 export function exitCodeFor(err: unknown): number {
