@@ -126,6 +126,14 @@ export interface BlobDB {
    */
   list(opts?: ListOptions): AsyncIterable<BlobInfo>;
 
+  /**
+   * Optional: copies `key` from `source` into this backend without the bytes
+   * passing through this process (S3 CopyObject). Called only where
+   * `capabilities.serverSideCopyFrom(source)` is true; honours
+   * `overwrite: false` and `size` exactly as `put` does.
+   */
+  copyFrom?(source: BlobDB, key: string, opts?: PutOptions): Promise<BlobInfo>;
+
   /** Releases sockets, handles and timers. The instance is unusable afterwards. */
   close(): Promise<void>;
 }

@@ -132,7 +132,7 @@ export async function copyBlob(ctx: CopyContext, row: CopyRow): Promise<CopyOutc
 type OnceOutcome = { kind: 'copied'; bytes: number } | { kind: 'present' | 'notFound' | 'deleted' };
 
 async function copyOnce(ctx: CopyContext, row: CopyRow): Promise<OnceOutcome> {
-  const { oldDb, newDb, references } = ctx;
+  const { oldDb, newDb } = ctx;
   const key = row.key;
   let info: BlobInfo;
   try {
@@ -148,6 +148,24 @@ async function copyOnce(ctx: CopyContext, row: CopyRow): Promise<OnceOutcome> {
     if (inNew && inNew.size === row.contentLength) return { kind: 'present' };
     throw new SizeDisagreement(key, row.contentLength, info.size);
   }
+  const contentType = info.contentType ?? row.contentType ?? undefined;
+  const putOptions = {
+    overwrite: false,
+    size: row.contentLength,
+    ...(contentType !== undefined ? { contentType } : {}),
+    ...(info.httpMeta !== undefined ? { httpMeta: info.httpMeta } : {}),
+  };
+  if (newDb.copyFrom && newDb.capabilities.serverSideCopyFrom?.(oldDb)) {
+    // Same endpoint: the server copies; no byte passes through here.
+    try {
+      await newDb.copyFrom(oldDb, key, putOptions);
+    } catch (err) {
+      if (err instanceof BlobExistsError) return { kind: 'present' };
+      if (err instanceof BlobNotFoundError) return notInOld(ctx, key);
+      throw err;
+    }
+    return afterCopy(ctx, key, row.contentLength);
+  }
   let body: Awaited<ReturnType<BlobDB['get']>>;
   try {
     body = await oldDb.get(key);
@@ -156,25 +174,24 @@ async function copyOnce(ctx: CopyContext, row: CopyRow): Promise<OnceOutcome> {
     throw err;
   }
   try {
-    const contentType = info.contentType ?? row.contentType ?? undefined;
-    await newDb.put(key, body, {
-      overwrite: false,
-      size: row.contentLength,
-      ...(contentType !== undefined ? { contentType } : {}),
-      ...(info.httpMeta !== undefined ? { httpMeta: info.httpMeta } : {}),
-    });
+    await newDb.put(key, body, putOptions);
   } catch (err) {
     if (err instanceof BlobExistsError) return { kind: 'present' };
     throw err;
   } finally {
     if (!body.destroyed) body.destroy();
   }
-  if (!(await references.isReferenced(key))) {
-    // The app deleted the blob while it was being copied: take the copy back.
-    await newDb.delete(key);
+  return afterCopy(ctx, key, row.contentLength);
+}
+
+/** No resurrection: a copy whose row vanished meanwhile is taken back. */
+async function afterCopy(ctx: CopyContext, key: string, bytes: number): Promise<OnceOutcome> {
+  if (!(await ctx.references.isReferenced(key))) {
+    // The app deleted the blob while it was being copied.
+    await ctx.newDb.delete(key);
     return { kind: 'deleted' };
   }
-  return { kind: 'copied', bytes: row.contentLength };
+  return { kind: 'copied', bytes };
 }
 
 async function notInOld(ctx: CopyContext, key: string): Promise<OnceOutcome> {
