@@ -15,7 +15,7 @@
  * - Retries are the SDK's (`retryMode: 'adaptive'`); a consumed stream is
  *   never re-sent by hand.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { pipeline, type Readable, Transform, type TransformCallback } from 'node:stream';
@@ -72,6 +72,8 @@ export const DEFAULT_MULTIPART_THRESHOLD = 16 * 1024 * 1024;
 const MIN_PART_SIZE = 5 * 1024 * 1024;
 /** S3's largest single PutObject. */
 const MAX_PUT_OBJECT_BYTES = 5 * 1024 * 1024 * 1024;
+/** S3's longest object key, prefix included. */
+const MAX_S3_KEY_BYTES = 1024;
 /** DeleteObjects takes at most this many keys a request. */
 const DELETE_BATCH = 1000;
 /** How often a put with `If-None-Match` is retried after a 409 ConditionalRequestConflict. */
@@ -160,15 +162,24 @@ function isConditionalConflict(err: unknown): boolean {
 
 /** An SDK error's name and message, safe to show. */
 function describeS3Error(err: unknown): string {
-  if (typeof err === 'object' && err !== null) {
-    const e = err as { name?: unknown; message?: unknown; $metadata?: { httpStatusCode?: unknown } };
-    const status =
-      typeof e.$metadata?.httpStatusCode === 'number' ? ` (HTTP ${e.$metadata.httpStatusCode})` : '';
-    const name = typeof e.name === 'string' && e.name !== 'Error' ? `${e.name}: ` : '';
-    const message = typeof e.message === 'string' && e.message !== '' ? e.message : 'no message';
-    return redactString(`${name}${message}${status}`);
+  if (typeof err !== 'object' || err === null) return redactString(String(err));
+  const e = err as { name?: unknown; message?: unknown; $metadata?: { httpStatusCode?: unknown } };
+  const status = typeof e.$metadata?.httpStatusCode === 'number' ? e.$metadata.httpStatusCode : undefined;
+  const name = typeof e.name === 'string' && e.name !== 'Error' && e.name !== 'Unknown' ? e.name : undefined;
+  // A HEAD answer has no body: the SDK can only say "UnknownError".
+  const message =
+    typeof e.message === 'string' && e.message !== '' && e.message !== 'UnknownError' ? e.message : '';
+  const parts: string[] = [];
+  if (name) parts.push(message ? `${name}: ${message}` : name);
+  else if (message) parts.push(message);
+  if (status !== undefined) {
+    parts.push(
+      status === 403 && !message
+        ? '(HTTP 403: access denied; check the credentials and the bucket policy)'
+        : `(HTTP ${status})`,
+    );
   }
-  return redactString(String(err));
+  return redactString(parts.length > 0 ? parts.join(' ') : 'unknown error');
 }
 
 /** `scheme://host[:port][/path]` of an endpoint, without user info or a trailing slash. */
@@ -236,7 +247,15 @@ export function createS3Client(config: S3ClientOptions = {}): S3Client {
     clientConfig.requestChecksumCalculation = config.requestChecksumCalculation;
   if (config.responseChecksumValidation)
     clientConfig.responseChecksumValidation = config.responseChecksumValidation;
-  return new S3Client(clientConfig);
+  const client = new S3Client(clientConfig);
+  clientIdentities.set(client, {
+    endpoint:
+      config.endpoint !== undefined
+        ? displayEndpoint(config.endpoint)
+        : awsEndpoint(region ?? process.env.AWS_REGION),
+    accessKeyId: config.credentials?.accessKeyId,
+  });
+  return client;
 }
 
 /**
@@ -319,19 +338,78 @@ export interface S3Capabilities extends Capabilities {
   readonly conditional: ConditionalSupport;
 }
 
+/**
+ * A pass-through that MD5s the byte stream in `partSize` slices, as
+ * lib-storage cuts it into parts, to recognise the multipart ETag S3 gives
+ * the completed object (the MD5 of the parts' binary MD5s, `-N`).
+ */
+class PartTagger extends Transform {
+  readonly #partSize: number;
+  readonly #digests: Buffer[] = [];
+  #hash = createHash('md5');
+  #inPart = 0;
+
+  constructor(partSize: number) {
+    super();
+    this.#partSize = partSize;
+  }
+
+  #update(chunk: Buffer): void {
+    let offset = 0;
+    while (offset < chunk.length) {
+      const take = Math.min(this.#partSize - this.#inPart, chunk.length - offset);
+      this.#hash.update(chunk.subarray(offset, offset + take));
+      this.#inPart += take;
+      offset += take;
+      if (this.#inPart === this.#partSize) this.#endPart();
+    }
+  }
+
+  #endPart(): void {
+    this.#digests.push(this.#hash.digest());
+    this.#hash = createHash('md5');
+    this.#inPart = 0;
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.#update(chunk);
+    cb(null, chunk);
+  }
+
+  override _flush(cb: TransformCallback): void {
+    if (this.#inPart > 0) this.#endPart();
+    cb();
+  }
+
+  /** Hashes a whole in-memory body (no streaming). */
+  hashBuffer(buf: Buffer): void {
+    this.#update(buf);
+    if (this.#inPart > 0) this.#endPart();
+  }
+
+  /** The multipart ETag of the first `parts` parts. */
+  multipartTag(parts: number): string | undefined {
+    if (parts < 1 || parts > this.#digests.length) return undefined;
+    const md5 = createHash('md5');
+    for (const d of this.#digests.slice(0, parts)) md5.update(d);
+    return `${md5.digest('hex')}-${parts}`;
+  }
+}
+
 /** Where a probe answer is cached: one probe per endpoint and bucket for the whole process. */
 const probeCache = new Map<string, Promise<ConditionalSupport>>();
 
-/** The parts of `S3Client.initConfig` read to name the endpoint and key id without a request. */
-interface InitConfigView {
-  endpoint?: unknown;
-  region?: unknown;
-  credentials?: unknown;
+/** What `createS3Client` knew about each client it built: where it points, and as whom. */
+const clientIdentities = new WeakMap<S3Client, { endpoint: string; accessKeyId: string | undefined }>();
+
+function awsEndpoint(region: string | undefined): string {
+  return region ? `https://s3.${region}.amazonaws.com` : 'https://s3.amazonaws.com';
 }
 
+/** An ETag without its quotes; `undefined` when absent or empty (RGW completes multipart uploads with `""`). */
 function stripQuotes(etag: string | undefined): string | undefined {
-  if (etag === undefined || etag === '') return undefined;
-  return etag.replace(/^"(.*)"$/, '$1');
+  const bare = etag?.replace(/^"(.*)"$/, '$1');
+  return bare === undefined || bare === '' ? undefined : bare;
 }
 
 function toHttpMeta(head: HeadObjectCommandOutput): HttpMeta | undefined {
@@ -342,6 +420,20 @@ function toHttpMeta(head: HeadObjectCommandOutput): HttpMeta | undefined {
   if (head.ContentLanguage) meta.contentLanguage = head.ContentLanguage;
   if (head.Metadata && Object.keys(head.Metadata).length > 0) meta.metadata = { ...head.Metadata };
   return Object.keys(meta).length > 0 ? meta : undefined;
+}
+
+/** The first key of a page not strictly after the one before it (or after `last`, the previous page's end). */
+function findMisorder(
+  contents: readonly { Key?: string }[],
+  last: string | undefined,
+): { key: string; after: string } | undefined {
+  let previous = last;
+  for (const obj of contents) {
+    const key = obj.Key ?? '';
+    if (previous !== undefined && compareKeys(key, previous) <= 0) return { key, after: previous };
+    previous = key;
+  }
+  return undefined;
 }
 
 function hasReservedSegment(key: string): boolean {
@@ -358,6 +450,7 @@ export class S3BlobDB implements BlobDB {
   readonly #threshold: number;
   #endpoint: string;
   #accessKeyId: string | undefined;
+  #resolving: Promise<void> | undefined;
   #conditional: ConditionalSupport | undefined;
   #closed = false;
   readonly capabilities: S3Capabilities;
@@ -403,10 +496,11 @@ export class S3BlobDB implements BlobDB {
       this.#client = createS3Client(config);
       this.#ownsClient = true;
     }
-    const init = (this.#client as unknown as { initConfig?: InitConfigView }).initConfig ?? {};
-    this.#endpoint = S3BlobDB.#guessEndpoint(init);
-    const creds = init.credentials as { accessKeyId?: unknown } | undefined;
-    this.#accessKeyId = typeof creds?.accessKeyId === 'string' ? creds.accessKeyId : undefined;
+    const known = clientIdentities.get(this.#client);
+    this.#endpoint = known?.endpoint ?? awsEndpoint(process.env.AWS_REGION);
+    this.#accessKeyId = known?.accessKeyId;
+    // A client built elsewhere names its endpoint through an async provider.
+    if (!known) this.#resolving = this.#resolveEndpoint();
 
     const self = this;
     this.capabilities = {
@@ -441,45 +535,16 @@ export class S3BlobDB implements BlobDB {
     return this.#client;
   }
 
-  static #guessEndpoint(init: InitConfigView): string {
-    const ep = init.endpoint;
-    if (typeof ep === 'string' || ep instanceof URL) return displayEndpoint(ep);
-    if (typeof ep === 'object' && ep !== null && 'url' in ep) {
-      const url = (ep as { url: unknown }).url;
-      if (typeof url === 'string' || url instanceof URL) return displayEndpoint(url);
-    }
-    if (typeof ep === 'object' && ep !== null && 'hostname' in ep) {
-      const e = ep as { protocol?: string; hostname: string; port?: number; path?: string };
-      return displayEndpoint(
-        `${e.protocol ?? 'https:'}//${e.hostname}${e.port ? `:${e.port}` : ''}${e.path ?? ''}`,
-      );
-    }
-    const region = typeof init.region === 'string' ? init.region : process.env.AWS_REGION;
-    return region ? `https://s3.${region}.amazonaws.com` : 'https://s3.amazonaws.com';
-  }
-
   /**
-   * Resolves the endpoint and access key id the client really uses (a passed-in
-   * client may hold providers). Cached; `endpoint` reflects it afterwards.
+   * Resolves the endpoint and access key id the client really uses (a client
+   * not built by `createS3Client` holds providers). Cached; `endpoint` and
+   * `capabilities.serverSideCopyFrom` reflect it afterwards.
    */
   async resolveIdentity(): Promise<{ endpoint: string; accessKeyId: string | undefined }> {
+    await this.#resolving;
     const config = this.#client.config as unknown as {
-      endpoint?: () => Promise<{ protocol: string; hostname: string; port?: number; path?: string }>;
-      region?: () => Promise<string>;
       credentials?: () => Promise<{ accessKeyId?: string }>;
     };
-    try {
-      if (typeof config.endpoint === 'function') {
-        const e = await config.endpoint();
-        this.#endpoint = displayEndpoint(
-          `${e.protocol}//${e.hostname}${e.port ? `:${e.port}` : ''}${e.path ?? ''}`,
-        );
-      } else if (typeof config.region === 'function') {
-        this.#endpoint = `https://s3.${await config.region()}.amazonaws.com`;
-      }
-    } catch {
-      // Keep the guess from the client's settings.
-    }
     if (this.#accessKeyId === undefined && typeof config.credentials === 'function') {
       try {
         const identity = await config.credentials();
@@ -489,6 +554,25 @@ export class S3BlobDB implements BlobDB {
       }
     }
     return { endpoint: this.#endpoint, accessKeyId: this.#accessKeyId };
+  }
+
+  async #resolveEndpoint(): Promise<void> {
+    const config = this.#client.config as unknown as {
+      endpoint?: () => Promise<{ protocol: string; hostname: string; port?: number; path?: string }>;
+      region?: () => Promise<string>;
+    };
+    try {
+      if (typeof config.endpoint === 'function') {
+        const e = await config.endpoint();
+        this.#endpoint = displayEndpoint(
+          `${e.protocol}//${e.hostname}${e.port ? `:${e.port}` : ''}${e.path ?? ''}`,
+        );
+      } else if (typeof config.region === 'function') {
+        this.#endpoint = awsEndpoint(await config.region());
+      }
+    } catch {
+      // Keep the default; requests will fail and say why.
+    }
   }
 
   #sameServerAndIdentity(other: BlobDB): boolean {
@@ -617,8 +701,17 @@ export class S3BlobDB implements BlobDB {
     }
   }
 
+  /** The object key for `key`: validated, prefixed, and within S3's 1024 bytes. */
   #fullKey(key: string): string {
-    return this.#prefix + validateKey(key);
+    const full = this.#prefix + validateKey(key);
+    const bytes = Buffer.byteLength(full, 'utf8');
+    if (bytes > MAX_S3_KEY_BYTES) {
+      throw new InvalidKeyError(
+        key,
+        `under the prefix ${JSON.stringify(this.#prefix)} the S3 object key would be ${bytes} bytes; S3 allows ${MAX_S3_KEY_BYTES}`,
+      );
+    }
+    return full;
   }
 
   #where(): string {
@@ -796,7 +889,9 @@ export class S3BlobDB implements BlobDB {
   /**
    * A lib-storage Upload (one PutObject when the body fits one part). A byte
    * count that differs from `size` fails the body stream, which aborts the
-   * upload; after completion a HEAD confirms the stored size.
+   * upload; after a multipart completion a HEAD confirms the stored size
+   * (older lib-storage versions completed short objects), and an object of
+   * the wrong size is deleted unless a concurrent writer has replaced it.
    */
   async #putMultipart(
     key: string,
@@ -807,13 +902,16 @@ export class S3BlobDB implements BlobDB {
   ): Promise<BlobInfo> {
     let streamError: unknown;
     let counter: ByteCounter | undefined;
+    const tagger = new PartTagger(this.#partSize);
     let uploadBody: Readable | Buffer = body;
-    if (!Buffer.isBuffer(body)) {
+    if (Buffer.isBuffer(body)) {
+      tagger.hashBuffer(body);
+    } else {
       counter = new ByteCounter(key, size);
-      pipeline(body, counter, (err) => {
+      pipeline(body, counter, tagger, (err) => {
         if (err) streamError ??= err;
       });
-      uploadBody = counter;
+      uploadBody = tagger;
     }
     const conditional = params.IfNoneMatch !== undefined;
     // lib-storage spreads these params into PutObject (single part) and into
@@ -825,14 +923,37 @@ export class S3BlobDB implements BlobDB {
       queueSize: this.#queueSize,
       leavePartsOnError: false,
     });
+    let completed: { ETag?: string | undefined };
     try {
-      await upload.done();
+      completed = await upload.done();
     } catch (err) {
-      counter?.destroy();
+      tagger.destroy();
       if (streamError !== undefined) throw streamError;
       throw this.#putError(key, 'multipart upload', err, conditional);
     }
     const sent = counter ? counter.bytes : (size ?? 0);
+    const parts = Math.max(1, Math.ceil(sent / this.#partSize));
+    // A body that fits one part went as one PutObject with its exact length.
+    if (parts === 1) return this.#putResult(key, sent, completed.ETag, opts);
+    return this.#confirmMultipart(key, params, sent, parts, tagger, stripQuotes(completed.ETag), opts);
+  }
+
+  /**
+   * HEAD after a multipart completion (older lib-storage versions completed
+   * short objects). The object is recognised as this upload's by its ETag
+   * (the MD5 of the parts' MD5s, or the completion's ETag): this upload's
+   * object with fewer parts or another size is deleted and the put fails. An
+   * object a concurrent writer put there since is left alone.
+   */
+  async #confirmMultipart(
+    key: string,
+    params: PutObjectCommandInput,
+    sent: number,
+    parts: number,
+    tagger: PartTagger,
+    completedTag: string | undefined,
+    opts: PutOptions,
+  ): Promise<BlobInfo> {
     let head: HeadObjectCommandOutput;
     try {
       head = await this.#client.send(new HeadObjectCommand({ Bucket: this.#bucket, Key: params.Key }));
@@ -840,13 +961,28 @@ export class S3BlobDB implements BlobDB {
       throw this.#backendError('HeadObject after a multipart upload', key, err);
     }
     const stored = head.ContentLength ?? -1;
-    if (stored !== sent) {
+    const headTag = stripQuotes(head.ETag);
+    const ours =
+      headTag !== undefined && (headTag === completedTag || headTag === tagger.multipartTag(parts));
+    let oursShort = false;
+    for (let k = 1; k < parts && !ours && !oursShort; k++) oursShort = headTag === tagger.multipartTag(k);
+    if (stored === sent && !oursShort) return this.#putResult(key, sent, headTag ?? completedTag, opts);
+    if (ours || oursShort) {
       await this.#client
         .send(new DeleteObjectCommand({ Bucket: this.#bucket, Key: params.Key }))
         .catch(() => {});
       throw new SizeMismatchError(key, sent, stored);
     }
-    return this.#putResult(key, stored, head.ETag, opts);
+    if (completedTag !== undefined && headTag !== undefined) {
+      // The completion said another ETag: a concurrent writer replaced this upload's object.
+      return this.#putResult(key, sent, completedTag, opts);
+    }
+    throw new BackendError(
+      `after the multipart upload of ${describeKey(key)} in ${this.#where()} the object holds ${stored} bytes, ` +
+        `not ${sent}, and its ETag is not this upload's: a concurrent writer replaced it, or the server stored it ` +
+        'short. It was left in place; check the key and put again.',
+      { key },
+    );
   }
 
   async get(key: string): Promise<Readable> {
@@ -915,7 +1051,7 @@ export class S3BlobDB implements BlobDB {
     const seen = new Set<string>();
     for (const key of keys) {
       try {
-        validateKey(key);
+        this.#fullKey(key);
       } catch (err) {
         errors.push({
           key,
@@ -992,15 +1128,25 @@ export class S3BlobDB implements BlobDB {
           err,
         );
       }
-      for (const obj of out.Contents ?? []) {
-        const full = obj.Key ?? '';
-        if (last !== undefined && compareKeys(full, last) <= 0) {
+      let contents = out.Contents ?? [];
+      const misorder = findMisorder(contents, last);
+      if (misorder !== undefined) {
+        if (page === 1 && !out.IsTruncated) {
+          // The whole listing fits this one page: nothing can be skipped or
+          // repeated, so a server that lists in another order is sorted here.
+          contents = contents
+            .filter((o) => startAfter === undefined || compareKeys(o.Key ?? '', startAfter) > 0)
+            .sort((a, b) => compareKeys(a.Key ?? '', b.Key ?? ''));
+        } else {
           throw new BackendError(
             `the S3 server at ${this.#endpoint} lists bucket ${JSON.stringify(this.#bucket)} out of S3 byte order: ` +
-              `${describeKey(full)} came after ${describeKey(last)} (page ${page}). A listing in any other order ` +
-              'skips or repeats keys across pages; use a server that lists in UTF-8 byte order, as S3 does.',
+              `${describeKey(misorder.key)} came after ${describeKey(misorder.after)} (page ${page}). A paged ` +
+              'listing in another order skips or repeats keys; use a server that lists in UTF-8 byte order, as S3 does.',
           );
         }
+      }
+      for (const obj of contents) {
+        const full = obj.Key ?? '';
         last = full;
         if (!full.startsWith(listPrefix)) {
           throw new BackendError(

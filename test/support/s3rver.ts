@@ -132,9 +132,11 @@ export interface SeenRequest {
 export interface RequestCounter {
   /** HTTP requests sent for a command name (e.g. `PutObjectCommand`), retries included. */
   count(command: string): number;
+  /** Calls of a command (one per `client.send`, whatever its retries). */
+  invocations(command: string): number;
   /** Every request seen, oldest first. */
   readonly requests: readonly SeenRequest[];
-  /** Requests by command name. */
+  /** Calls by command name (retries not counted). */
   byCommand(): Record<string, number>;
   reset(): void;
   /** Takes the middleware off the client. */
@@ -142,6 +144,11 @@ export interface RequestCounter {
 }
 
 let counterId = 0;
+
+/** Distinct command calls among requests (the SDK tags every attempt of one call with one invocation id). */
+function calls(requests: SeenRequest[]): number {
+  return new Set(requests.map((r, i) => r.headers['amz-sdk-invocation-id'] ?? `#${i}`)).size;
+}
 
 /** Counts the HTTP requests a client sends, by command (a middleware placed inside the retry loop). */
 export function countRequests(client: S3Client): RequestCounter {
@@ -166,10 +173,13 @@ export function countRequests(client: S3Client): RequestCounter {
   );
   return {
     count: (command) => requests.filter((r) => r.command === command).length,
+    invocations: (command) => calls(requests.filter((r) => r.command === command)),
     requests,
     byCommand: () => {
       const out: Record<string, number> = {};
-      for (const r of requests) out[r.command] = (out[r.command] ?? 0) + 1;
+      for (const command of new Set(requests.map((r) => r.command))) {
+        out[command] = calls(requests.filter((r) => r.command === command));
+      }
       return out;
     },
     reset: () => {
