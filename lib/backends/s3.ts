@@ -160,6 +160,14 @@ function isConditionalConflict(err: unknown): boolean {
   );
 }
 
+/** A 400 or 501 answer to a request carrying `If-None-Match`: the server does not take the header. */
+function refusesHeader(err: unknown): boolean {
+  if (typeof err !== 'object' || err === null) return false;
+  const e = err as { name?: unknown; $metadata?: { httpStatusCode?: unknown } };
+  const status = e.$metadata?.httpStatusCode;
+  return e.name === 'NotImplemented' || status === 501 || (status === 400 && e.name !== 'InvalidPart');
+}
+
 /** An SDK error's name and message, safe to show. */
 function describeS3Error(err: unknown): string {
   if (typeof err !== 'object' || err === null) return redactString(String(err));
@@ -620,6 +628,8 @@ export class S3BlobDB implements BlobDB {
       try {
         await this.#client.send(new PutObjectCommand(params));
       } catch (err) {
+        // A server that refuses the header outright has no conditional writes.
+        if (refusesHeader(err)) return { put: false, multipartComplete: false };
         throw new BackendError(`${where} could not write its probe object: ${describeS3Error(err)}`, {
           cause: err,
         });
@@ -686,6 +696,7 @@ export class S3BlobDB implements BlobDB {
         return false;
       } catch (err) {
         if (isPreconditionFailed(err) || isConditionalConflict(err)) return true;
+        if (refusesHeader(err)) return false;
         throw err;
       }
     } catch (err) {

@@ -678,6 +678,14 @@ describe('S3BlobDB', function () {
       await db.close();
     });
 
+    it('a server that answers 501 to If-None-Match has no conditional writes (the probe says so)', async () => {
+      const db = fakeDb();
+      const caps = await db.probeCapabilities();
+      expect(caps.conditionalWrites).to.equal(false);
+      expect(caps.conditional).to.deep.equal({ put: false, multipartComplete: false });
+      await db.close();
+    });
+
     it('bulkDelete returns per-key server errors without the prefix, and ignores NoSuchKey', async () => {
       const db = fakeDb('pre');
       const res = await db.bulkDelete(['locked', 'gone', 'fine', '../bad']);
