@@ -11,9 +11,15 @@
  *   and a multipart result is confirmed with a HEAD.
  * - `overwrite: false` sends `If-None-Match: *` where a probe (made once per
  *   endpoint and bucket) showed the server honours it; elsewhere it checks,
- *   then writes, and `capabilities.conditionalWrites` says false.
+ *   then writes, and `capabilities.conditionalWrites` says false. Where
+ *   PutObject honours it but CompleteMultipartUpload does not (Ceph RGW
+ *   before Squid), a body of known size goes as one streamed PutObject.
+ * - `list` pages ListObjectsV2 and checks each page is in byte order and
+ *   continues after the previous one: a misordered paged listing is an error
+ *   (it would skip keys); one that fits a single page is sorted.
  * - Retries are the SDK's (`retryMode: 'adaptive'`); a consumed stream is
- *   never re-sent by hand.
+ *   never re-sent by hand (an in-memory body is re-sent after a 409
+ *   ConditionalRequestConflict).
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { Agent as HttpAgent } from 'node:http';
