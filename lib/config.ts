@@ -4,10 +4,11 @@
  *
  * - Every object is strict: an unknown key is a `ConfigError` naming its path,
  *   with a did-you-mean from the allowed keys.
- * - A string value that is exactly `"$NAME"` (or `"${NAME}"`) is taken from
- *   the environment; unset is a `ConfigError` naming NAME and the field. `"$$…"`
- *   is a literal string starting with `$`. Number and boolean fields also take
- *   their value as a string, so they can come from the environment.
+ * - `$NAME` and `${NAME}` in string values come from the environment (a
+ *   whole value as is; inside a URL percent-encoded); unset is a
+ *   `ConfigError` naming NAME and the field. `$$` is a literal `$`. Number
+ *   and boolean fields also take their value as a string, so they can come
+ *   from the environment.
  * - Relative paths (an `fs` root, a SQLite filename) are resolved against the
  *   config file's directory.
  * - Secrets (S3 secret keys and session tokens, database passwords, passwords
@@ -423,27 +424,40 @@ function zodToConfigError(error: z.ZodError, input: unknown, prefix: Path = []):
 // ---------------------------------------------------------------------------
 // Environment and secrets
 
-const ENV_REF = /^\$(?:([A-Za-z_][A-Za-z0-9_]*)|\{([A-Za-z_][A-Za-z0-9_]*)\})$/;
+const ENV_REF = /\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))/g;
+const URL_START = /^[a-z][a-z0-9+.-]*:\/\//i;
 
-/** Replaces `"$NAME"` strings from `env`; `"$$x"` becomes `"$x"`. Throws `ConfigError` for an unset variable. */
+/**
+ * Replaces `$NAME` and `${NAME}` in strings with environment variables, and
+ * `$$` with `$`. A whole-string reference takes the value as is; inside a URL
+ * (`mysql://app:$DB_PASSWORD@db/app`) the value is percent-encoded, so any
+ * password fits. Throws `ConfigError` naming the variable and the field when
+ * one is not set. A `$` not followed by a name stays as it is.
+ */
 export function substituteEnv(
   value: unknown,
   env: NodeJS.ProcessEnv = process.env,
   path: Path = [],
 ): unknown {
   if (typeof value === 'string') {
-    if (value.startsWith('$$')) return value.slice(1);
-    const m = ENV_REF.exec(value);
-    if (!m) return value;
-    const name = (m[1] ?? m[2]) as string;
-    const got = env[name];
-    if (got === undefined) {
-      throw new ConfigError(
-        formatPath(path),
-        `the environment variable ${name} is not set (the config says "${value}")`,
-      );
-    }
-    return got;
+    const lookup = (name: string): string => {
+      const got = env[name];
+      if (got === undefined) {
+        throw new ConfigError(
+          formatPath(path),
+          `the environment variable ${name} is not set (the config refers to $${name})`,
+        );
+      }
+      return got;
+    };
+    const whole = /^\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))$/.exec(value);
+    if (whole) return lookup((whole[1] ?? whole[2]) as string);
+    const inUrl = URL_START.test(value);
+    return value.replace(ENV_REF, (match, braced: string | undefined, bare: string | undefined) => {
+      if (match === '$$') return '$';
+      const got = lookup((braced ?? bare) as string);
+      return inUrl ? encodeURIComponent(got) : got;
+    });
   }
   if (Array.isArray(value)) return value.map((v, i) => substituteEnv(v, env, [...path, i]));
   if (value !== null && typeof value === 'object') {

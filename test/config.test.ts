@@ -12,6 +12,7 @@ import {
   sameLocation,
 } from '../lib/config.js';
 import { ConfigError } from '../lib/errors.js';
+import { parseMysqlUrl } from '../lib/meta/index.js';
 import { redact, redactString } from '../lib/redact.js';
 import { announce, MYSQL_URL, uniqueName } from './support/env.js';
 
@@ -27,6 +28,8 @@ const ENV: Record<string, string> = {
   BS_TEST_TOKEN: ENV_TOKEN,
   BS_TEST_SOCKETS: '32',
   BS_TEST_PATH_STYLE: 'true',
+  BS_TEST_DB_PASSWORD: 'p@ss/w:rd%$x',
+  BS_TEST_DB_HOST: 'db.internal',
 };
 
 function base(): Record<string, unknown> {
@@ -191,6 +194,41 @@ describe('config', () => {
       const { config } = parseConfig(withValue(cfg, 'new.credentials.sessionToken', braced), dir);
       expect(config.new).to.include({ maxSockets: 32, forcePathStyle: true, prefix: '$dollar/' });
       expect(config.new?.type === 's3' && config.new.credentials?.sessionToken).to.equal(ENV_TOKEN);
+    });
+
+    it('interpolates variables inside strings, percent-encoded inside URLs', () => {
+      const { config } = parseConfig(
+        withValue(
+          withValue(base(), 'meta', {
+            client: 'mysql2',
+            // biome-ignore lint/suspicious/noTemplateCurlyInString: the config's braced variable syntax
+            connection: 'mysql://app:$BS_TEST_DB_PASSWORD@${BS_TEST_DB_HOST}:3306/app',
+          }),
+          'old.root',
+          './data-$BS_TEST_DB_HOST/$$raw/cost$',
+        ),
+        dir,
+      );
+      expect(config.meta.connection).to.equal(
+        `mysql://app:${encodeURIComponent('p@ss/w:rd%$x')}@db.internal:3306/app`,
+      );
+      expect(parseMysqlUrl(config.meta.connection as string)).to.include({
+        user: 'app',
+        password: 'p@ss/w:rd%$x',
+        host: 'db.internal',
+        database: 'app',
+      });
+      expect(config.old).to.include({ root: join(dir, 'data-db.internal/$raw/cost$') });
+      expectNoSecrets(JSON.stringify(redact(config)));
+      expectNoSecrets(redactString('connecting with p@ss/w:rd%$x'));
+      const err = configError(() =>
+        parseConfig(
+          withValue(base(), 'meta', { client: 'mysql2', connection: 'mysql://app:$BS_TEST_NOPE@db/app' }),
+          dir,
+        ),
+      );
+      expect(err.path).to.equal('meta.connection');
+      expect(err.message).to.include('BS_TEST_NOPE is not set');
     });
   });
 

@@ -9,6 +9,7 @@ import { MemoryBlobDB } from '../lib/backends/memory.js';
 import { readAll } from '../lib/body.js';
 import { MetaDB } from '../lib/meta/index.js';
 import type { MetaStore } from '../lib/meta/types.js';
+import { MigratingBlobDB } from '../lib/migrating.js';
 import { BlobStore, randomKey } from '../lib/store.js';
 import type { BlobDB } from '../lib/types.js';
 import { uniqueName } from './support/env.js';
@@ -253,6 +254,50 @@ describeBlobStore('MemoryBlobDB', async () => new MemoryBlobDB());
     for (const root of roots.splice(0)) await rm(root, { recursive: true, force: true });
   });
 }
+
+describe('BlobStore on MigratingBlobDB', () => {
+  let dir: string;
+  let meta: MetaDB;
+  let oldDb: MemoryBlobDB;
+  let newDb: MemoryBlobDB;
+  let store: BlobStore;
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'blobshift-store-'));
+    meta = await MetaDB.open({ client: 'better-sqlite3', connection: { filename: join(dir, 'm.sqlite') } });
+    oldDb = new MemoryBlobDB();
+    newDb = new MemoryBlobDB();
+    store = new BlobStore({ db: new MigratingBlobDB(newDb, oldDb), meta });
+  });
+  afterEach(async () => {
+    await meta.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('puts into the new backend only, reads old blobs through', async () => {
+    const row = await store.put('fresh', { parentId: 'p', type: 't' });
+    expect(await newDb.exists(row.key)).to.equal(true);
+    expect(await oldDb.exists(row.key)).to.equal(false);
+    await oldDb.put('legacy/a', 'from before');
+    await meta.add({ key: 'legacy/a', parentId: 'p', type: 't', contentLength: 11 });
+    expect((await readAll(await store.get('legacy/a'))).toString()).to.equal('from before');
+  });
+
+  it('deletes the row, then the blob in both backends', async () => {
+    await oldDb.put('both/a', 'old copy');
+    await newDb.put('both/a', 'old copy');
+    await meta.add({ key: 'both/a', parentId: 'p', type: 't', contentLength: 8 });
+    expect(await store.delete('both/a')).to.equal(true);
+    expect(await meta.get('both/a')).to.equal(undefined);
+    expect(await oldDb.exists('both/a')).to.equal(false);
+    expect(await newDb.exists('both/a')).to.equal(false);
+    await oldDb.put('both/b', 'x');
+    await meta.add({ key: 'both/b', parentId: 'p', type: 't', contentLength: 1 });
+    const result = await store.bulkDelete(['both/b']);
+    expect(result.errors).to.deep.equal([]);
+    expect(await oldDb.exists('both/b')).to.equal(false);
+  });
+});
 
 describe('randomKey', () => {
   it('makes valid, distinct, fanned-out hex keys', () => {

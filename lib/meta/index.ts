@@ -91,6 +91,15 @@ function isMysqlClient(client: unknown): boolean {
   return client === 'mysql2' || client === 'mysql';
 }
 
+/** Percent-decodes, leaving text that is not valid percent-encoding as it is. */
+function decodeLoosely(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
+}
+
 /** Parses `mysql://user:password@host:port/database?opt=value` into a mysql2 connection object. */
 export function parseMysqlUrl(url: string): Record<string, unknown> {
   let u: URL;
@@ -104,9 +113,9 @@ export function parseMysqlUrl(url: string): Record<string, unknown> {
   }
   const out: Record<string, unknown> = { host: u.hostname.replace(/^\[|\]$/g, '') || '127.0.0.1' };
   if (u.port) out.port = Number(u.port);
-  if (u.username) out.user = decodeURIComponent(u.username);
-  if (u.password) out.password = decodeURIComponent(u.password);
-  const database = decodeURIComponent(u.pathname.replace(/^\//, ''));
+  if (u.username) out.user = decodeLoosely(u.username);
+  if (u.password) out.password = decodeLoosely(u.password);
+  const database = decodeLoosely(u.pathname.replace(/^\//, ''));
   if (database) out.database = database;
   for (const [k, v] of u.searchParams) {
     out[k] = v === 'true' ? true : v === 'false' ? false : /^\d+$/.test(v) ? Number(v) : v;
