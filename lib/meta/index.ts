@@ -311,7 +311,9 @@ export class MetaDB implements MetaStore {
 
   /**
    * Opens the metadata. Given a knex config, creates (and on `close` destroys)
-   * its own knex; given a knex instance, uses it as is and leaves it open.
+   * its own knex; given a knex instance, uses it as is and leaves it open
+   * (its connection settings are the app's: for SQLite, the app should set
+   * WAL and a busy timeout itself, as {@link normalizeKnexConfig} does).
    * Creates or migrates the schema unless `create: false` (then it must exist
    * and be current). With `columns`, maps the app's own table read-only and
    * keeps run state in `runsTable` (default `blobshift_meta_runs`).
