@@ -23,8 +23,9 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
   const shard = options.shard as Shard | undefined;
   const types = (options.types as string[] | undefined) ?? [];
   if (options.queue !== undefined) {
-    process.stderr.write('blobshift backfill: --queue (scale-out over workers) is not built yet\n');
-    return EXIT.USAGE;
+    // Scale-out over queue workers: BullMQ loads only on this path.
+    const { producerCommand } = await import('../lib/queue/command.js');
+    return producerCommand(options);
   }
 
   const ctx = await openContext({

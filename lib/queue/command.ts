@@ -1,0 +1,243 @@
+/**
+ * `blobshift backfill --queue …` and `blobshift worker …`: the CLI around
+ * `queuedBackfill` and `runWorker` (config, preflight, signals, progress,
+ * summary). Loaded only when `--queue` is given or the worker runs.
+ */
+import type { Shard } from '../cli/args.js';
+import type { CommandContext } from '../cli/context.js';
+import { EXIT } from '../cli/run.js';
+import { ConfigError } from '../errors.js';
+import type { MigrationNames } from './jobs.js';
+
+/** The migration as a command's config describes it (what the job's id hashes). */
+export function migrationNames(ctx: Pick<CommandContext, 'names'>): MigrationNames {
+  return { meta: ctx.names.meta, old: ctx.names.old ?? 'old', new: ctx.names.new ?? 'new' };
+}
+
+/** Refused before anything is opened or probed: other hosts cannot share a SQLite file. */
+async function refuseSqlite(configFile: string, command: string): Promise<void> {
+  const { loadConfig } = await import('../config.js');
+  const loaded = await loadConfig(configFile, { sqliteMustExist: true });
+  if (loaded.config.meta.client === 'better-sqlite3') {
+    throw new ConfigError(
+      'meta',
+      `${command} with --queue needs a metadata database every worker host can reach (MySQL/MariaDB); a SQLite file cannot be shared with other hosts: run the backfill without --queue`,
+    );
+  }
+}
+
+/** `blobshift backfill --queue URL [--queue-name NAME]`: the producer. */
+export async function producerCommand(options: Record<string, unknown>): Promise<number> {
+  const [
+    { openContext },
+    { queuedBackfill },
+    { backfillJson, formatBackfillSummary },
+    out,
+    { createProgress },
+  ] = await Promise.all([
+    import('../cli/context.js'),
+    import('./producer.js'),
+    import('../migrate/report.js'),
+    import('../cli/output.js'),
+    import('../cli/progress.js'),
+  ]);
+  const json = options.json === true;
+  const shard = options.shard as Shard | undefined;
+  await refuseSqlite(options.config as string, 'backfill');
+  const ctx = await openContext({
+    config: options.config as string,
+    requireOld: true,
+    requireNew: true,
+    write: options.dryRun !== true,
+    logFormat: options.logFormat as 'text' | 'json',
+  });
+  const { logger } = ctx;
+  try {
+    if (options.dryRun === true) {
+      // A dry run writes nothing and needs no workers: the local engine answers it.
+      const { backfill } = await import('../migrate/backfill.js');
+      const summary = await backfill({
+        meta: ctx.meta,
+        oldDb: ctx.oldDb!,
+        newDb: ctx.newDb!,
+        run: (options.run as string | undefined) ?? 'default',
+        ...(shard ? { shard } : {}),
+        types: (options.types as string[] | undefined) ?? [],
+        chunkSize: (options.chunkSize as number | undefined) ?? 1000,
+        dryRun: true,
+      });
+      if (json) out.printJson(backfillJson(summary));
+      else out.printLines(formatBackfillSummary(summary));
+      return summary.exitCode;
+    }
+    const soft = new AbortController();
+    const hard = new AbortController();
+    let signals = 0;
+    const onSignal = (name: string) => {
+      signals++;
+      if (signals === 1) {
+        logger.warn(
+          `${name}: stopping; no new chunks, queued ones are withdrawn, running ones finish, then the checkpoint is saved (again to stop waiting for them)`,
+        );
+        soft.abort();
+      } else {
+        logger.warn(`${name} again: not waiting for running chunks; the checkpoint is saved`);
+        hard.abort();
+      }
+    };
+    const onInt = () => onSignal('SIGINT');
+    const onTerm = () => onSignal('SIGTERM');
+    process.on('SIGINT', onInt);
+    process.on('SIGTERM', onTerm);
+    let progress: ReturnType<typeof createProgress> | undefined;
+    try {
+      logger.info('config', { file: ctx.loaded.file, config: ctx.printable });
+      const summary = await queuedBackfill({
+        meta: ctx.meta,
+        newDb: ctx.newDb!,
+        queueUrl: options.queue as string,
+        queueName: (options.queueName as string | undefined) ?? 'blobshift',
+        migration: migrationNames(ctx),
+        run: (options.run as string | undefined) ?? 'default',
+        ...(shard ? { shard } : {}),
+        types: (options.types as string[] | undefined) ?? [],
+        chunkSize: (options.chunkSize as number | undefined) ?? 1000,
+        maxPendingChunks: (options.concurrency as number | undefined) ?? 16,
+        existence: (options.existence as 'list' | 'head' | undefined) ?? 'list',
+        reset: options.reset === true,
+        logDir: (options.logDir as string | undefined) ?? './blobshift-logs',
+        signal: soft.signal,
+        hardSignal: hard.signal,
+        logger,
+        onStart: (info) => {
+          logger.info(
+            `backfill run "${info.run}"${info.shard ? ` shard ${info.shard}` : ''}, attempt ${info.attempt}, ` +
+              `chunks queued on ${info.queue} (migration ${info.migrationId})` +
+              (info.resumedFrom > 0 ? `, resuming after id ${info.resumedFrom}` : ''),
+            {
+              log: info.log,
+              estimate: info.estimate,
+              ...(info.snapshot ? { newBackendHolds: info.snapshot } : {}),
+            },
+          );
+          progress = createProgress({
+            total: info.estimate.count,
+            totalBytes: info.estimate.bytes,
+            enabled: options.progress !== false && !json,
+          });
+        },
+        onProgress: (p) => {
+          progress?.setTotal(p.total);
+          progress?.update(p.done, p.bytes);
+        },
+      });
+      progress?.stop();
+      if (json) out.printJson(backfillJson(summary));
+      else out.printLines(formatBackfillSummary(summary));
+      return summary.exitCode;
+    } finally {
+      progress?.stop();
+      process.off('SIGINT', onInt);
+      process.off('SIGTERM', onTerm);
+    }
+  } finally {
+    await ctx.close();
+  }
+}
+
+/** Milliseconds from an environment variable (an operator's knob), or undefined. */
+function envMs(name: string): number | undefined {
+  const v = process.env[name];
+  if (v === undefined || v === '') return undefined;
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 100 || n > 3_600_000) {
+    throw new ConfigError('', `${name} must be a number of milliseconds from 100 to 3600000`);
+  }
+  return n;
+}
+
+/** `blobshift worker --queue URL [--queue-name NAME] [--concurrency N]`. */
+export async function workerCommand(options: Record<string, unknown>): Promise<number> {
+  const [{ openContext }, { runWorker }, { describeQueue, checkRedis, migrationId }, out] = await Promise.all(
+    [import('../cli/context.js'), import('./worker.js'), import('./jobs.js'), import('../cli/output.js')],
+  );
+  const lockDurationMs = envMs('BLOBSHIFT_WORKER_LOCK_MS');
+  const stalledIntervalMs = envMs('BLOBSHIFT_WORKER_STALL_CHECK_MS');
+  await refuseSqlite(options.config as string, 'worker');
+  const ctx = await openContext({
+    config: options.config as string,
+    requireOld: true,
+    requireNew: true,
+    write: true,
+    logFormat: options.logFormat as 'text' | 'json' | undefined,
+  });
+  const { logger } = ctx;
+  try {
+    const queueUrl = options.queue as string;
+    const queueName = (options.queueName as string | undefined) ?? 'blobshift';
+    await checkRedis(queueUrl, queueName);
+    const migration = migrationNames(ctx);
+    const soft = new AbortController();
+    const hard = new AbortController();
+    let signals = 0;
+    const onSignal = (name: string) => {
+      signals++;
+      if (signals === 1) {
+        logger.warn(`${name}: stopping; the chunks held finish (again to abandon them to other workers)`);
+        soft.abort();
+      } else {
+        logger.warn(`${name} again: abandoning the chunks held; another worker takes them over`);
+        hard.abort();
+      }
+    };
+    const onInt = () => onSignal('SIGINT');
+    const onTerm = () => onSignal('SIGTERM');
+    process.on('SIGINT', onInt);
+    process.on('SIGTERM', onTerm);
+    try {
+      const started = Date.now();
+      const summary = await runWorker({
+        queueUrl,
+        queueName,
+        meta: ctx.meta,
+        oldDb: ctx.oldDb!,
+        newDb: ctx.newDb!,
+        migration,
+        concurrency: (options.concurrency as number | undefined) ?? 16,
+        ...(lockDurationMs !== undefined ? { lockDurationMs } : {}),
+        ...(stalledIntervalMs !== undefined ? { stalledIntervalMs } : {}),
+        signal: soft.signal,
+        hardSignal: hard.signal,
+        logger,
+        onReady: () =>
+          logger.info(
+            `worker ready: taking chunks from ${describeQueue(queueUrl, queueName)} (migration ${migrationId(migration)})`,
+          ),
+        onChunk: (c) =>
+          logger.info(`chunk done: ${c.rows} blobs`, {
+            job: c.jobId,
+            copied: c.counts.copied,
+            present: c.counts.present,
+            failed: c.counts.failed,
+            notFound: c.counts.notFound,
+          }),
+      });
+      const seconds = Math.round((Date.now() - started) / 100) / 10;
+      const c = summary.counts;
+      out.printLines([
+        `worker: ${summary.status === 'refused' ? 'refused a job of another migration and stopped' : 'stopped'}`,
+        ...(summary.reason ? [`  reason: ${summary.reason}`] : []),
+        `  chunks:  ${summary.chunks}`,
+        `  blobs:   ${c.total} (copied ${c.copied}, present ${c.present}, not found ${c.notFound}, failed ${c.failed})`,
+        `  seconds: ${seconds}`,
+      ]);
+      if (summary.status === 'refused') return EXIT.USAGE;
+      return EXIT.INTERRUPTED;
+    } finally {
+      process.off('SIGINT', onInt);
+      process.off('SIGTERM', onTerm);
+    }
+  } finally {
+    await ctx.close();
+  }
+}
