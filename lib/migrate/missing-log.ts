@@ -8,7 +8,6 @@
 import { createReadStream, type Stats } from 'node:fs';
 import { type FileHandle, mkdir, open, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { BlobShiftError, errorMessage, isErrnoException } from '../errors.js';
 import { keyProblem } from '../keys.js';
 import type { ShardSpec } from '../meta/types.js';
@@ -174,7 +173,7 @@ export async function readMissingLog(
   if (!info.isFile())
     throw new BlobShiftError(`cannot read log ${file}: not a regular file`, { code: 'E_LOG_FORMAT' });
   const endsWithNewline = info.size === 0 || (await lastByte(file, info.size)) === 0x0a;
-  const stream = createReadStream(file, { encoding: 'utf8' });
+  const stream = createReadStream(file);
   const openError = new Promise<never>((_, reject) => {
     stream.once('error', (err) =>
       reject(
@@ -186,12 +185,17 @@ export async function readMissingLog(
     );
   });
   openError.catch(() => {});
-  const lines = createInterface({ input: stream, crlfDelay: Number.POSITIVE_INFINITY });
+  const lines = splitLines(stream);
   let lineNo = 0;
   let records = 0;
   let problems = 0;
-  let held: { text: string; line: number } | undefined;
-  const handle = async (text: string, line: number, isLast: boolean) => {
+  let held: { text: string | number; line: number } | undefined;
+  const handle = async (text: string | number, line: number, isLast: boolean) => {
+    if (typeof text === 'number') {
+      problems++;
+      onProblem({ file, line, why: `a line of ${text} bytes, longer than any record; skipped`, torn: false });
+      return;
+    }
     if (text.trim() === '') return;
     let value: unknown;
     try {
@@ -240,6 +244,48 @@ export async function readMissingLog(
   })();
   await Promise.race([consume, openError]);
   return { records, problems };
+}
+
+/** Longest line the reader keeps; a longer one is skipped as it streams by (bounded memory). */
+export const MAX_LOG_LINE_BYTES = 1024 * 1024;
+
+/**
+ * The file's lines, split on "\n" only (as editors and `sed -n` count them; a
+ * lone "\r" is not a line break), a "\r" before the "\n" dropped, decoded as
+ * UTF-8. A line longer than {@link MAX_LOG_LINE_BYTES} comes as its byte count.
+ */
+async function* splitLines(input: AsyncIterable<Buffer | string>): AsyncGenerator<string | number> {
+  let parts: Buffer[] = [];
+  let kept = 0;
+  let length = 0;
+  const take = (): string | number => {
+    const line = length > MAX_LOG_LINE_BYTES ? length : Buffer.concat(parts, kept).toString('utf8');
+    parts = [];
+    kept = 0;
+    length = 0;
+    return typeof line === 'string' && line.endsWith('\r') ? line.slice(0, -1) : line;
+  };
+  const add = (piece: Buffer) => {
+    length += piece.length;
+    if (length <= MAX_LOG_LINE_BYTES) {
+      parts.push(piece);
+      kept += piece.length;
+    } else if (parts.length > 0) {
+      parts = [];
+      kept = 0;
+    }
+  };
+  for await (const chunk of input) {
+    const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+    let start = 0;
+    for (let nl = buf.indexOf(0x0a); nl !== -1; nl = buf.indexOf(0x0a, start)) {
+      add(buf.subarray(start, nl));
+      yield take();
+      start = nl + 1;
+    }
+    if (start < buf.length) add(buf.subarray(start));
+  }
+  if (length > 0) yield take();
 }
 
 async function lastByte(file: string, size: number): Promise<number | undefined> {
