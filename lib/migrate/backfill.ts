@@ -237,7 +237,13 @@ export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> 
   let stopReason: string | undefined;
   let interrupted = false;
 
-  const estimate = await meta.estimate(types.length > 0 ? { types } : {});
+  // The estimate only sizes the progress bar: a row with an absurd size must
+  // not stop the run (that row fails on its own, the rest are copied).
+  const estimate = await meta.estimate(types.length > 0 ? { types } : {}).catch((err: unknown) => {
+    if (isInfrastructureError(err)) throw err;
+    logger.warn(`no estimate of the run's size (progress shows no total): ${shortError(err)}`);
+    return { count: 0, bytes: 0 };
+  });
   const shardCount = opts.shard && opts.shard.count > 1 ? opts.shard.count : 1;
   const estimatedTotal = Math.ceil(estimate.count / shardCount);
 
