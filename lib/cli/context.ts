@@ -8,8 +8,9 @@ import { ConfigError, PreflightError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { MetaStore } from '../meta/types.js';
 import { shortError } from '../migrate/errors.js';
-import { redact } from '../redact.js';
+import { redact, redactString } from '../redact.js';
 import type { BlobDB } from '../types.js';
+import { oneLine } from './run.js';
 
 export interface CommandContext {
   loaded: LoadedConfig;
@@ -68,7 +69,7 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
     opened.length = 0;
   };
   try {
-    const meta = await loaded.openMeta().catch((err: unknown) => {
+    const meta = await openQuietMeta(loaded, logger).catch((err: unknown) => {
       throw asPreflight(names.meta, err);
     });
     opened.push(meta);
@@ -99,6 +100,30 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
     await close();
     throw err;
   }
+}
+
+/**
+ * The metadata, with knex's own printouts routed through the logger: knex
+ * prints "Acquire connection error: <stack>" to stdout when the database does
+ * not answer, though the error also reaches us (and becomes one preflight
+ * line). Those go; other warnings go to the logger, redacted.
+ */
+async function openQuietMeta(loaded: LoadedConfig, logger: Logger): Promise<MetaStore> {
+  const { MetaDB } = await import('../meta/index.js');
+  const m = loaded.config.meta;
+  const say = (message: unknown) => {
+    const text = typeof message === 'string' ? message : String(message);
+    if (text.startsWith('Acquire connection error')) return;
+    logger.warn(`database: ${redactString(oneLine(text))}`);
+  };
+  return MetaDB.open(
+    { ...loaded.knexConfig(), log: { warn: say, error() {}, deprecate: say, debug() {} } },
+    {
+      table: m.table,
+      ...(m.columns !== undefined ? { columns: m.columns } : {}),
+      ...(m.runsTable !== undefined ? { runsTable: m.runsTable } : {}),
+    },
+  );
 }
 
 function describeMeta(config: BlobShiftConfig): string {
