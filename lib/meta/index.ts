@@ -33,7 +33,7 @@ import type {
   TypeTotals,
   WalkOptions,
 } from './types.js';
-import { toDate, toKey, toNullableText, toSafeNumber, toText } from './values.js';
+import { toDate, toKey, toNullableText, toSafeNumber, toSizeOrNaN, toText } from './values.js';
 
 export { emptyCounts } from './runs.js';
 export type { Dialect } from './schema.js';
@@ -450,7 +450,9 @@ export class MetaDB implements MetaStore {
       parentId: toText(row.parentId),
       type: toText(row.type),
       name: toText(row.name),
-      contentLength: toSafeNumber(row.size, `${this.table} size`),
+      // An absurd size (beyond 2^53) must not fail the whole chunk: the row is
+      // handed over with NaN and the engine fails that one blob.
+      contentLength: toSizeOrNaN(row.size),
       contentType: toNullableText(row.contentType),
       sha256: toNullableText(row.sha256),
       createdOn: toDate(row.createdOn) ?? new Date(0),

@@ -60,3 +60,9 @@ export function parseJson<T>(value: unknown, fallback: T, what: string): T {
     throw new BlobShiftError(`${what} holds invalid JSON`, { cause: err, code: 'E_RUN_STATE' });
   }
 }
+
+/** A size column as a number; NaN when it is not a safe integer (the caller fails that row alone). */
+export function toSizeOrNaN(value: unknown): number {
+  const n = typeof value === 'number' ? value : Number(value as string | bigint);
+  return Number.isSafeInteger(n) ? n : Number.NaN;
+}

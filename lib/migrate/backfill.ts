@@ -68,7 +68,7 @@ export interface BackfillOptions {
   tempDir?: string;
   /** How often the checkpoint is saved (default 2000 ms). */
   checkpointIntervalMs?: number;
-  /** Consecutive infrastructure failures that stop the run (default: clamp(concurrency, 3, 16)). */
+  /** Consecutive infrastructure failures that stop the run (default: concurrency, within 3–16). */
   infrastructureThreshold?: number;
 }
 
@@ -254,8 +254,10 @@ export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> 
   const budget = new ByteBudget(opts.maxInflightBytes ?? 256 * 1024 * 1024);
   const references = new ReferenceChecker(meta);
   const retry: RetryPolicy = { ...DEFAULT_RETRY, ...opts.retry };
-  // At most the window, so held-back failures can never fill it and stall the walk.
-  const threshold = Math.min(concurrency, opts.infrastructureThreshold ?? 16);
+  // Failures held back never stall the walk (they are released as soon as
+  // nothing else runs), so the threshold may exceed a small window: with
+  // --concurrency 1 a single failing key is still logged, not taken for an outage.
+  const threshold = opts.infrastructureThreshold ?? Math.max(3, Math.min(concurrency, 16));
   let infraStreak = 0;
   const heldInfra: { entry: WindowEntry<Slot>; slot: Slot }[] = [];
 

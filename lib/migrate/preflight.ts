@@ -65,11 +65,18 @@ export async function preflight(opts: PreflightOptions): Promise<void> {
   if (opts.write && opts.newDb) await writeProbe(opts.newDb, opts.oldDb, names);
 }
 
+/**
+ * Keys of the write probe start with this. A process killed between the
+ * probe's put and its delete leaves one behind; the next preflight removes it.
+ */
+export const PROBE_PREFIX = 'blobshift-preflight-probe-';
+
 async function writeProbe(newDb: BlobDB, oldDb: BlobDB | undefined, names: { old: string; new: string }) {
-  const key = `blobshift-preflight-${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`;
+  const key = `${PROBE_PREFIX}${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`;
   try {
     const probe = newDb as BlobDB & Probeable;
     if (typeof probe.probeCapabilities === 'function') await probe.probeCapabilities();
+    await sweepProbes(newDb);
     await newDb.put(key, 'blobshift write probe', { overwrite: false, contentType: 'text/plain' });
   } catch (err) {
     throw new PreflightError(names.new, `a test write failed: ${shortError(err)}`, { cause: err });
@@ -90,4 +97,11 @@ async function writeProbe(newDb: BlobDB, oldDb: BlobDB | undefined, names: { old
   } finally {
     await newDb.delete(key).catch(() => {});
   }
+}
+
+/** Deletes write probes an earlier, killed preflight left behind (one prefix listing). */
+async function sweepProbes(db: BlobDB): Promise<void> {
+  const leftovers: string[] = [];
+  for await (const info of db.list({ prefix: PROBE_PREFIX })) leftovers.push(info.key);
+  if (leftovers.length > 0) await db.bulkDelete(leftovers);
 }

@@ -371,6 +371,23 @@ describe('backfill (engine)', function () {
     expect(records[0]).to.include({ key: bad, error: 'too many retries' });
   });
 
+  it('at --concurrency 1 a single always-failing key is logged and the run goes on (not taken for an outage)', async () => {
+    const keys = await seed(f, 10);
+    const bad = keys[3] as string;
+    const newDb = new WrappedBlobDB(f.newDb, {
+      before: (method, key) => {
+        if (method === 'put' && key === bad) throw connectionRefused();
+      },
+    });
+    const summary = await backfill(
+      opts(f, { newDb, concurrency: 1, retry: { baseDelayMs: 1, maxDelayMs: 2 } }),
+    );
+    expect(summary.status).to.equal('completed');
+    expect(summary.exitCode).to.equal(1);
+    expect(summary.failed).to.equal(1);
+    expect(summary.copied).to.equal(9);
+  });
+
   it('stops with exit 3 when the new backend is gone, keeps the checkpoint, and a rerun completes', async () => {
     await seed(f, 100);
     let down = false;
