@@ -206,6 +206,17 @@ describe('reliability: SIGKILL at 10 random moments, restarted each time', funct
       await crashAndRestart(dir, blobs, {
         config: { type: 'fs', root: './new' },
         async inspect() {
+          // The last backfill may only have reprinted a run finished before the
+          // last kill; verify lists the new backend, and that listing removes
+          // the (backdated) temp files it meets.
+          const verified = await runCli(
+            ['verify', '-c', join(dir, 'blobshift.config.json'), '--log-dir', 'logs'],
+            {
+              cwd: dir,
+              timeoutMs: 120_000,
+            },
+          );
+          expect(verified.code, verified.stderr).to.equal(0);
           const files = await walkFiles(newRoot).catch(() => [] as string[]);
           const leftovers = files.filter((f) => f.split('/').some((s) => s.startsWith('.blobshift-')));
           const blobsFound = new Map<string, string>();
