@@ -6,7 +6,7 @@
  * prepended, so the flags are parsed and checked in one place.
  */
 import type { Shard } from '../lib/cli/args.js';
-import { EXIT, exitWith, isMainModule } from '../lib/cli/run.js';
+import { exitWith, isMainModule } from '../lib/cli/run.js';
 
 export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
   const [{ openContext }, { backfill }, { backfillJson, formatBackfillSummary }, out, { createProgress }] =

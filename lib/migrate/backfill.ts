@@ -147,7 +147,7 @@ export function shardLabel(shard: ShardSpec | undefined): string {
   return shard && shard.count > 1 ? `${shard.index}/${shard.count}` : '';
 }
 
-type Outcome =
+export type Outcome =
   | CopyOutcome
   | { kind: 'expired'; retries: number }
   | { kind: 'failed'; error: string; cause: unknown; infrastructure: boolean; retries: number };
@@ -556,7 +556,15 @@ export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> 
   return summary;
 }
 
-async function checkNew(newDb: BlobDB, row: BlobMeta): Promise<Outcome | undefined> {
+/**
+ * For a blob the snapshot says is in new with another size, or with
+ * `--existence head`: `present` when new holds the metadata's size now, a
+ * failure (never an overwrite) when it holds another, undefined when absent.
+ */
+export async function checkNew(
+  newDb: BlobDB,
+  row: Pick<BlobMeta, 'key' | 'contentLength'>,
+): Promise<Outcome | undefined> {
   try {
     const info = await newDb.stat(row.key);
     if (info.size === row.contentLength) return { kind: 'present', retries: 0 };
@@ -574,7 +582,11 @@ async function checkNew(newDb: BlobDB, row: BlobMeta): Promise<Outcome | undefin
 }
 
 function tally(counts: RunCounts, slot: Slot): void {
-  const o = slot.outcome;
+  tallyOutcome(counts, slot.outcome);
+}
+
+/** Adds one blob's outcome to `counts`. */
+export function tallyOutcome(counts: RunCounts, o: Outcome): void {
   counts.total++;
   counts.retries += o.retries;
   switch (o.kind) {
@@ -666,7 +678,8 @@ function sameList(a: unknown, b: unknown): boolean {
   return JSON.stringify(a ?? []) === JSON.stringify(b ?? []);
 }
 
-function refuseChangedOptions(run: string, state: RunState, wanted: Record<string, unknown>): void {
+/** A resume with other types, shard or backends is refused (`RunStateError`, exit 2). */
+export function refuseChangedOptions(run: string, state: RunState, wanted: Record<string, unknown>): void {
   const saved = state.options;
   const label = (v: unknown) =>
     Array.isArray(v) ? (v.length ? v.join(',') : '(all)') : v ? String(v) : '(none)';
@@ -688,7 +701,8 @@ function refuseChangedOptions(run: string, state: RunState, wanted: Record<strin
   }
 }
 
-function refuseLiveOwner(run: string, state: RunState): void {
+/** A run another live process is running (here, or checkpointed lately elsewhere) is refused. */
+export function refuseLiveOwner(run: string, state: RunState): void {
   if (state.status !== 'running') return;
   const owner = state.extra.owner as { host?: unknown; pid?: unknown } | undefined;
   if (!owner || typeof owner.pid !== 'number') return;

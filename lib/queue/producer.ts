@@ -18,7 +18,7 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Job, Queue, QueueEvents } from 'bullmq';
-import { ConfigError, RunStateError } from '../errors.js';
+import { ConfigError } from '../errors.js';
 import type { MetaStore, RunCounts, RunState, ShardSpec } from '../meta/types.js';
 import {
   addCounts,
@@ -32,6 +32,8 @@ import {
   EXIT_INTERRUPTED,
   EXIT_OK,
   emptyCounts,
+  refuseChangedOptions,
+  refuseLiveOwner,
   shardLabel,
   silentLogger,
   summaryFromState,
@@ -684,57 +686,5 @@ async function withdrawRun(opts: QueuedBackfillOptions, prefix: string): Promise
     }
   } finally {
     await queue.close();
-  }
-}
-
-function sameList(a: unknown, b: unknown): boolean {
-  return JSON.stringify(a ?? []) === JSON.stringify(b ?? []);
-}
-
-function refuseChangedOptions(run: string, state: RunState, wanted: Record<string, unknown>): void {
-  const saved = state.options;
-  const label = (v: unknown) =>
-    Array.isArray(v) ? (v.length ? v.join(',') : '(all)') : v ? String(v) : '(none)';
-  const problems: string[] = [];
-  if (!sameList(saved.types, wanted.types))
-    problems.push(`--types ${label(saved.types)} then, ${label(wanted.types)} now`);
-  if ((saved.shard ?? '') !== wanted.shard)
-    problems.push(`--shard ${label(saved.shard)} then, ${label(wanted.shard)} now`);
-  for (const side of ['old', 'new'] as const) {
-    if (saved[side] && wanted[side] && saved[side] !== wanted[side]) {
-      problems.push(`the ${side} backend was ${String(saved[side])}, now ${String(wanted[side])}`);
-    }
-  }
-  if (problems.length > 0) {
-    throw new RunStateError(
-      `run "${run}" was started with other options (${problems.join('; ')}); resume it with the same options, pick another --run name, or start it over with --reset`,
-    );
-  }
-}
-
-function refuseLiveOwner(run: string, state: RunState): void {
-  if (state.status !== 'running') return;
-  const owner = state.extra.owner as { host?: unknown; pid?: unknown } | undefined;
-  if (!owner || typeof owner.pid !== 'number') return;
-  if (owner.host === hostname()) {
-    if (owner.pid === process.pid || !processAlive(owner.pid)) return;
-    throw new RunStateError(
-      `run "${run}" is being run right now by process ${owner.pid} on this host; wait for it, stop it, or pick another --run name`,
-    );
-  }
-  const ageMs = Date.now() - state.updatedAt.getTime();
-  if (ageMs < 60_000) {
-    throw new RunStateError(
-      `run "${run}" was checkpointed ${Math.round(ageMs / 1000)} s ago by a process on ${String(owner.host)}; if that process is gone, retry in a minute`,
-    );
-  }
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }

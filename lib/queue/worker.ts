@@ -13,16 +13,17 @@
  */
 import { hostname } from 'node:os';
 import PQueue from 'p-queue';
-import { BlobNotFoundError, BlobShiftError } from '../errors.js';
+import { BlobShiftError } from '../errors.js';
 import type { MetaStore, RunCounts } from '../meta/types.js';
-import { type EngineLogger, emptyCounts, silentLogger } from '../migrate/backfill.js';
 import {
-  type CopyOutcome,
-  copyBlob,
-  DEFAULT_RETRY,
-  ReferenceChecker,
-  type RetryPolicy,
-} from '../migrate/copy.js';
+  checkNew,
+  type EngineLogger,
+  emptyCounts,
+  type Outcome,
+  silentLogger,
+  tallyOutcome,
+} from '../migrate/backfill.js';
+import { copyBlob, DEFAULT_RETRY, ReferenceChecker, type RetryPolicy } from '../migrate/copy.js';
 import { isInfrastructureError, shortError } from '../migrate/errors.js';
 import { type MissingRecord, NOT_FOUND } from '../migrate/missing-log.js';
 import type { BlobDB } from '../types.js';
@@ -55,10 +56,6 @@ export interface ChunkRun {
   /** Set when blobs failed on the infrastructure: the job should be retried. */
   infrastructure: string | undefined;
 }
-
-type Outcome =
-  | CopyOutcome
-  | { kind: 'failed'; error: string; cause: unknown; infrastructure: boolean; retries: number };
 
 /**
  * Copies the rows of one chunk (at most the shared queue's concurrency at
@@ -100,7 +97,7 @@ export async function processChunk(
     if (outcome.kind === 'failed' && (outcome.infrastructure || isInfrastructureError(outcome.cause))) {
       infrastructure ??= outcome.error;
     }
-    tally(counts, outcome);
+    tallyOutcome(counts, outcome);
     if (outcome.kind === 'notFound' || outcome.kind === 'failed') {
       if (outcome.kind === 'failed') {
         logger.warn(`blob failed: ${outcome.error}`, { key: row.key, id: row.id });
@@ -119,46 +116,6 @@ export async function processChunk(
   await Promise.all(rows.map((row) => ctx.copies.add(() => one(row), { throwOnTimeout: true })));
   missing.sort((a, b) => a.id - b.id);
   return { counts, missing, infrastructure };
-}
-
-async function checkNew(newDb: BlobDB, row: JobRow): Promise<Outcome | undefined> {
-  try {
-    const info = await newDb.stat(row.key);
-    if (info.size === row.contentLength) return { kind: 'present', retries: 0 };
-    return {
-      kind: 'failed',
-      error: `size mismatch in the new backend: it holds ${info.size} bytes, the metadata says ${row.contentLength}; not overwritten`,
-      cause: undefined,
-      infrastructure: false,
-      retries: 0,
-    };
-  } catch (err) {
-    if (err instanceof BlobNotFoundError) return undefined;
-    throw err;
-  }
-}
-
-function tally(counts: RunCounts, o: Outcome): void {
-  counts.total++;
-  counts.retries += o.retries;
-  switch (o.kind) {
-    case 'copied':
-      counts.copied++;
-      counts.bytes += o.bytes;
-      break;
-    case 'present':
-      counts.present++;
-      break;
-    case 'notFound':
-      counts.notFound++;
-      break;
-    case 'deleted':
-      counts.deletedDuringMigration++;
-      break;
-    case 'failed':
-      counts.failed++;
-      break;
-  }
 }
 
 /** The worker refused a job of another migration (its config differs from the producer's). */
