@@ -239,13 +239,10 @@ export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> 
 
   // The estimate only sizes the progress bar: a row with an absurd size must
   // not stop the run (that row fails on its own, the rest are copied).
-  const estimate = await meta.estimate(types.length > 0 ? { types } : {}).catch((err: unknown) => {
-    if (isInfrastructureError(err)) throw err;
-    logger.warn(`no estimate of the run's size (progress shows no total): ${shortError(err)}`);
-    return { count: 0, bytes: 0 };
-  });
+  // Set inside the main try below, where losing the database checkpoints and exits 3.
+  let estimate = { count: 0, bytes: 0 };
   const shardCount = opts.shard && opts.shard.count > 1 ? opts.shard.count : 1;
-  const estimatedTotal = Math.ceil(estimate.count / shardCount);
+  let estimatedTotal = 0;
 
   const queue = new PQueue({
     concurrency,
@@ -366,12 +363,13 @@ export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> 
     try {
       if (stopReason !== undefined) return;
       let outcome: Outcome | undefined;
-      if (checkNewFirst) outcome = await checkNew(newDb, row);
+      if (checkNewFirst) outcome = await checkNew(newDb, row, meta);
       outcome ??= await copyBlob(
         {
           oldDb,
           newDb,
           references,
+          meta,
           retry,
           ...(ctxSignal ? { signal: ctxSignal } : {}),
           onRetry: (key, attempt, err) =>
@@ -414,6 +412,16 @@ export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> 
   }
 
   try {
+    // The estimate only sizes the progress bar: a row with an absurd size must
+    // not stop the run (that row fails on its own, the rest are copied).
+    estimate = await meta.estimate(types.length > 0 ? { types } : {}).catch((err: unknown) => {
+      if (isInfrastructureError(err)) {
+        throw new InfrastructureLost(`reading the metadata failed: ${shortError(err)}`, { cause: err });
+      }
+      logger.warn(`no estimate of the run's size (progress shows no total): ${shortError(err)}`);
+      return { count: 0, bytes: 0 };
+    });
+    estimatedTotal = Math.ceil(estimate.count / shardCount);
     if (existence === 'list') {
       try {
         index = await PresentIndex.build(newDb, {
@@ -564,10 +572,17 @@ export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> 
 export async function checkNew(
   newDb: BlobDB,
   row: Pick<BlobMeta, 'key' | 'contentLength'>,
+  meta?: Pick<MetaStore, 'get'>,
 ): Promise<Outcome | undefined> {
   try {
     const info = await newDb.stat(row.key);
     if (info.size === row.contentLength) return { kind: 'present', retries: 0 };
+    if (meta) {
+      // The app may have rewritten the blob since the row was read.
+      const fresh = await meta.get(row.key);
+      if (!fresh) return { kind: 'deleted', retries: 0 };
+      if (fresh.contentLength === info.size) return { kind: 'present', retries: 0 };
+    }
     return {
       kind: 'failed',
       error: `size mismatch in the new backend: it holds ${info.size} bytes, the metadata says ${row.contentLength}; not overwritten`,

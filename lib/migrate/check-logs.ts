@@ -244,6 +244,7 @@ export async function checkBlobLogs(opts: CheckLogsOptions): Promise<CheckLogsRe
         oldDb,
         newDb,
         references,
+        meta: opts.meta,
         retry,
         ...(signal ? { signal } : {}),
         onRetry: (k, n, err) =>

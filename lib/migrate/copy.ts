@@ -91,6 +91,11 @@ export interface CopyContext {
   oldDb: BlobDB;
   newDb: BlobDB;
   references: ReferenceChecker;
+  /**
+   * The metadata, to read a row again when a backend disagrees with its size:
+   * the app may have rewritten the blob since the row was read.
+   */
+  meta?: Pick<MetaStore, 'get'>;
   retry?: RetryPolicy;
   signal?: AbortSignal;
   /** Called before each retry (counting, logging). */
@@ -101,14 +106,31 @@ export interface CopyContext {
 export async function copyBlob(ctx: CopyContext, row: CopyRow): Promise<CopyOutcome> {
   const policy = ctx.retry ?? DEFAULT_RETRY;
   let retries = 0;
+  let refreshes = 0;
   for (let attempt = 1; ; attempt++) {
     ctx.signal?.throwIfAborted();
     try {
       const kind = await copyOnce(ctx, row);
       if (kind.kind === 'copied') return { ...kind, retries };
       return { kind: kind.kind, retries };
-    } catch (err) {
+    } catch (caught) {
+      let err = caught;
       if (ctx.signal?.aborted) throw new AbortedError('copy interrupted', { cause: err });
+      if (err instanceof SizeDisagreement && ctx.meta && refreshes < MAX_ROW_REFRESHES) {
+        // The app may have rewritten the blob (and its row) since the row was read.
+        refreshes++;
+        try {
+          const fresh = await ctx.meta.get(row.key);
+          if (!fresh) return { kind: 'deleted', retries };
+          if (fresh.contentLength !== row.contentLength) {
+            row = { key: row.key, contentLength: fresh.contentLength, contentType: fresh.contentType };
+            attempt--;
+            continue;
+          }
+        } catch (metaErr) {
+          err = metaErr;
+        }
+      }
       const transient = isTransientError(err);
       if (!transient || attempt >= policy.attempts) {
         return {
@@ -128,6 +150,9 @@ export async function copyBlob(ctx: CopyContext, row: CopyRow): Promise<CopyOutc
     }
   }
 }
+
+/** How often one copy reads its row again after a size disagreement. */
+const MAX_ROW_REFRESHES = 3;
 
 type OnceOutcome = { kind: 'copied'; bytes: number } | { kind: 'present' | 'notFound' | 'deleted' };
 

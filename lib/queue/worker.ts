@@ -42,6 +42,8 @@ export interface ChunkContext {
   oldDb: BlobDB;
   newDb: BlobDB;
   references: ReferenceChecker;
+  /** To read a row again when a backend disagrees with its size (see `CopyContext.meta`). */
+  meta?: Pick<MetaStore, 'get'>;
   /** Shared by every job of the worker: the worker's `--concurrency`. */
   copies: PQueue;
   retry?: RetryPolicy;
@@ -74,12 +76,13 @@ export async function processChunk(
   const one = async (row: JobRow) => {
     let outcome: Outcome | undefined;
     try {
-      if (row.check) outcome = await checkNew(ctx.newDb, row);
+      if (row.check) outcome = await checkNew(ctx.newDb, row, ctx.meta);
       outcome ??= await copyBlob(
         {
           oldDb: ctx.oldDb,
           newDb: ctx.newDb,
           references: ctx.references,
+          ...(ctx.meta ? { meta: ctx.meta } : {}),
           retry,
           ...(ctx.signal ? { signal: ctx.signal } : {}),
           onRetry: (key, attempt, err) =>
@@ -136,7 +139,7 @@ export interface WorkerOptions {
   /** `redis://HOST:PORT[/DB]` */
   queueUrl: string;
   queueName: string;
-  meta: Pick<MetaStore, 'referenced'>;
+  meta: Pick<MetaStore, 'referenced' | 'get'>;
   oldDb: BlobDB;
   newDb: BlobDB;
   /** This worker's config, described: its migration id must match each job's. */
@@ -221,6 +224,7 @@ export async function runWorker(opts: WorkerOptions): Promise<WorkerSummary> {
           oldDb: opts.oldDb,
           newDb: opts.newDb,
           references,
+          meta: opts.meta,
           copies,
           retry,
           ...(opts.hardSignal ? { signal: opts.hardSignal } : {}),

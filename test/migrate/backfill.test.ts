@@ -175,6 +175,43 @@ describe('backfill (engine)', function () {
     expect((await readAll(await f.newDb.get(key))).equals(appBytes)).to.equal(true);
   });
 
+  it('takes a blob the app rewrote twice meanwhile as present, not as a size mismatch', async () => {
+    const key = (await seed(f, 1, { size: 10 }))[0] as string;
+    const rewrite = async (n: number) => {
+      await f.newDb.put(key, Buffer.alloc(n, n));
+      await f.meta.upsert({ key, parentId: 'p', type: 'attachment', contentLength: n });
+    };
+    // First rewrite after the snapshot, before the walk reads the row (row: 20
+    // bytes, old still 10); second one just before the copy (new and row: 30).
+    const meta = new Proxy(f.meta, {
+      get(target, prop, receiver) {
+        if (prop === 'walk') {
+          return (o: Parameters<MetaDB['walk']>[0]) =>
+            (async function* () {
+              await rewrite(20);
+              yield* target.walk(o);
+            })();
+        }
+        const value = Reflect.get(target, prop, receiver);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    let rewritten = false;
+    const oldDb = new WrappedBlobDB(f.oldDb, {
+      before: async (method, k) => {
+        if (method === 'stat' && k === key && !rewritten) {
+          rewritten = true;
+          await rewrite(30);
+        }
+      },
+    });
+    const summary = await backfill(opts(f, { meta, oldDb }));
+    expect(summary.failed, JSON.stringify(summary)).to.equal(0);
+    expect(summary.present).to.equal(1);
+    expect(summary.exitCode).to.equal(0);
+    expect((await readAll(await f.newDb.get(key))).equals(Buffer.alloc(30, 30))).to.equal(true);
+  });
+
   it('does not resurrect a blob deleted by the app while it was being copied', async () => {
     const keys = await seed(f, 10);
     const victim = keys[4] as string;
@@ -411,6 +448,26 @@ describe('backfill (engine)', function () {
     expect(second.exitCode).to.equal(0);
     expect(second.copied + second.present).to.equal(100);
     expect(second.failed).to.equal(0);
+  });
+
+  it('losing the database while the run sets up saves the checkpoint and exits 3', async () => {
+    await seed(f, 10);
+    let down = true;
+    const meta = new Proxy(f.meta, {
+      get(target, prop, receiver) {
+        if (prop === 'estimate' && down) return () => Promise.reject(connectionRefused());
+        const value = Reflect.get(target, prop, receiver);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const first = await backfill(opts(f, { meta }));
+    expect(first.status).to.equal('infrastructure');
+    expect(first.exitCode).to.equal(3);
+    expect((await f.meta.getRun('default', ''))?.status).to.equal('failed');
+    down = false;
+    const second = await backfill(opts(f, { meta }));
+    expect(second.exitCode).to.equal(0);
+    expect(second.copied).to.equal(10);
   });
 
   it('dry run reports what it would copy and writes nothing', async () => {
