@@ -28,6 +28,8 @@ import { pipeline, type Readable, Transform, type TransformCallback } from 'node
 import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
+  CopyObjectCommand,
+  type CopyObjectCommandInput,
   CreateMultipartUploadCommand,
   DeleteObjectCommand,
   DeleteObjectsCommand,
@@ -41,6 +43,7 @@ import {
   S3Client,
   type S3ClientConfig,
   UploadPartCommand,
+  UploadPartCopyCommand,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
@@ -80,6 +83,10 @@ const MIN_PART_SIZE = 5 * 1024 * 1024;
 const MAX_PUT_OBJECT_BYTES = 5 * 1024 * 1024 * 1024;
 /** S3's longest object key, prefix included. */
 const MAX_S3_KEY_BYTES = 1024;
+/** S3's largest single CopyObject; above it, UploadPartCopy. */
+const MAX_COPY_OBJECT_BYTES = 5 * 1024 * 1024 * 1024;
+/** Part size of a server-side multipart copy (S3 allows up to 5 GiB a part). */
+const COPY_PART_SIZE = 512 * 1024 * 1024;
 /** DeleteObjects takes at most this many keys a request. */
 const DELETE_BATCH = 1000;
 /** How often a put with `If-None-Match` is retried after a 409 ConditionalRequestConflict. */
@@ -412,6 +419,13 @@ class PartTagger extends Transform {
 
 /** Where a probe answer is cached: one probe per endpoint and bucket for the whole process. */
 const probeCache = new Map<string, Promise<ConditionalSupport>>();
+/** Whether CopyObject honours `If-None-Match: *`, per endpoint and bucket. */
+const copyProbeCache = new Map<string, Promise<boolean>>();
+
+/** `bucket/key` for `x-amz-copy-source`: each segment percent-encoded, as S3 expects. */
+function copySource(bucket: string, key: string): string {
+  return `${bucket}/${key.split('/').map(encodeURIComponent).join('/')}`;
+}
 
 /** What `createS3Client` knew about each client it built: where it points, and as whom. */
 const clientIdentities = new WeakMap<S3Client, { endpoint: string; accessKeyId: string | undefined }>();
@@ -1000,6 +1014,201 @@ export class S3BlobDB implements BlobDB {
         'short. It was left in place; check the key and put again.',
       { key },
     );
+  }
+
+  /**
+   * Copies `key` from `source` (an S3BlobDB on the same endpoint with the
+   * same credentials: `capabilities.serverSideCopyFrom(source)`) without the
+   * bytes passing through this process: CopyObject up to 5 GiB,
+   * UploadPartCopy parts above. The source is pinned by its ETag
+   * (`x-amz-copy-source-if-match`) after a HEAD that checks `size`.
+   * `overwrite: false` is honoured with `If-None-Match: *` only where a probe
+   * showed the server refuses a conditional copy onto an existing key (412);
+   * elsewhere, and for any source this backend cannot copy from, the blob is
+   * streamed through `put`, which keeps every rule of a put.
+   */
+  async copyFrom(source: BlobDB, key: string, opts: PutOptions = {}): Promise<BlobInfo> {
+    const fullKey = this.#fullKey(key);
+    this.#checkOpen();
+    if (!(source instanceof S3BlobDB) || !this.#sameServerAndIdentity(source))
+      return this.#streamFrom(source, key, opts);
+    if (opts.overwrite === false) {
+      const support = (await this.probeCapabilities()).conditional;
+      if (!support.put || !(await this.#probeConditionalCopy())) return this.#streamFrom(source, key, opts);
+    }
+    const head = await source.#head(key);
+    if (head === undefined) throw new BlobNotFoundError(key, { where: source.#where() });
+    const size = head.ContentLength ?? 0;
+    if (opts.size !== undefined && size !== opts.size) throw new SizeMismatchError(key, opts.size, size);
+    const etag = head.ETag;
+    if (size > MAX_COPY_OBJECT_BYTES) {
+      const support = (await this.probeCapabilities()).conditional;
+      if (opts.overwrite === false && !support.multipartComplete) return this.#streamFrom(source, key, opts);
+      return this.#copyMultipart(source, key, fullKey, size, etag, opts);
+    }
+    const params = this.#putParams(fullKey, opts, opts.overwrite === false);
+    const input: CopyObjectCommandInput = {
+      ...(params as CopyObjectCommandInput),
+      CopySource: copySource(source.#bucket, source.#fullKey(key)),
+      ...(etag ? { CopySourceIfMatch: etag } : {}),
+      // What the caller says about the blob replaces the source's; else the source's stays.
+      MetadataDirective: opts.contentType !== undefined || opts.httpMeta !== undefined ? 'REPLACE' : 'COPY',
+    };
+    try {
+      const out = await this.#client.send(new CopyObjectCommand(input));
+      return this.#putResult(key, size, out.CopyObjectResult?.ETag, opts);
+    } catch (err) {
+      throw await this.#copyError(source, key, err, opts.overwrite === false);
+    }
+  }
+
+  /** The fallback of `copyFrom`: the bytes stream through this process. */
+  async #streamFrom(source: BlobDB, key: string, opts: PutOptions): Promise<BlobInfo> {
+    const body = await source.get(key);
+    return this.put(key, body, opts);
+  }
+
+  /** 412 from a conditional copy: the destination exists (BlobExistsError) or the source changed. */
+  async #copyError(source: S3BlobDB, key: string, err: unknown, conditional: boolean): Promise<Error> {
+    if (isS3NotFoundError(err)) return new BlobNotFoundError(key, { cause: err, where: source.#where() });
+    if (isPreconditionFailed(err)) {
+      if (conditional && (await this.exists(key))) return new BlobExistsError(key, { cause: err });
+      return new BackendError(
+        `S3 CopyObject of ${describeKey(key)} from ${source.#where()}: the source changed during the copy; copy it again`,
+        { cause: err, key },
+      );
+    }
+    return this.#backendError('CopyObject', key, err);
+  }
+
+  /** Above 5 GiB: a multipart upload of UploadPartCopy ranges, completed with `If-None-Match: *` when asked. */
+  async #copyMultipart(
+    source: S3BlobDB,
+    key: string,
+    fullKey: string,
+    size: number,
+    etag: string | undefined,
+    opts: PutOptions,
+  ): Promise<BlobInfo> {
+    const conditional = opts.overwrite === false;
+    const params = this.#putParams(fullKey, opts, false);
+    let uploadId: string | undefined;
+    let completed = false;
+    try {
+      const created = await this.#client.send(new CreateMultipartUploadCommand(params));
+      uploadId = created.UploadId;
+      const parts: { PartNumber: number; ETag: string | undefined }[] = [];
+      const ranges: [number, number][] = [];
+      for (let start = 0; start < size; start += COPY_PART_SIZE)
+        ranges.push([start, Math.min(size, start + COPY_PART_SIZE) - 1]);
+      let next = 0;
+      const worker = async () => {
+        for (;;) {
+          const i = next++;
+          const range = ranges[i];
+          if (range === undefined) return;
+          const out = await this.#client.send(
+            new UploadPartCopyCommand({
+              Bucket: this.#bucket,
+              Key: fullKey,
+              UploadId: uploadId,
+              PartNumber: i + 1,
+              CopySource: copySource(source.#bucket, source.#fullKey(key)),
+              CopySourceRange: `bytes=${range[0]}-${range[1]}`,
+              ...(etag ? { CopySourceIfMatch: etag } : {}),
+            }),
+          );
+          parts[i] = { PartNumber: i + 1, ETag: out.CopyPartResult?.ETag };
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(this.#queueSize, ranges.length) }, worker));
+      const out = await this.#client.send(
+        new CompleteMultipartUploadCommand({
+          Bucket: this.#bucket,
+          Key: fullKey,
+          UploadId: uploadId,
+          ...(conditional ? { IfNoneMatch: '*' } : {}),
+          MultipartUpload: { Parts: parts },
+        }),
+      );
+      completed = true;
+      return this.#putResult(key, size, out.ETag, opts);
+    } catch (err) {
+      throw await this.#copyError(source, key, err, conditional);
+    } finally {
+      if (uploadId !== undefined && !completed) {
+        await this.#client
+          .send(new AbortMultipartUploadCommand({ Bucket: this.#bucket, Key: fullKey, UploadId: uploadId }))
+          .catch(() => {});
+      }
+    }
+  }
+
+  /**
+   * Whether CopyObject honours `If-None-Match: *`: copies a probe object to a
+   * second reserved key twice with the header (the second must answer 412).
+   * Once per endpoint and bucket in this process.
+   */
+  async #probeConditionalCopy(): Promise<boolean> {
+    const { endpoint } = await this.resolveIdentity();
+    const cacheKey = `${endpoint}\u0000${this.#bucket}`;
+    let probe = copyProbeCache.get(cacheKey);
+    if (!probe) {
+      probe = this.#runCopyProbe();
+      copyProbeCache.set(cacheKey, probe);
+      probe.catch(() => copyProbeCache.delete(cacheKey));
+    }
+    return probe;
+  }
+
+  async #runCopyProbe(): Promise<boolean> {
+    const id = randomBytes(8).toString('hex');
+    const from = `${this.#prefix}${RESERVED_PREFIX}copy-probe-${id}-a`;
+    const to = `${this.#prefix}${RESERVED_PREFIX}copy-probe-${id}-b`;
+    const body = Buffer.from('blobshift conditional-copy probe\n');
+    const copy = () =>
+      this.#client.send(
+        new CopyObjectCommand({
+          Bucket: this.#bucket,
+          Key: to,
+          CopySource: copySource(this.#bucket, from),
+          IfNoneMatch: '*',
+        }),
+      );
+    try {
+      await this.#client.send(
+        new PutObjectCommand({ Bucket: this.#bucket, Key: from, Body: body, ContentLength: body.length }),
+      );
+      try {
+        await copy();
+      } catch (err) {
+        if (refusesHeader(err)) return false;
+        throw new BackendError(
+          `the conditional-copy probe in ${this.#where()} failed: ${describeS3Error(err)}`,
+          { cause: err },
+        );
+      }
+      try {
+        await copy();
+        return false;
+      } catch (err) {
+        if (isPreconditionFailed(err) || isConditionalConflict(err)) return true;
+        if (refusesHeader(err)) return false;
+        throw new BackendError(
+          `the conditional-copy probe in ${this.#where()} failed: ${describeS3Error(err)}`,
+          { cause: err },
+        );
+      }
+    } finally {
+      await this.#client
+        .send(
+          new DeleteObjectsCommand({
+            Bucket: this.#bucket,
+            Delete: { Objects: [{ Key: from }, { Key: to }], Quiet: true },
+          }),
+        )
+        .catch(() => {});
+    }
   }
 
   async get(key: string): Promise<Readable> {

@@ -85,11 +85,18 @@ const RSS_PROBE = `data:text/javascript,${encodeURIComponent(
 export async function run(
   command: string,
   args: string[],
-  opts: { env?: NodeJS.ProcessEnv; cwd?: string; node?: boolean; timeoutMs?: number } = {},
+  opts: {
+    env?: NodeJS.ProcessEnv;
+    /** The child's whole environment (instead of this process's plus `env`). */
+    exactEnv?: NodeJS.ProcessEnv;
+    cwd?: string;
+    node?: boolean;
+    timeoutMs?: number;
+  } = {},
 ): Promise<ChildResult> {
   const rssDir = opts.node ? await mkdtemp(join(tmpdir(), 'blobshift-bench-rss-')) : undefined;
   const rssFile = rssDir ? join(rssDir, 'rss') : undefined;
-  const env: NodeJS.ProcessEnv = { ...process.env, ...opts.env };
+  const env: NodeJS.ProcessEnv = opts.exactEnv ?? { ...process.env, ...opts.env };
   if (rssFile) env.BENCH_RSS_FILE = rssFile;
   const started = performance.now();
   const child = spawn(command, opts.node ? ['--import', RSS_PROBE, ...args] : args, {
@@ -446,7 +453,7 @@ export async function rcloneConfig(dir: string, endpoint: string, credentials = 
 export function rclone(args: string[], configFile: string): Promise<ChildResult> {
   const env: NodeJS.ProcessEnv = { ...process.env };
   delete env.AWS_CA_BUNDLE;
-  return run('rclone', ['--config', configFile, ...args], { env });
+  return run('rclone', ['--config', configFile, ...args], { exactEnv: env });
 }
 
 export function median(values: number[]): number {

@@ -71,6 +71,7 @@ export async function benchSmall(): Promise<BenchRow[]> {
     const ours = await backfillCli(config, ['--concurrency', String(concurrency)]);
     if (ours.summary.copied !== count) throw new Error(`backfill copied ${ours.summary.copied} of ${count}`);
     const oursRate = count / ours.result.seconds;
+    log(`small: raw ${raw.rate.toFixed(0)} blobs/s, backfill ${oursRate.toFixed(0)} blobs/s`);
 
     let rc: { seconds: number } | undefined;
     let rcConf: string | undefined;
