@@ -86,6 +86,11 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
             ...(info.snapshot ? { newBackendHolds: info.snapshot } : {}),
           },
         );
+        if (!dryRun && !ctx.newDb!.capabilities.conditionalWrites) {
+          logger.warn(
+            'the new backend does not honour conditional writes: a copy checks, then writes, so an app write landing in between could be overwritten',
+          );
+        }
         progress = createProgress({
           total: info.estimate.count,
           totalBytes: info.estimate.bytes,
