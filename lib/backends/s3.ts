@@ -634,7 +634,12 @@ export class S3BlobDB implements BlobDB {
   }
 
   async #runProbe(): Promise<ConditionalSupport> {
-    const key = `${this.#prefix}${RESERVED_PREFIX}probe-${randomBytes(8).toString('hex')}`;
+    await this.#sweepProbes();
+    // One fixed name: a probe object a killed process left behind is removed
+    // here by the next probe (reserved keys are never listed, but they are
+    // garbage in the bucket).
+    const key = `${this.#prefix}${RESERVED_PREFIX}probe`;
+    await this.#client.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key: key })).catch(() => {});
     const body = Buffer.from('blobshift conditional-write probe\n');
     const params: PutObjectCommandInput = {
       Bucket: this.#bucket,
@@ -645,21 +650,28 @@ export class S3BlobDB implements BlobDB {
     };
     const where = `the conditional-write probe in bucket ${JSON.stringify(this.#bucket)} at ${this.#endpoint}`;
     try {
+      let refused = false;
       try {
         await this.#client.send(new PutObjectCommand(params));
       } catch (err) {
         // A server that refuses the header outright has no conditional writes.
         if (refusesHeader(err)) return { put: false, multipartComplete: false };
-        throw new BackendError(`${where} could not write its probe object: ${describeS3Error(err)}`, {
-          cause: err,
-        });
+        // Another process's probe is there this instant, and the header kept it.
+        refused = isPreconditionFailed(err) || isConditionalConflict(err);
+        if (!refused) {
+          throw new BackendError(`${where} could not write its probe object: ${describeS3Error(err)}`, {
+            cause: err,
+          });
+        }
       }
-      try {
-        await this.#client.send(new PutObjectCommand(params));
-        return { put: false, multipartComplete: false };
-      } catch (err) {
-        if (!isPreconditionFailed(err) && !isConditionalConflict(err)) {
-          throw new BackendError(`${where} failed: ${describeS3Error(err)}`, { cause: err });
+      if (!refused) {
+        try {
+          await this.#client.send(new PutObjectCommand(params));
+          return { put: false, multipartComplete: false };
+        } catch (err) {
+          if (!isPreconditionFailed(err) && !isConditionalConflict(err)) {
+            throw new BackendError(`${where} failed: ${describeS3Error(err)}`, { cause: err });
+          }
         }
       }
       return { put: true, multipartComplete: await this.#probeConditionalComplete(key, body, where) };
@@ -667,6 +679,39 @@ export class S3BlobDB implements BlobDB {
       await this.#client.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key: key })).catch(() => {
         // A leftover probe object is reserved and never listed.
       });
+    }
+  }
+
+  /**
+   * Deletes conditional-copy probe objects a killed process left behind
+   * (reserved keys, never listed, but garbage in the bucket). Only those older
+   * than ten minutes: a younger one may be another process's probe in progress.
+   */
+  async #sweepProbes(): Promise<void> {
+    const cutoff = Date.now() - 10 * 60_000;
+    for (const kind of ['copy-probe-']) {
+      try {
+        const page = await this.#client.send(
+          new ListObjectsV2Command({
+            Bucket: this.#bucket,
+            Prefix: `${this.#prefix}${RESERVED_PREFIX}${kind}`,
+            MaxKeys: 1000,
+          }),
+        );
+        const stale = (page.Contents ?? []).filter(
+          (o) => o.Key !== undefined && (o.LastModified?.getTime() ?? 0) < cutoff,
+        );
+        if (stale.length > 0) {
+          await this.#client.send(
+            new DeleteObjectsCommand({
+              Bucket: this.#bucket,
+              Delete: { Objects: stale.map((o) => ({ Key: o.Key as string })), Quiet: true },
+            }),
+          );
+        }
+      } catch {
+        // Best effort: the probe itself reports a bucket that cannot be listed or written.
+      }
     }
   }
 
