@@ -137,7 +137,11 @@ export function cliCommand(): { args: string[]; compiled: boolean } {
 
 /** Runs `blobshift …` as a child (compiled when built), with its peak RSS. */
 export function runCli(args: string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string } = {}) {
-  return run(process.execPath, [...cliCommand().args, ...args], { ...opts, node: true });
+  // BENCH_CLI_NODE_ARGS: extra node flags for the CLI, e.g. `--cpu-prof --cpu-prof-dir=prof`.
+  const nodeArgs = (opts.env?.BENCH_CLI_NODE_ARGS ?? process.env.BENCH_CLI_NODE_ARGS ?? '')
+    .split(' ')
+    .filter(Boolean);
+  return run(process.execPath, [...nodeArgs, ...cliCommand().args, ...args], { ...opts, node: true });
 }
 
 /** Runs one of the bench's helper scripts (TypeScript, through tsx) as a child. */
