@@ -8,6 +8,7 @@
 import { hostname } from 'node:os';
 import PQueue from 'p-queue';
 import { BlobNotFoundError, RunStateError } from '../errors.js';
+import { emptyCounts } from '../meta/runs.js';
 import type { MetaStore, RunCounts, RunState, ShardSpec } from '../meta/types.js';
 import type { BlobDB, BlobMeta } from '../types.js';
 import { type CopyOutcome, copyBlob, DEFAULT_RETRY, ReferenceChecker, type RetryPolicy } from './copy.js';
@@ -128,18 +129,25 @@ export const EXIT_INCOMPLETE = 1;
 export const EXIT_INFRA = 3;
 export const EXIT_INTERRUPTED = 130;
 
-export function emptyCounts(): RunCounts {
+export { emptyCounts };
+
+/** The state of a run that has not started yet. */
+export function freshRunState(name: string, shard: string, options: Record<string, unknown>): RunState {
+  const now = new Date();
   return {
-    total: 0,
-    copied: 0,
-    present: 0,
-    notFound: 0,
-    failed: 0,
-    deletedDuringMigration: 0,
-    expired: 0,
-    bytes: 0,
-    retries: 0,
-    seconds: 0,
+    name,
+    shard,
+    status: 'running',
+    lowWaterMark: 0,
+    counts: emptyCounts(),
+    logs: [],
+    options,
+    attempts: 0,
+    exitCode: null,
+    startedAt: now,
+    updatedAt: now,
+    finishedAt: null,
+    extra: {},
   };
 }
 
@@ -195,21 +203,7 @@ export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> 
   }
 
   const now = new Date();
-  const base: RunState = state ?? {
-    name: run,
-    shard,
-    status: 'running',
-    lowWaterMark: 0,
-    counts: emptyCounts(),
-    logs: [],
-    options: runOptions,
-    attempts: 0,
-    exitCode: null,
-    startedAt: now,
-    updatedAt: now,
-    finishedAt: null,
-    extra: {},
-  };
+  const base: RunState = state ?? freshRunState(run, shard, runOptions);
   const resumedFrom = base.lowWaterMark;
   const log = await MissingLogWriter.create(opts.logDir ?? 'blobshift-logs', {
     run,

@@ -32,6 +32,7 @@ import {
   EXIT_INTERRUPTED,
   EXIT_OK,
   emptyCounts,
+  freshRunState,
   refuseChangedOptions,
   refuseLiveOwner,
   shardLabel,
@@ -156,21 +157,7 @@ export async function queuedBackfill(opts: QueuedBackfillOptions): Promise<Backf
   }
 
   const now = new Date();
-  const base: RunState = state ?? {
-    name: run,
-    shard,
-    status: 'running',
-    lowWaterMark: 0,
-    counts: emptyCounts(),
-    logs: [],
-    options: runOptions,
-    attempts: 0,
-    exitCode: null,
-    startedAt: now,
-    updatedAt: now,
-    finishedAt: null,
-    extra: {},
-  };
+  const base: RunState = state ?? freshRunState(run, shard, runOptions);
   const extra: QueueExtra = queueExtraOf(base) ?? { epoch: randomBytes(4).toString('hex'), completed: [] };
   const resumedFrom = base.lowWaterMark;
   const log = await MissingLogWriter.create(opts.logDir ?? 'blobshift-logs', {
