@@ -9,14 +9,21 @@ import type { Shard } from '../lib/cli/args.js';
 import { exitWith, isMainModule } from '../lib/cli/run.js';
 
 export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
-  const [{ openContext }, { backfill }, { backfillJson, formatBackfillSummary }, out, { createProgress }] =
-    await Promise.all([
-      import('../lib/cli/context.js'),
-      import('../lib/migrate/backfill.js'),
-      import('../lib/migrate/report.js'),
-      import('../lib/cli/output.js'),
-      import('../lib/cli/progress.js'),
-    ]);
+  const [
+    { openContext },
+    { backfill },
+    { backfillJson, formatBackfillSummary },
+    out,
+    { createProgress },
+    { trapSignals },
+  ] = await Promise.all([
+    import('../lib/cli/context.js'),
+    import('../lib/migrate/backfill.js'),
+    import('../lib/migrate/report.js'),
+    import('../lib/cli/output.js'),
+    import('../lib/cli/progress.js'),
+    import('../lib/cli/signals.js'),
+  ]);
   const dryRun = options.dryRun === true;
   const json = options.json === true;
   const concurrency = (options.concurrency as number | undefined) ?? 16;
@@ -36,25 +43,10 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
     logFormat: options.logFormat as 'text' | 'json',
   });
   const { logger } = ctx;
-  const soft = new AbortController();
-  const hard = new AbortController();
-  let signals = 0;
-  const onSignal = (name: string) => {
-    signals++;
-    if (signals === 1) {
-      logger.warn(
-        `${name}: stopping; in-flight copies finish, then the checkpoint is saved (again to abandon them)`,
-      );
-      soft.abort();
-    } else {
-      logger.warn(`${name} again: abandoning in-flight copies; the checkpoint is saved`);
-      hard.abort();
-    }
-  };
-  const onInt = () => onSignal('SIGINT');
-  const onTerm = () => onSignal('SIGTERM');
-  process.on('SIGINT', onInt);
-  process.on('SIGTERM', onTerm);
+  const signals = trapSignals(logger, {
+    stopping: 'in-flight copies finish, then the checkpoint is saved (again to abandon them)',
+    abandoning: 'abandoning in-flight copies; the checkpoint is saved',
+  });
   let progress: ReturnType<typeof createProgress> | undefined;
   try {
     logger.info('config', { file: ctx.loaded.file, config: ctx.printable });
@@ -73,8 +65,8 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
       dryRun,
       logDir: (options.logDir as string | undefined) ?? './blobshift-logs',
       identity: { old: ctx.names.old ?? 'old', new: ctx.names.new ?? 'new' },
-      signal: soft.signal,
-      hardSignal: hard.signal,
+      signal: signals.soft,
+      hardSignal: signals.hard,
       logger,
       onStart: (info) => {
         logger.info(
@@ -108,8 +100,7 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
     return summary.exitCode;
   } finally {
     progress?.stop();
-    process.off('SIGINT', onInt);
-    process.off('SIGTERM', onTerm);
+    signals.dispose();
     await ctx.close();
   }
 }

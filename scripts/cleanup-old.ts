@@ -13,7 +13,10 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
     import('../lib/config.js'),
   ]);
   const ctx = await openContext({ config: options.config as string, requireOld: true, requireNew: true });
-  const signals = trapSignals(ctx.logger, 'the current batch finishes');
+  const signals = trapSignals(ctx.logger, {
+    stopping: 'the current batch finishes (again to stop at once)',
+    abandoning: 'stopping at once',
+  });
   try {
     const report = await c.cleanupOld({
       meta: ctx.meta,

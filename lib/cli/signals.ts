@@ -13,17 +13,27 @@ export interface StopSignals {
   dispose(): void;
 }
 
-export function trapSignals(logger: Pick<Logger, 'warn'>, what = 'in-flight work finishes'): StopSignals {
+/**
+ * `messages.stopping` and `messages.abandoning` complete the lines logged on
+ * the first and the second signal (`SIGINT: stopping; …`, `SIGINT again: …`).
+ */
+export function trapSignals(
+  logger: Pick<Logger, 'warn'>,
+  messages: { stopping: string; abandoning: string } = {
+    stopping: 'in-flight work finishes (again to abandon it)',
+    abandoning: 'abandoning in-flight work',
+  },
+): StopSignals {
   const soft = new AbortController();
   const hard = new AbortController();
   let count = 0;
   const on = (name: string) => {
     count++;
     if (count === 1) {
-      logger.warn(`${name}: stopping; ${what} (${name} again to abandon it)`);
+      logger.warn(`${name}: stopping; ${messages.stopping}`);
       soft.abort();
     } else {
-      logger.warn(`${name} again: abandoning in-flight work`);
+      logger.warn(`${name} again: ${messages.abandoning}`);
       hard.abort();
     }
   };

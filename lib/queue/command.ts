@@ -6,6 +6,7 @@
 import type { Shard } from '../cli/args.js';
 import type { CommandContext } from '../cli/context.js';
 import { EXIT } from '../cli/run.js';
+import { trapSignals } from '../cli/signals.js';
 import { ConfigError } from '../errors.js';
 import type { MigrationNames } from './jobs.js';
 
@@ -70,25 +71,11 @@ export async function producerCommand(options: Record<string, unknown>): Promise
       else out.printLines(formatBackfillSummary(summary));
       return summary.exitCode;
     }
-    const soft = new AbortController();
-    const hard = new AbortController();
-    let signals = 0;
-    const onSignal = (name: string) => {
-      signals++;
-      if (signals === 1) {
-        logger.warn(
-          `${name}: stopping; no new chunks, queued ones are withdrawn, running ones finish, then the checkpoint is saved (again to stop waiting for them)`,
-        );
-        soft.abort();
-      } else {
-        logger.warn(`${name} again: not waiting for running chunks; the checkpoint is saved`);
-        hard.abort();
-      }
-    };
-    const onInt = () => onSignal('SIGINT');
-    const onTerm = () => onSignal('SIGTERM');
-    process.on('SIGINT', onInt);
-    process.on('SIGTERM', onTerm);
+    const signals = trapSignals(logger, {
+      stopping:
+        'no new chunks, queued ones are withdrawn, running ones finish, then the checkpoint is saved (again to stop waiting for them)',
+      abandoning: 'not waiting for running chunks; the checkpoint is saved',
+    });
     let progress: ReturnType<typeof createProgress> | undefined;
     try {
       logger.info('config', { file: ctx.loaded.file, config: ctx.printable });
@@ -106,8 +93,8 @@ export async function producerCommand(options: Record<string, unknown>): Promise
         existence: (options.existence as 'list' | 'head' | undefined) ?? 'list',
         reset: options.reset === true,
         logDir: (options.logDir as string | undefined) ?? './blobshift-logs',
-        signal: soft.signal,
-        hardSignal: hard.signal,
+        signal: signals.soft,
+        hardSignal: signals.hard,
         logger,
         onStart: (info) => {
           logger.info(
@@ -137,8 +124,7 @@ export async function producerCommand(options: Record<string, unknown>): Promise
       return summary.exitCode;
     } finally {
       progress?.stop();
-      process.off('SIGINT', onInt);
-      process.off('SIGTERM', onTerm);
+      signals.dispose();
     }
   } finally {
     await ctx.close();
@@ -177,23 +163,10 @@ export async function workerCommand(options: Record<string, unknown>): Promise<n
     const queueName = (options.queueName as string | undefined) ?? 'blobshift';
     await checkRedis(queueUrl, queueName);
     const migration = migrationNames(ctx);
-    const soft = new AbortController();
-    const hard = new AbortController();
-    let signals = 0;
-    const onSignal = (name: string) => {
-      signals++;
-      if (signals === 1) {
-        logger.warn(`${name}: stopping; the chunks held finish (again to abandon them to other workers)`);
-        soft.abort();
-      } else {
-        logger.warn(`${name} again: abandoning the chunks held; another worker takes them over`);
-        hard.abort();
-      }
-    };
-    const onInt = () => onSignal('SIGINT');
-    const onTerm = () => onSignal('SIGTERM');
-    process.on('SIGINT', onInt);
-    process.on('SIGTERM', onTerm);
+    const signals = trapSignals(logger, {
+      stopping: 'the chunks held finish (again to abandon them to other workers)',
+      abandoning: 'abandoning the chunks held; another worker takes them over',
+    });
     try {
       const started = Date.now();
       const summary = await runWorker({
@@ -206,8 +179,8 @@ export async function workerCommand(options: Record<string, unknown>): Promise<n
         concurrency: (options.concurrency as number | undefined) ?? 16,
         ...(lockDurationMs !== undefined ? { lockDurationMs } : {}),
         ...(stalledIntervalMs !== undefined ? { stalledIntervalMs } : {}),
-        signal: soft.signal,
-        hardSignal: hard.signal,
+        signal: signals.soft,
+        hardSignal: signals.hard,
         logger,
         onReady: () =>
           logger.info(
@@ -234,8 +207,7 @@ export async function workerCommand(options: Record<string, unknown>): Promise<n
       if (summary.status === 'refused') return EXIT.USAGE;
       return EXIT.INTERRUPTED;
     } finally {
-      process.off('SIGINT', onInt);
-      process.off('SIGTERM', onTerm);
+      signals.dispose();
     }
   } finally {
     await ctx.close();

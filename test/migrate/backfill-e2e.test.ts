@@ -242,6 +242,70 @@ describe('backfill on real backends', function () {
       );
     });
 
+    it('SIGINT stops it with exit 130 and a saved checkpoint; the same command resumes and completes', async () => {
+      const { config } = await setup();
+      const child = spawn(
+        process.execPath,
+        [
+          '--import',
+          TSX,
+          join(REPO, 'scripts', 'cli.ts'),
+          'backfill',
+          '-c',
+          config,
+          '--no-progress',
+          '--max-rate',
+          '5',
+          '--concurrency',
+          '2',
+        ],
+        {
+          cwd: env.dir,
+          env: {
+            PATH: process.env.PATH ?? '/usr/bin:/bin',
+            AWS_EC2_METADATA_DISABLED: 'true',
+            S3_KEY: 'S3RVER',
+            S3_SECRET: 'S3RVER',
+          },
+          stdio: ['ignore', 'pipe', 'pipe'],
+        },
+      );
+      let stderr = '';
+      let stdout = '';
+      child.stdout.on('data', (d: Buffer) => {
+        stdout += d.toString();
+      });
+      const started = new Promise<void>((resolveStarted) => {
+        child.stderr.on('data', (d: Buffer) => {
+          stderr += d.toString();
+          if (/attempt 1/.test(stderr)) resolveStarted();
+        });
+      });
+      const exited = new Promise<number | null>((resolveExit) =>
+        child.on('exit', (code) => resolveExit(code)),
+      );
+      await started;
+      await new Promise((r) => setTimeout(r, 1500));
+      child.kill('SIGINT');
+      const code = await exited;
+      expect(code, stderr).to.equal(130);
+      expect(stdout).to.match(/interrupted; the checkpoint is saved/);
+      const state = await env.meta.getRun('default', '');
+      expect(state?.status).to.equal('interrupted');
+      expect(state?.counts.total).to.be.greaterThan(0).and.lessThan(45);
+      const again = await cli(['backfill', '-c', config, '--json', '--no-progress'], env.dir);
+      expect(again.code, again.stderr).to.equal(0);
+      const json = JSON.parse(again.stdout) as {
+        copied: number;
+        present: number;
+        total: number;
+        attempts: number;
+      };
+      expect(json.total).to.equal(45);
+      expect(json.copied + json.present).to.equal(45);
+      expect(json.attempts).to.equal(2);
+    });
+
     it('three shards together copy every blob exactly once', async () => {
       const { config } = await setup();
       const results = await Promise.all(
