@@ -529,32 +529,53 @@ export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> 
     }
   }
 
-  let status: BackfillStatus;
-  let exitCode: number;
-  if (stopReason !== undefined) {
-    status = 'infrastructure';
-    exitCode = EXIT_INFRA;
-    await safeCheckpoint('failed', exitCode);
-  } else if (interrupted) {
-    status = 'interrupted';
-    exitCode = EXIT_INTERRUPTED;
-    await safeCheckpoint('interrupted', exitCode);
-  } else {
-    const counts = addCounts(baseCounts, finalized, 0);
-    exitCode = counts.notFound + counts.failed > 0 ? EXIT_INCOMPLETE : EXIT_OK;
-    status = 'completed';
-    const saved = await safeCheckpoint('completed', exitCode);
-    if (!saved) {
-      status = 'infrastructure';
-      exitCode = EXIT_INFRA;
-      stopReason = 'the final checkpoint could not be saved';
-    }
-  }
+  const end = await settleRun(
+    { stopReason, interrupted, counts: addCounts(baseCounts, finalized, 0) },
+    safeCheckpoint,
+  );
   await log.close().catch(() => {});
   progress(true);
-  const summary = summaryFromState(current, status, false);
-  summary.exitCode = exitCode;
-  if (stopReason !== undefined) summary.reason = stopReason;
+  return endSummary(current, end);
+}
+
+export interface RunEnd {
+  status: BackfillStatus;
+  exitCode: number;
+  /** Why the run stopped, for the infrastructure status. */
+  reason: string | undefined;
+}
+
+/**
+ * How an attempt ended, saved as its checkpoint: infrastructure lost (exit 3),
+ * interrupted (130), or completed (0, or 1 when blobs are missing or failed);
+ * a final checkpoint that cannot be saved is infrastructure lost too.
+ */
+export async function settleRun(
+  end: { stopReason: string | undefined; interrupted: boolean; counts: RunCounts },
+  save: (status: RunState['status'], exitCode: number) => Promise<boolean>,
+): Promise<RunEnd> {
+  if (end.stopReason !== undefined) {
+    await save('failed', EXIT_INFRA);
+    return { status: 'infrastructure', exitCode: EXIT_INFRA, reason: end.stopReason };
+  }
+  if (end.interrupted) {
+    await save('interrupted', EXIT_INTERRUPTED);
+    return { status: 'interrupted', exitCode: EXIT_INTERRUPTED, reason: undefined };
+  }
+  const exitCode = end.counts.notFound + end.counts.failed > 0 ? EXIT_INCOMPLETE : EXIT_OK;
+  if (await save('completed', exitCode)) return { status: 'completed', exitCode, reason: undefined };
+  return {
+    status: 'infrastructure',
+    exitCode: EXIT_INFRA,
+    reason: 'the final checkpoint could not be saved',
+  };
+}
+
+/** The summary of an attempt that ended as `end` says. */
+export function endSummary(state: RunState, end: RunEnd): BackfillSummary {
+  const summary = summaryFromState(state, end.status, false);
+  summary.exitCode = end.exitCode;
+  if (end.reason !== undefined) summary.reason = end.reason;
   return summary;
 }
 

@@ -24,17 +24,14 @@ import {
   addCounts,
   type BackfillProgress,
   type BackfillStartInfo,
-  type BackfillStatus,
   type BackfillSummary,
   type EngineLogger,
-  EXIT_INCOMPLETE,
-  EXIT_INFRA,
-  EXIT_INTERRUPTED,
-  EXIT_OK,
   emptyCounts,
+  endSummary,
   freshRunState,
   refuseChangedOptions,
   refuseLiveOwner,
+  settleRun,
   shardLabel,
   silentLogger,
   summaryFromState,
@@ -533,34 +530,15 @@ export async function queuedBackfill(opts: QueuedBackfillOptions): Promise<Backf
     await index?.close().catch(() => {});
   }
 
-  let status: BackfillStatus;
-  let exitCode: number;
-  if (stopReason !== undefined) {
-    status = 'infrastructure';
-    exitCode = EXIT_INFRA;
-    await safeCheckpoint('failed', exitCode);
-  } else if (interrupted) {
-    status = 'interrupted';
-    exitCode = EXIT_INTERRUPTED;
-    await safeCheckpoint('interrupted', exitCode);
-  } else {
-    const counts = addCounts(baseCounts, finished, 0);
-    exitCode = counts.notFound + counts.failed > 0 ? EXIT_INCOMPLETE : EXIT_OK;
-    status = 'completed';
-    if (!(await safeCheckpoint('completed', exitCode))) {
-      status = 'infrastructure';
-      exitCode = EXIT_INFRA;
-      stopReason = 'the final checkpoint could not be saved';
-    }
-  }
+  const end = await settleRun(
+    { stopReason, interrupted, counts: addCounts(baseCounts, finished, 0) },
+    safeCheckpoint,
+  );
   await log.close().catch(() => {});
   await events?.close().catch(() => {});
   await queue?.close().catch(() => {});
   progress(true);
-  const summary = summaryFromState(current, status, false);
-  summary.exitCode = exitCode;
-  if (stopReason !== undefined) summary.reason = stopReason;
-  return summary;
+  return endSummary(current, end);
 }
 
 /** Settles what the producer can (expired, present in the snapshot, invalid size); the rest becomes the job. */
