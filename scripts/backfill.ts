@@ -9,19 +9,10 @@ import type { Shard } from '../lib/cli/args.js';
 import { exitWith, isMainModule } from '../lib/cli/run.js';
 
 export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
-  const [
-    { openContext },
-    { backfill },
-    { backfillJson, formatBackfillSummary },
-    out,
-    { createProgress },
-    { trapSignals },
-  ] = await Promise.all([
+  const [{ openContext }, { backfill }, { backfillReporter }, { trapSignals }] = await Promise.all([
     import('../lib/cli/context.js'),
     import('../lib/migrate/backfill.js'),
-    import('../lib/migrate/report.js'),
-    import('../lib/cli/output.js'),
-    import('../lib/cli/progress.js'),
+    import('../lib/cli/backfill-reporter.js'),
     import('../lib/cli/signals.js'),
   ]);
   const dryRun = options.dryRun === true;
@@ -47,7 +38,7 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
     stopping: 'in-flight copies finish, then the checkpoint is saved (again to abandon them)',
     abandoning: 'abandoning in-flight copies; the checkpoint is saved',
   });
-  let progress: ReturnType<typeof createProgress> | undefined;
+  const report = backfillReporter(logger, { json, progress: options.progress !== false });
   try {
     logger.info('config', { file: ctx.loaded.file, config: ctx.printable });
     const summary = await backfill({
@@ -69,37 +60,18 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
       hardSignal: signals.hard,
       logger,
       onStart: (info) => {
-        logger.info(
-          `backfill run "${info.run}"${info.shard ? ` shard ${info.shard}` : ''}, attempt ${info.attempt}` +
-            (info.resumedFrom > 0 ? `, resuming after id ${info.resumedFrom}` : ''),
-          {
-            log: info.log,
-            estimate: info.estimate,
-            ...(info.snapshot ? { newBackendHolds: info.snapshot } : {}),
-          },
-        );
+        report.onStart(info);
         if (!dryRun && !ctx.newDb!.capabilities.conditionalWrites) {
           logger.warn(
             'the new backend does not honour conditional writes: a copy checks, then writes, so an app write landing in between could be overwritten',
           );
         }
-        progress = createProgress({
-          total: info.estimate.count,
-          totalBytes: info.estimate.bytes,
-          enabled: options.progress !== false && !json,
-        });
       },
-      onProgress: (p) => {
-        progress?.setTotal(p.total);
-        progress?.update(p.done, p.bytes);
-      },
+      onProgress: (p) => report.onProgress(p),
     });
-    progress?.stop();
-    if (json) out.printJson(backfillJson(summary));
-    else out.printLines(formatBackfillSummary(summary));
-    return summary.exitCode;
+    return report.finish(summary);
   } finally {
-    progress?.stop();
+    report.stop();
     signals.dispose();
     await ctx.close();
   }

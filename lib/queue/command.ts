@@ -29,18 +29,10 @@ async function refuseSqlite(configFile: string, command: string): Promise<void> 
 
 /** `blobshift backfill --queue URL [--queue-name NAME]`: the producer. */
 export async function producerCommand(options: Record<string, unknown>): Promise<number> {
-  const [
-    { openContext },
-    { queuedBackfill },
-    { backfillJson, formatBackfillSummary },
-    out,
-    { createProgress },
-  ] = await Promise.all([
+  const [{ openContext }, { queuedBackfill }, { backfillReporter }] = await Promise.all([
     import('../cli/context.js'),
     import('./producer.js'),
-    import('../migrate/report.js'),
-    import('../cli/output.js'),
-    import('../cli/progress.js'),
+    import('../cli/backfill-reporter.js'),
   ]);
   const json = options.json === true;
   const shard = options.shard as Shard | undefined;
@@ -67,16 +59,14 @@ export async function producerCommand(options: Record<string, unknown>): Promise
         chunkSize: (options.chunkSize as number | undefined) ?? 1000,
         dryRun: true,
       });
-      if (json) out.printJson(backfillJson(summary));
-      else out.printLines(formatBackfillSummary(summary));
-      return summary.exitCode;
+      return backfillReporter(logger, { json, progress: false }).finish(summary);
     }
     const signals = trapSignals(logger, {
       stopping:
         'no new chunks, queued ones are withdrawn, running ones finish, then the checkpoint is saved (again to stop waiting for them)',
       abandoning: 'not waiting for running chunks; the checkpoint is saved',
     });
-    let progress: ReturnType<typeof createProgress> | undefined;
+    const report = backfillReporter(logger, { json, progress: options.progress !== false });
     try {
       logger.info('config', { file: ctx.loaded.file, config: ctx.printable });
       const summary = await queuedBackfill({
@@ -96,34 +86,12 @@ export async function producerCommand(options: Record<string, unknown>): Promise
         signal: signals.soft,
         hardSignal: signals.hard,
         logger,
-        onStart: (info) => {
-          logger.info(
-            `backfill run "${info.run}"${info.shard ? ` shard ${info.shard}` : ''}, attempt ${info.attempt}, ` +
-              `chunks queued on ${info.queue} (migration ${info.migrationId})` +
-              (info.resumedFrom > 0 ? `, resuming after id ${info.resumedFrom}` : ''),
-            {
-              log: info.log,
-              estimate: info.estimate,
-              ...(info.snapshot ? { newBackendHolds: info.snapshot } : {}),
-            },
-          );
-          progress = createProgress({
-            total: info.estimate.count,
-            totalBytes: info.estimate.bytes,
-            enabled: options.progress !== false && !json,
-          });
-        },
-        onProgress: (p) => {
-          progress?.setTotal(p.total);
-          progress?.update(p.done, p.bytes);
-        },
+        onStart: (info) => report.onStart(info),
+        onProgress: (p) => report.onProgress(p),
       });
-      progress?.stop();
-      if (json) out.printJson(backfillJson(summary));
-      else out.printLines(formatBackfillSummary(summary));
-      return summary.exitCode;
+      return report.finish(summary);
     } finally {
-      progress?.stop();
+      report.stop();
       signals.dispose();
     }
   } finally {
