@@ -77,6 +77,13 @@ export const DEFAULT_REQUEST_TIMEOUT_MS = 120_000;
 export const DEFAULT_PART_SIZE = 8 * 1024 * 1024;
 export const DEFAULT_QUEUE_SIZE = 4;
 export const DEFAULT_MULTIPART_THRESHOLD = 16 * 1024 * 1024;
+/**
+ * Streams of known size up to this are read whole (size checked) and sent as
+ * one buffered PutObject: the request leaves in one piece, so a process killed
+ * mid-put cannot leave a truncated object on servers that write a PUT straight
+ * into place (s3rver), and a 409 conflict can be retried.
+ */
+export const SMALL_BODY_BYTES = 256 * 1024;
 /** S3's smallest part (all parts but the last). */
 const MIN_PART_SIZE = 5 * 1024 * 1024;
 /** S3's largest single PutObject. */
@@ -857,6 +864,9 @@ export class S3BlobDB implements BlobDB {
         : this.#putBuffer(key, params, buf, opts);
     }
     const source = body as Readable;
+    if (!multipart && length !== undefined && length <= SMALL_BODY_BYTES) {
+      return this.#putBuffer(key, params, await readExactly(key, source, length), opts);
+    }
     if (!multipart && length !== undefined) return this.#putStream(key, params, source, length, opts);
     return this.#putMultipart(key, params, source, expected, opts);
   }
@@ -1448,4 +1458,14 @@ export class S3BlobDB implements BlobDB {
     this.#closed = true;
     if (this.#ownsClient) this.#client.destroy();
   }
+}
+
+/** Reads a small stream whole, failing with SizeMismatchError unless it holds exactly `size` bytes. */
+function readExactly(key: string, source: Readable, size: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  const counter = new ByteCounter(key, size);
+  counter.on('data', (chunk: Buffer) => chunks.push(chunk));
+  return new Promise((resolve, reject) => {
+    pipeline(source, counter, (err) => (err ? reject(err) : resolve(Buffer.concat(chunks, size))));
+  });
 }
