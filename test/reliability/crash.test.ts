@@ -103,7 +103,11 @@ async function crashAndRestart(dir: string, blobs: SeededBlob[], side: NewSide):
     }
     running.child.kill('SIGKILL');
     const r = await running.done;
-    expect(r.signal, `seed ${SEED}`).to.equal('SIGKILL');
+    if (r.signal !== 'SIGKILL') {
+      // It finished on its own in the instant the kill was sent.
+      expect(r.code, `seed ${SEED}: ${r.stderr}`).to.be.oneOf([0, 1]);
+      break;
+    }
   }
   await side.beforeFinal?.();
   const last = await runCli(args, { env, cwd: dir, timeoutMs: 180_000 });
