@@ -5,7 +5,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { SizeMismatchError } from './errors.js';
-import type { BlobBody } from './types.js';
+import type { BlobBody, BlobDB, BlobWithInfo } from './types.js';
 
 /** The byte length of an in-memory body, `undefined` for a stream. */
 export function knownLength(body: BlobBody): number | undefined {
@@ -81,4 +81,15 @@ export async function readAll(stream: Readable): Promise<Buffer> {
 /** Checks `size` option values: a non-negative safe integer or undefined. */
 export function isValidSize(size: unknown): size is number {
   return typeof size === 'number' && Number.isSafeInteger(size) && size >= 0;
+}
+
+/**
+ * `db.getWithInfo(key)` where the backend has it (one request); elsewhere
+ * `stat` then `get` (two, and a blob rewritten in between can pair one
+ * version's info with the other's bytes: give the size to `put` to catch it).
+ */
+export async function getWithInfo(db: BlobDB, key: string): Promise<BlobWithInfo> {
+  if (db.getWithInfo) return db.getWithInfo(key);
+  const info = await db.stat(key);
+  return { info, body: await db.get(key) };
 }

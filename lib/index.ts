@@ -3,7 +3,7 @@
 export { FilesystemBlobDB, type FilesystemBlobDBOptions } from './backends/fs.js';
 export { MemoryBlobDB, type MemoryBlobDBOptions } from './backends/memory.js';
 export * from './backends/s3.js';
-export { knownLength, readAll, toReadable } from './body.js';
+export { getWithInfo, knownLength, readAll, toReadable } from './body.js';
 export * from './config.js';
 export * from './errors.js';
 export * from './keys.js';

@@ -5,12 +5,14 @@
  * is not there; deletes hit both. It knows nothing of the backends beneath.
  */
 import type { Readable } from 'node:stream';
+import { getWithInfo } from './body.js';
 import { InvalidKeyError, isBlobNotFound } from './errors.js';
 import { validateKey } from './keys.js';
 import type {
   BlobBody,
   BlobDB,
   BlobInfo,
+  BlobWithInfo,
   BulkDeleteResult,
   Capabilities,
   ListOptions,
@@ -50,6 +52,11 @@ export class MigratingBlobDB implements BlobDB {
 
   size(key: string): Promise<number> {
     return this.#read(key, (db) => db.size(key));
+  }
+
+  /** Info and bytes from the new backend, or from the old one when the new one lacks the blob. */
+  getWithInfo(key: string): Promise<BlobWithInfo> {
+    return this.#read(key, (db) => getWithInfo(db, key));
   }
 
   /** True when either backend has the blob; the old one is asked only when the new one says no. */

@@ -71,6 +71,13 @@ export interface Capabilities {
   serverSideCopyFrom?(other: BlobDB): boolean;
 }
 
+/** A blob's info and a stream of its bytes, from `getWithInfo`. */
+export interface BlobWithInfo {
+  info: BlobInfo;
+  /** The bytes; the caller consumes it or destroys it. */
+  body: Readable;
+}
+
 export interface BulkDeleteResult {
   /** Keys that could not be deleted. Absent keys are not errors. */
   errors: { key: string; error: Error }[];
@@ -100,6 +107,16 @@ export interface BlobDB {
 
   /** Size, content type and HTTP metadata. Rejects `BlobNotFoundError`. */
   stat(key: string): Promise<BlobInfo>;
+
+  /**
+   * Optional: `stat` and `get` in one step (one GetObject on S3, one open of
+   * the file on disk): what `stat` would say and a stream of the bytes, both of
+   * the same version of the blob. Rejects `BlobNotFoundError` before returning.
+   * The caller consumes `body` or destroys it. The exported
+   * `getWithInfo(db, key)` calls it where a backend has it and falls back to
+   * `stat` then `get`.
+   */
+  getWithInfo?(key: string): Promise<BlobWithInfo>;
 
   /** Whether a blob is stored under `key`. Never rejects for a missing key. */
   exists(key: string): Promise<boolean>;

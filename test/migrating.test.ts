@@ -7,6 +7,7 @@ import { expect } from 'chai';
 import { FilesystemBlobDB } from '../lib/backends/fs.js';
 import { MemoryBlobDB } from '../lib/backends/memory.js';
 import { S3BlobDB } from '../lib/backends/s3.js';
+import { readAll } from '../lib/body.js';
 import { BackendError, BlobNotFoundError, InvalidKeyError } from '../lib/errors.js';
 import { MigratingBlobDB } from '../lib/migrating.js';
 import type { BlobDB, BulkDeleteResult } from '../lib/types.js';
@@ -30,6 +31,17 @@ function untouchable(name: string): BlobDB & { touched: string[] } {
   });
 }
 
+/** The same backend seen through an object without the optional `getWithInfo`. */
+function withoutGetWithInfo(db: BlobDB): BlobDB {
+  return new Proxy(db, {
+    get(target, prop) {
+      if (prop === 'getWithInfo') return undefined;
+      const value = Reflect.get(target, prop, target);
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
+}
+
 /** A MemoryBlobDB whose reads fail with a BackendError (an outage of the new backend). */
 class FailingReads extends MemoryBlobDB {
   override async get(key: string): Promise<Readable> {
@@ -42,6 +54,9 @@ class FailingReads extends MemoryBlobDB {
     throw new BackendError('new backend unreachable', { key });
   }
   override async exists(key: string): Promise<boolean> {
+    throw new BackendError('new backend unreachable', { key });
+  }
+  override async getWithInfo(key: string): Promise<never> {
     throw new BackendError('new backend unreachable', { key });
   }
 }
@@ -84,8 +99,30 @@ describe('MigratingBlobDB', () => {
     expect(await listKeys(db)).to.deep.equal([]);
   });
 
+  it('getWithInfo reads from the new backend first and falls back to the old one on not-found', async () => {
+    await oldDb.put('only/old', 'old bytes', { contentType: 'text/plain' });
+    await oldDb.put('both', 'old copy');
+    await newDb.put('both', 'new copy!', { contentType: 'text/csv' });
+    const fromOld = await db.getWithInfo('only/old');
+    expect(fromOld.info).to.include({ key: 'only/old', size: 9, contentType: 'text/plain' });
+    expect((await readAll(fromOld.body)).toString()).to.equal('old bytes');
+    const fromNew = await db.getWithInfo('both');
+    expect(fromNew.info).to.include({ size: 9, contentType: 'text/csv' });
+    expect((await readAll(fromNew.body)).toString()).to.equal('new copy!');
+    // A backend without getWithInfo is read with stat then get.
+    const plain = new MigratingBlobDB(withoutGetWithInfo(newDb), withoutGetWithInfo(oldDb));
+    const viaStat = await plain.getWithInfo('only/old');
+    expect(viaStat.info).to.include({ size: 9, contentType: 'text/plain' });
+    expect((await readAll(viaStat.body)).toString()).to.equal('old bytes');
+  });
+
   it('a blob in neither backend is BlobNotFoundError for get, stat and size, and exists is false', async () => {
-    for (const read of [() => db.get('none'), () => db.stat('none'), () => db.size('none')]) {
+    for (const read of [
+      () => db.get('none'),
+      () => db.stat('none'),
+      () => db.size('none'),
+      () => db.getWithInfo('none'),
+    ]) {
       const err = await rejectionOf(read());
       expect(err).to.be.instanceOf(BlobNotFoundError);
       expect((err as BlobNotFoundError).key).to.equal('none');
@@ -176,6 +213,7 @@ describe('MigratingBlobDB', () => {
       () => mdb.stat('k'),
       () => mdb.size('k'),
       () => mdb.exists('k'),
+      () => mdb.getWithInfo('k'),
     ]) {
       const err = await rejectionOf(read());
       expect(err).to.be.instanceOf(BackendError);

@@ -2,7 +2,7 @@
  * The filesystem backend: one file per blob under a root directory.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { constants as fsc } from 'node:fs';
+import { type BigIntStats, constants as fsc } from 'node:fs';
 import {
   type FileHandle,
   link,
@@ -38,6 +38,7 @@ import type {
   BlobBody,
   BlobDB,
   BlobInfo,
+  BlobWithInfo,
   BulkDeleteResult,
   Capabilities,
   HttpMeta,
@@ -177,19 +178,32 @@ export class FilesystemBlobDB implements BlobDB {
   async stat(key: string): Promise<BlobInfo> {
     validateKey(key);
     try {
-      const { handle, loc } = await this.#openBlob(key);
+      const { handle, loc, st } = await this.#openBlob(key);
       try {
-        const st = await handle.stat({ bigint: true });
-        const out: BlobInfo = { key, size: Number(st.size), lastModified: new Date(Number(st.mtimeMs)) };
-        const meta = await readSidecar(loc, st);
-        if (meta?.contentType !== undefined) out.contentType = meta.contentType;
-        if (meta?.httpMeta !== undefined) out.httpMeta = meta.httpMeta;
-        return out;
+        return await blobInfo(key, loc, st);
       } finally {
         await handle.close();
       }
     } catch (err) {
       throw wrap(err, 'stat', key);
+    }
+  }
+
+  /** `stat` and `get` on one open file: the info and the bytes are of the same file. */
+  async getWithInfo(key: string): Promise<BlobWithInfo> {
+    validateKey(key);
+    try {
+      const { handle, loc, st } = await this.#openBlob(key);
+      let info: BlobInfo;
+      try {
+        info = await blobInfo(key, loc, st);
+      } catch (err) {
+        await handle.close().catch(() => undefined);
+        throw err;
+      }
+      return { info, body: handle.createReadStream() };
+    } catch (err) {
+      throw wrap(err, 'getWithInfo', key);
     }
   }
 
@@ -206,12 +220,9 @@ export class FilesystemBlobDB implements BlobDB {
   async size(key: string): Promise<number> {
     validateKey(key);
     try {
-      const { handle } = await this.#openBlob(key);
-      try {
-        return (await handle.stat()).size;
-      } finally {
-        await handle.close();
-      }
+      const { handle, st } = await this.#openBlob(key);
+      await handle.close();
+      return Number(st.size);
     } catch (err) {
       throw wrap(err, 'size', key);
     }
@@ -518,7 +529,8 @@ export class FilesystemBlobDB implements BlobDB {
   // reading
 
   /** Opens the blob under `key`: BlobNotFoundError unless it is a regular file. */
-  async #openBlob(key: string): Promise<{ handle: FileHandle; loc: Location }> {
+  /** Opens the blob file (never a directory, never outside the root) with its stat. */
+  async #openBlob(key: string): Promise<{ handle: FileHandle; loc: Location; st: BigIntStats }> {
     const loc = await this.#locate(key);
     if (!loc) throw new BlobNotFoundError(key, { where: this.#root });
     let handle: FileHandle;
@@ -543,14 +555,15 @@ export class FilesystemBlobDB implements BlobDB {
         throw err2;
       }
     }
+    let st: BigIntStats;
     try {
-      const st = await handle.stat();
+      st = await handle.stat({ bigint: true });
       if (!st.isFile()) throw new BlobNotFoundError(key, { where: this.#root });
     } catch (err) {
       await handle.close().catch(() => undefined);
       throw err;
     }
-    return { handle, loc };
+    return { handle, loc, st };
   }
 
   /**
@@ -761,6 +774,15 @@ function sidecarName(name: string, ino: bigint): string {
 }
 
 /** The metadata of the blob file whose stats are `st`, if its sidecar belongs to this version. */
+/** What `stat` says of an open blob file: its size and time, and the sidecar's metadata. */
+async function blobInfo(key: string, loc: Location, st: BigIntStats): Promise<BlobInfo> {
+  const out: BlobInfo = { key, size: Number(st.size), lastModified: new Date(Number(st.mtimeMs)) };
+  const meta = await readSidecar(loc, st);
+  if (meta?.contentType !== undefined) out.contentType = meta.contentType;
+  if (meta?.httpMeta !== undefined) out.httpMeta = meta.httpMeta;
+  return out;
+}
+
 async function readSidecar(
   loc: Location,
   st: { ino: bigint; size: bigint; mtimeNs: bigint },

@@ -22,6 +22,7 @@ import type {
   BlobBody,
   BlobDB,
   BlobInfo,
+  BlobWithInfo,
   BulkDeleteResult,
   Capabilities,
   HttpMeta,
@@ -104,6 +105,11 @@ export class MemoryBlobDB implements BlobDB {
 
   async stat(key: string): Promise<BlobInfo> {
     return info(key, this.#entry(key));
+  }
+
+  async getWithInfo(key: string): Promise<BlobWithInfo> {
+    const entry = this.#entry(key);
+    return { info: info(key, entry), body: Readable.from(chunks(entry.data), { objectMode: false }) };
   }
 
   async exists(key: string): Promise<boolean> {

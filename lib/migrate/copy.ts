@@ -12,7 +12,9 @@
  *   a row deleted meanwhile is "deleted during migration", not "not found";
  * - retries reopen the source from the start, with backoff and jitter.
  */
+import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { getWithInfo } from '../body.js';
 import { AbortedError, BlobExistsError, BlobNotFoundError, BlobShiftError } from '../errors.js';
 import type { MetaStore } from '../meta/types.js';
 import type { BlobDB, BlobInfo } from '../types.js';
@@ -159,52 +161,44 @@ type OnceOutcome = { kind: 'copied'; bytes: number } | { kind: 'present' | 'notF
 async function copyOnce(ctx: CopyContext, row: CopyRow): Promise<OnceOutcome> {
   const { oldDb, newDb } = ctx;
   const key = row.key;
+  // Same endpoint: the server copies and no byte passes through here, so only
+  // the old blob's info is read; otherwise its info and bytes in one request.
+  const serverSide = newDb.copyFrom !== undefined && newDb.capabilities.serverSideCopyFrom?.(oldDb) === true;
   let info: BlobInfo;
+  let body: Readable | undefined;
   try {
-    info = await oldDb.stat(key);
+    if (serverSide) info = await oldDb.stat(key);
+    else ({ info, body } = await getWithInfo(oldDb, key));
   } catch (err) {
     if (err instanceof BlobNotFoundError) return notInOld(ctx, key);
     throw err;
   }
-  if (info.size !== row.contentLength) {
-    // The old copy disagrees with the metadata. The app may have rewritten the
-    // blob through the new backend; if so, that copy is the truth.
-    const inNew = await statOrUndefined(newDb, key);
-    if (inNew && inNew.size === row.contentLength) return { kind: 'present' };
-    throw new SizeDisagreement(key, row.contentLength, info.size);
-  }
-  const contentType = info.contentType ?? row.contentType ?? undefined;
-  const putOptions = {
-    overwrite: false,
-    size: row.contentLength,
-    ...(contentType !== undefined ? { contentType } : {}),
-    ...(info.httpMeta !== undefined ? { httpMeta: info.httpMeta } : {}),
-  };
-  if (newDb.copyFrom && newDb.capabilities.serverSideCopyFrom?.(oldDb)) {
-    // Same endpoint: the server copies; no byte passes through here.
+  try {
+    if (info.size !== row.contentLength) {
+      body?.destroy();
+      // The old copy disagrees with the metadata. The app may have rewritten the
+      // blob through the new backend; if so, that copy is the truth.
+      const inNew = await statOrUndefined(newDb, key);
+      if (inNew && inNew.size === row.contentLength) return { kind: 'present' };
+      throw new SizeDisagreement(key, row.contentLength, info.size);
+    }
+    const contentType = info.contentType ?? row.contentType ?? undefined;
+    const putOptions = {
+      overwrite: false,
+      size: row.contentLength,
+      ...(contentType !== undefined ? { contentType } : {}),
+      ...(info.httpMeta !== undefined ? { httpMeta: info.httpMeta } : {}),
+    };
     try {
-      await newDb.copyFrom(oldDb, key, putOptions);
+      if (body === undefined) await newDb.copyFrom?.(oldDb, key, putOptions);
+      else await newDb.put(key, body, putOptions);
     } catch (err) {
       if (err instanceof BlobExistsError) return { kind: 'present' };
-      if (err instanceof BlobNotFoundError) return notInOld(ctx, key);
+      if (err instanceof BlobNotFoundError && body === undefined) return notInOld(ctx, key);
       throw err;
     }
-    return afterCopy(ctx, key, row.contentLength);
-  }
-  let body: Awaited<ReturnType<BlobDB['get']>>;
-  try {
-    body = await oldDb.get(key);
-  } catch (err) {
-    if (err instanceof BlobNotFoundError) return notInOld(ctx, key);
-    throw err;
-  }
-  try {
-    await newDb.put(key, body, putOptions);
-  } catch (err) {
-    if (err instanceof BlobExistsError) return { kind: 'present' };
-    throw err;
   } finally {
-    if (!body.destroyed) body.destroy();
+    if (body !== undefined && !body.destroyed) body.destroy();
   }
   return afterCopy(ctx, key, row.contentLength);
 }

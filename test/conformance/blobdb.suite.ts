@@ -11,7 +11,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
 import { expect } from 'chai';
-import { readAll } from '../../lib/body.js';
+import { getWithInfo, readAll } from '../../lib/body.js';
 import {
   BlobExistsError,
   BlobNotFoundError,
@@ -453,6 +453,48 @@ export function describeBlobDB(
       });
     });
 
+    describe('getWithInfo', () => {
+      it('gives what stat says and the bytes in one step, metadata included', async () => {
+        const httpMeta: HttpMeta = { cacheControl: 'no-cache', metadata: { origin: 'conformance' } };
+        const body = randomBytes(70_000);
+        await bdb().put(k('gwi'), body, { contentType: 'image/png', httpMeta });
+        const st = await bdb().stat(k('gwi'));
+        const got = await getWithInfo(bdb(), k('gwi'));
+        expect(got.info.key).to.equal(k('gwi'));
+        expect(got.info.size).to.equal(body.length);
+        expect(got.info.contentType).to.equal('image/png');
+        expect(got.info.httpMeta?.cacheControl).to.equal('no-cache');
+        expect(got.info.httpMeta?.metadata).to.deep.equal({ origin: 'conformance' });
+        expect(got.info.size).to.equal(st.size);
+        if (st.etag !== undefined) expect(got.info.etag).to.equal(st.etag);
+        expect(await readAll(got.body)).to.deep.equal(body);
+      });
+
+      it('rejects BlobNotFoundError for a missing key before handing back a stream', async () => {
+        let returned: unknown;
+        const err = await getWithInfo(bdb(), k('gwi-missing')).then(
+          (r) => {
+            returned = r;
+            r.body.destroy();
+            return undefined;
+          },
+          (e: unknown) => e,
+        );
+        expect(returned, 'getWithInfo resolved for a missing key').to.equal(undefined);
+        expect(err).to.be.instanceOf(BlobNotFoundError);
+        expect((err as BlobNotFoundError).key).to.equal(k('gwi-missing'));
+      });
+
+      it('a body destroyed unread releases the blob (it can be deleted and read again)', async () => {
+        await bdb().put(k('gwi-drop'), 'some bytes');
+        const { body } = await getWithInfo(bdb(), k('gwi-drop'));
+        body.destroy();
+        const again = await getWithInfo(bdb(), k('gwi-drop'));
+        expect((await readAll(again.body)).toString()).to.equal('some bytes');
+        expect(await bdb().delete(k('gwi-drop'))).to.equal(true);
+      });
+    });
+
     describe('missing keys', () => {
       for (const method of ['get', 'stat', 'size'] as const) {
         it(`${method} rejects BlobNotFoundError (instanceof and code) for a missing key`, async () => {
@@ -544,6 +586,7 @@ export function describeBlobDB(
             ['exists', () => bdb().exists(key)],
             ['size', () => bdb().size(key)],
             ['delete', () => bdb().delete(key)],
+            ['getWithInfo', () => getWithInfo(bdb(), key)],
           ];
           for (const [method, call] of calls) {
             const err = await rejectionOf(call());
