@@ -54,6 +54,15 @@ export interface PutOptions {
   overwrite?: boolean;
 }
 
+/** What `copyFrom` takes: a put's options, and what the caller already knows of the source. */
+export interface CopyFromOptions extends PutOptions {
+  /**
+   * The source's ETag as the caller's `stat` gave it (with `size`): the copy
+   * is pinned to that version, and the backend need not ask the source again.
+   */
+  sourceEtag?: string;
+}
+
 export interface ListOptions {
   /** Only keys that start with this string (compared as UTF-8 bytes). */
   prefix?: string;
@@ -65,10 +74,13 @@ export interface Capabilities {
   /** `put(…, { overwrite: false })` is atomic on this backend. */
   conditionalWrites: boolean;
   /**
-   * True when this backend can copy a blob out of `other` without the bytes
-   * passing through this process (S3 CopyObject on one endpoint).
+   * True when `copyFrom(other, key, opts)` copies a blob out of `other`
+   * without the bytes passing through this process (S3 CopyObject on one
+   * endpoint). With `{ overwrite: false }`: only where the copy keeps that as
+   * well as a put would (see `S3BlobDB.copyFrom`); may answer false until
+   * `probeCapabilities()` has run.
    */
-  serverSideCopyFrom?(other: BlobDB): boolean;
+  serverSideCopyFrom?(other: BlobDB, opts?: { overwrite?: boolean }): boolean;
 }
 
 /** A blob's info and a stream of its bytes, from `getWithInfo`. */
@@ -146,10 +158,18 @@ export interface BlobDB {
   /**
    * Optional: copies `key` from `source` into this backend without the bytes
    * passing through this process (S3 CopyObject). Called only where
-   * `capabilities.serverSideCopyFrom(source)` is true; honours
+   * `capabilities.serverSideCopyFrom(source, opts)` is true; honours
    * `overwrite: false` and `size` exactly as `put` does.
    */
-  copyFrom?(source: BlobDB, key: string, opts?: PutOptions): Promise<BlobInfo>;
+  copyFrom?(source: BlobDB, key: string, opts?: CopyFromOptions): Promise<BlobInfo>;
+
+  /**
+   * Optional: finds out what the backend can do (S3: whether the server
+   * honours conditional writes and copies) and resolves its capabilities.
+   * Until it has run, `capabilities` may say less than the backend can.
+   * Made once; calling it again is cheap.
+   */
+  probeCapabilities?(): Promise<Capabilities>;
 
   /** Releases sockets, handles and timers. The instance is unusable afterwards. */
   close(): Promise<void>;

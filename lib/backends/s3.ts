@@ -21,7 +21,7 @@
  *   never re-sent by hand (an in-memory body is re-sent after a 409
  *   ConditionalRequestConflict).
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { finished, pipeline, type Readable, Transform, type TransformCallback } from 'node:stream';
@@ -48,7 +48,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
-import { ByteCounter, bodyBuffer, isValidSize } from '../body.js';
+import { ByteCounter, bodyBuffer, getWithInfo, isValidSize } from '../body.js';
 import {
   BackendError,
   BlobExistsError,
@@ -68,6 +68,7 @@ import type {
   BlobWithInfo,
   BulkDeleteResult,
   Capabilities,
+  CopyFromOptions,
   HttpMeta,
   ListOptions,
   PutOptions,
@@ -355,7 +356,11 @@ export interface ConditionalSupport {
   put: boolean;
   /** CompleteMultipartUpload answers 412 when the key exists (Ceph RGW before Squid does not). */
   multipartComplete: boolean;
+  /** CopyObject answers 412 when the destination exists (Ceph RGW before Squid does not). */
+  copy: boolean;
 }
+
+const NO_CONDITIONALS: ConditionalSupport = { put: false, multipartComplete: false, copy: false };
 
 /**
  * `conditionalWrites` is true where PutObject honours `If-None-Match: *`.
@@ -429,8 +434,6 @@ class PartTagger extends Transform {
 
 /** Where a probe answer is cached: one probe per endpoint and bucket for the whole process. */
 const probeCache = new Map<string, Promise<ConditionalSupport>>();
-/** Whether CopyObject honours `If-None-Match: *`, per endpoint and bucket. */
-const copyProbeCache = new Map<string, Promise<boolean>>();
 
 /** `bucket/key` for `x-amz-copy-source`: each segment percent-encoded, as S3 expects. */
 function copySource(bucket: string, key: string): string {
@@ -572,9 +575,10 @@ export class S3BlobDB implements BlobDB {
         return self.#conditional?.put ?? false;
       },
       get conditional(): ConditionalSupport {
-        return { ...(self.#conditional ?? { put: false, multipartComplete: false }) };
+        return { ...(self.#conditional ?? NO_CONDITIONALS) };
       },
-      serverSideCopyFrom: (other: BlobDB): boolean => self.#sameServerAndIdentity(other),
+      serverSideCopyFrom: (other: BlobDB, opts?: { overwrite?: boolean }): boolean =>
+        self.#sameServerAndIdentity(other) && (opts?.overwrite !== false || self.#copyGuard(0) !== undefined),
     };
   }
 
@@ -651,8 +655,11 @@ export class S3BlobDB implements BlobDB {
    * object under a reserved key twice with the header (the second must answer
    * 412); where it does, also completes a one-part multipart upload onto the
    * probe object with the header (412 again means CompleteMultipartUpload is
-   * conditional too); then deletes the probe. Made once per endpoint and
-   * bucket in this process; `put(…, { overwrite: false })` awaits it.
+   * conditional too) and copies the probe object twice to a second reserved
+   * key with the header (412 on the second: CopyObject is conditional); then
+   * deletes the probes. Made once per endpoint and bucket in this process;
+   * `put(…, { overwrite: false })` and `copyFrom` await it. The probe keys are
+   * fixed, so a probe a killed process left behind is replaced by the next one.
    */
   async probeCapabilities(): Promise<S3Capabilities> {
     if (this.#conditional !== undefined) return this.capabilities;
@@ -669,7 +676,6 @@ export class S3BlobDB implements BlobDB {
   }
 
   async #runProbe(): Promise<ConditionalSupport> {
-    await this.#sweepProbes();
     // One fixed name: a probe object a killed process left behind is removed
     // here by the next probe (reserved keys are never listed, but they are
     // garbage in the bucket).
@@ -690,7 +696,7 @@ export class S3BlobDB implements BlobDB {
         await this.#client.send(new PutObjectCommand(params));
       } catch (err) {
         // A server that refuses the header outright has no conditional writes.
-        if (refusesHeader(err)) return { put: false, multipartComplete: false };
+        if (refusesHeader(err)) return NO_CONDITIONALS;
         // Another process's probe is there this instant, and the header kept it.
         refused = isPreconditionFailed(err) || isConditionalConflict(err);
         if (!refused) {
@@ -702,51 +708,19 @@ export class S3BlobDB implements BlobDB {
       if (!refused) {
         try {
           await this.#client.send(new PutObjectCommand(params));
-          return { put: false, multipartComplete: false };
+          return NO_CONDITIONALS;
         } catch (err) {
           if (!isPreconditionFailed(err) && !isConditionalConflict(err)) {
             throw new BackendError(`${where} failed: ${describeS3Error(err)}`, { cause: err });
           }
         }
       }
-      return { put: true, multipartComplete: await this.#probeConditionalComplete(key, body, where) };
+      const multipartComplete = await this.#probeConditionalComplete(key, body, where);
+      return { put: true, multipartComplete, copy: await this.#probeConditionalCopy(key) };
     } finally {
       await this.#client.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key: key })).catch(() => {
         // A leftover probe object is reserved and never listed.
       });
-    }
-  }
-
-  /**
-   * Deletes conditional-copy probe objects a killed process left behind
-   * (reserved keys, never listed, but garbage in the bucket). Only those older
-   * than ten minutes: a younger one may be another process's probe in progress.
-   */
-  async #sweepProbes(): Promise<void> {
-    const cutoff = Date.now() - 10 * 60_000;
-    for (const kind of ['copy-probe-']) {
-      try {
-        const page = await this.#client.send(
-          new ListObjectsV2Command({
-            Bucket: this.#bucket,
-            Prefix: `${this.#prefix}${RESERVED_PREFIX}${kind}`,
-            MaxKeys: 1000,
-          }),
-        );
-        const stale = (page.Contents ?? []).filter(
-          (o) => o.Key !== undefined && (o.LastModified?.getTime() ?? 0) < cutoff,
-        );
-        if (stale.length > 0) {
-          await this.#client.send(
-            new DeleteObjectsCommand({
-              Bucket: this.#bucket,
-              Delete: { Objects: stale.map((o) => ({ Key: o.Key as string })), Quiet: true },
-            }),
-          );
-        }
-      } catch {
-        // Best effort: the probe itself reports a bucket that cannot be listed or written.
-      }
     }
   }
 
@@ -1100,40 +1074,85 @@ export class S3BlobDB implements BlobDB {
   }
 
   /**
+   * How `copyFrom` keeps `overwrite: false` for a copy of `size` bytes:
+   * `atomic` where the server honours `If-None-Match: *` on the copy
+   * (CopyObject, or CompleteMultipartUpload above 5 GiB); `check` (exists,
+   * then copy) where it honours it nowhere, so a put would check then write
+   * too and the copy is no less safe; `undefined` where only a put is atomic
+   * (Ceph RGW before Squid): then the blob is streamed through `put`.
+   * `undefined` too before `probeCapabilities()` has run.
+   */
+  #copyGuard(size: number): 'atomic' | 'check' | undefined {
+    const support = this.#conditional;
+    if (support === undefined) return undefined;
+    if (!support.put) return 'check';
+    const atomic = size > MAX_COPY_OBJECT_BYTES ? support.multipartComplete : support.copy;
+    return atomic ? 'atomic' : undefined;
+  }
+
+  /**
    * Copies `key` from `source` (an S3BlobDB on the same endpoint with the
    * same credentials: `capabilities.serverSideCopyFrom(source)`) without the
    * bytes passing through this process: CopyObject up to 5 GiB,
    * UploadPartCopy parts above. The source is pinned by its ETag
-   * (`x-amz-copy-source-if-match`) after a HEAD that checks `size`.
-   * `overwrite: false` is honoured with `If-None-Match: *` only where a probe
-   * showed the server refuses a conditional copy onto an existing key (412);
-   * elsewhere, and for any source this backend cannot copy from, the blob is
-   * streamed through `put`, which keeps every rule of a put.
+   * (`x-amz-copy-source-if-match`): `opts.sourceEtag` with `opts.size` (what
+   * the caller's `stat` said), or a HEAD here that checks `size`.
+   * `overwrite: false` is kept as `#copyGuard` says: with `If-None-Match: *`
+   * where the probe showed the server honours it on copies, by a check then
+   * the copy where the server has no conditional writes at all (as a put
+   * does there), and otherwise, like any source this backend cannot copy
+   * from, the blob is streamed through `put`, which keeps every rule of a put.
+   * A server that answers "no such key" for a source that is there (s3rver
+   * decodes some characters of `x-amz-copy-source` wrongly) gets the stream.
    */
-  async copyFrom(source: BlobDB, key: string, opts: PutOptions = {}): Promise<BlobInfo> {
+  async copyFrom(source: BlobDB, key: string, opts: CopyFromOptions = {}): Promise<BlobInfo> {
     const fullKey = this.#fullKey(key);
     this.#checkOpen();
     if (!(source instanceof S3BlobDB) || !this.#sameServerAndIdentity(source))
       return this.#streamFrom(source, key, opts);
-    if (opts.overwrite === false) {
-      const support = (await this.probeCapabilities()).conditional;
-      if (!support.put || !(await this.#probeConditionalCopy())) return this.#streamFrom(source, key, opts);
+    const { sourceEtag, ...putOpts } = opts;
+    const noOverwrite = putOpts.overwrite === false;
+    if (noOverwrite) await this.probeCapabilities();
+    let size = putOpts.size;
+    let etag = sourceEtag;
+    if (size === undefined || etag === undefined) {
+      const head = await source.#head(key);
+      if (head === undefined) throw new BlobNotFoundError(key, { where: source.#where() });
+      const actual = head.ContentLength ?? 0;
+      if (size !== undefined && actual !== size) throw new SizeMismatchError(key, size, actual);
+      size = actual;
+      etag = stripQuotes(head.ETag);
     }
-    const head = await source.#head(key);
-    if (head === undefined) throw new BlobNotFoundError(key, { where: source.#where() });
-    const size = head.ContentLength ?? 0;
-    if (opts.size !== undefined && size !== opts.size) throw new SizeMismatchError(key, opts.size, size);
-    const etag = head.ETag;
-    if (size > MAX_COPY_OBJECT_BYTES) {
-      const support = (await this.probeCapabilities()).conditional;
-      if (opts.overwrite === false && !support.multipartComplete) return this.#streamFrom(source, key, opts);
-      return this.#copyMultipart(source, key, fullKey, size, etag, opts);
+    const guard = noOverwrite ? this.#copyGuard(size) : 'none';
+    if (guard === undefined) return this.#streamFrom(source, key, putOpts);
+    if (guard === 'check' && (await this.exists(key))) throw new BlobExistsError(key);
+    const conditional = guard === 'atomic';
+    try {
+      if (size > MAX_COPY_OBJECT_BYTES)
+        return await this.#copyMultipart(source, key, fullKey, size, etag, putOpts, conditional);
+      return await this.#copyObject(source, key, fullKey, size, etag, putOpts, conditional);
+    } catch (err) {
+      if (err instanceof BlobNotFoundError && (await source.exists(key)))
+        return this.#streamFrom(source, key, putOpts);
+      throw err;
     }
-    const params = this.#putParams(fullKey, opts, opts.overwrite === false);
+  }
+
+  /** One CopyObject, pinned to the source's ETag, with `If-None-Match: *` when `conditional`. */
+  async #copyObject(
+    source: S3BlobDB,
+    key: string,
+    fullKey: string,
+    size: number,
+    etag: string | undefined,
+    opts: PutOptions,
+    conditional: boolean,
+  ): Promise<BlobInfo> {
+    const params = this.#putParams(fullKey, opts, conditional);
     const input: CopyObjectCommandInput = {
       ...(params as CopyObjectCommandInput),
       CopySource: copySource(source.#bucket, source.#fullKey(key)),
-      ...(etag ? { CopySourceIfMatch: etag } : {}),
+      ...(etag ? { CopySourceIfMatch: `"${etag}"` } : {}),
       // What the caller says about the blob replaces the source's; else the source's stays.
       MetadataDirective: opts.contentType !== undefined || opts.httpMeta !== undefined ? 'REPLACE' : 'COPY',
     };
@@ -1141,14 +1160,22 @@ export class S3BlobDB implements BlobDB {
       const out = await this.#client.send(new CopyObjectCommand(input));
       return this.#putResult(key, size, out.CopyObjectResult?.ETag, opts);
     } catch (err) {
-      throw await this.#copyError(source, key, err, opts.overwrite === false);
+      throw await this.#copyError(source, key, err, conditional);
     }
   }
 
-  /** The fallback of `copyFrom`: the bytes stream through this process. */
+  /**
+   * The fallback of `copyFrom`: the bytes stream through this process. As
+   * with a server-side copy, the source's content type and HTTP metadata go
+   * along unless the caller gives either.
+   */
   async #streamFrom(source: BlobDB, key: string, opts: PutOptions): Promise<BlobInfo> {
-    const body = await source.get(key);
-    return this.put(key, body, opts);
+    const { info, body } = await getWithInfo(source, key);
+    const replace = opts.contentType !== undefined || opts.httpMeta !== undefined;
+    const putOpts: PutOptions = { ...opts };
+    if (!replace && info.contentType !== undefined) putOpts.contentType = info.contentType;
+    if (!replace && info.httpMeta !== undefined) putOpts.httpMeta = info.httpMeta;
+    return this.put(key, body, putOpts);
   }
 
   /** 412 from a conditional copy: the destination exists (BlobExistsError) or the source changed. */
@@ -1164,7 +1191,7 @@ export class S3BlobDB implements BlobDB {
     return this.#backendError('CopyObject', key, err);
   }
 
-  /** Above 5 GiB: a multipart upload of UploadPartCopy ranges, completed with `If-None-Match: *` when asked. */
+  /** Above 5 GiB: a multipart upload of UploadPartCopy ranges, completed with `If-None-Match: *` when `conditional`. */
   async #copyMultipart(
     source: S3BlobDB,
     key: string,
@@ -1172,8 +1199,8 @@ export class S3BlobDB implements BlobDB {
     size: number,
     etag: string | undefined,
     opts: PutOptions,
+    conditional: boolean,
   ): Promise<BlobInfo> {
-    const conditional = opts.overwrite === false;
     const params = this.#putParams(fullKey, opts, false);
     let uploadId: string | undefined;
     let completed = false;
@@ -1198,7 +1225,7 @@ export class S3BlobDB implements BlobDB {
               PartNumber: i + 1,
               CopySource: copySource(source.#bucket, source.#fullKey(key)),
               CopySourceRange: `bytes=${range[0]}-${range[1]}`,
-              ...(etag ? { CopySourceIfMatch: etag } : {}),
+              ...(etag ? { CopySourceIfMatch: `"${etag}"` } : {}),
             }),
           );
           parts[i] = { PartNumber: i + 1, ETag: out.CopyPartResult?.ETag };
@@ -1228,27 +1255,13 @@ export class S3BlobDB implements BlobDB {
   }
 
   /**
-   * Whether CopyObject honours `If-None-Match: *`: copies a probe object to a
-   * second reserved key twice with the header (the second must answer 412).
-   * Once per endpoint and bucket in this process.
+   * Whether CopyObject honours `If-None-Match: *`: copies the probe object
+   * `from` to a second reserved key twice with the header (the second must
+   * answer 412). Any doubt (another process's probe in the way, an error)
+   * answers false: the blob is then streamed, which is always safe.
    */
-  async #probeConditionalCopy(): Promise<boolean> {
-    const { endpoint } = await this.resolveIdentity();
-    const cacheKey = `${endpoint}\u0000${this.#bucket}`;
-    let probe = copyProbeCache.get(cacheKey);
-    if (!probe) {
-      probe = this.#runCopyProbe();
-      copyProbeCache.set(cacheKey, probe);
-      probe.catch(() => copyProbeCache.delete(cacheKey));
-    }
-    return probe;
-  }
-
-  async #runCopyProbe(): Promise<boolean> {
-    const id = randomBytes(8).toString('hex');
-    const from = `${this.#prefix}${RESERVED_PREFIX}copy-probe-${id}-a`;
-    const to = `${this.#prefix}${RESERVED_PREFIX}copy-probe-${id}-b`;
-    const body = Buffer.from('blobshift conditional-copy probe\n');
+  async #probeConditionalCopy(from: string): Promise<boolean> {
+    const to = `${from}-copy`;
     const copy = () =>
       this.#client.send(
         new CopyObjectCommand({
@@ -1259,38 +1272,20 @@ export class S3BlobDB implements BlobDB {
         }),
       );
     try {
-      await this.#client.send(
-        new PutObjectCommand({ Bucket: this.#bucket, Key: from, Body: body, ContentLength: body.length }),
-      );
+      await this.#client.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key: to })).catch(() => {});
       try {
         await copy();
-      } catch (err) {
-        if (refusesHeader(err)) return false;
-        throw new BackendError(
-          `the conditional-copy probe in ${this.#where()} failed: ${describeS3Error(err)}`,
-          { cause: err },
-        );
+      } catch {
+        return false;
       }
       try {
         await copy();
         return false;
       } catch (err) {
-        if (isPreconditionFailed(err) || isConditionalConflict(err)) return true;
-        if (refusesHeader(err)) return false;
-        throw new BackendError(
-          `the conditional-copy probe in ${this.#where()} failed: ${describeS3Error(err)}`,
-          { cause: err },
-        );
+        return isPreconditionFailed(err) || isConditionalConflict(err);
       }
     } finally {
-      await this.#client
-        .send(
-          new DeleteObjectsCommand({
-            Bucket: this.#bucket,
-            Delete: { Objects: [{ Key: from }, { Key: to }], Quiet: true },
-          }),
-        )
-        .catch(() => {});
+      await this.#client.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key: to })).catch(() => {});
     }
   }
 

@@ -406,6 +406,11 @@ export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> 
   }
 
   try {
+    // What the new backend can do decides how each copy keeps no-overwrite,
+    // and whether S3 → S3 copies server-side (the CLI's preflight asked already).
+    await newDb.probeCapabilities?.().catch((err: unknown) => {
+      throw new InfrastructureLost(`probing the new backend failed: ${shortError(err)}`, { cause: err });
+    });
     // The estimate only sizes the progress bar: a row with an absurd size must
     // not stop the run (that row fails on its own, the rest are copied).
     estimate = await meta.estimate(types.length > 0 ? { types } : {}).catch((err: unknown) => {

@@ -161,9 +161,12 @@ type OnceOutcome = { kind: 'copied'; bytes: number } | { kind: 'present' | 'notF
 async function copyOnce(ctx: CopyContext, row: CopyRow): Promise<OnceOutcome> {
   const { oldDb, newDb } = ctx;
   const key = row.key;
-  // Same endpoint: the server copies and no byte passes through here, so only
-  // the old blob's info is read; otherwise its info and bytes in one request.
-  const serverSide = newDb.copyFrom !== undefined && newDb.capabilities.serverSideCopyFrom?.(oldDb) === true;
+  // Same endpoint, and a copy that keeps no-overwrite as a put would: the
+  // server copies and no byte passes through here, so only the old blob's
+  // info is read. Otherwise its info and bytes, in one request.
+  const serverSide =
+    newDb.copyFrom !== undefined &&
+    newDb.capabilities.serverSideCopyFrom?.(oldDb, { overwrite: false }) === true;
   let info: BlobInfo;
   let body: Readable | undefined;
   try {
@@ -190,7 +193,11 @@ async function copyOnce(ctx: CopyContext, row: CopyRow): Promise<OnceOutcome> {
       ...(info.httpMeta !== undefined ? { httpMeta: info.httpMeta } : {}),
     };
     try {
-      if (body === undefined) await newDb.copyFrom?.(oldDb, key, putOptions);
+      if (body === undefined)
+        await newDb.copyFrom?.(oldDb, key, {
+          ...putOptions,
+          ...(info.etag !== undefined ? { sourceEtag: info.etag } : {}),
+        });
       else await newDb.put(key, body, putOptions);
     } catch (err) {
       if (err instanceof BlobExistsError) return { kind: 'present' };

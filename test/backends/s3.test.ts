@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -147,6 +148,8 @@ function s3Behaviour(
     config: () => S3ClientConfigLike;
     admin: () => S3Client;
     conditional: boolean;
+    /** CopyObject honours If-None-Match (neither s3rver nor RGW Pacific does). */
+    conditionalCopy: boolean;
     /** ListMultipartUploads and AbortMultipartUpload work (s3rver has neither). */
     uploads: boolean;
     /** An aborted PutObject leaves nothing (s3rver writes the object file in place as bytes arrive). */
@@ -425,6 +428,86 @@ function s3Behaviour(
     const notS3 = { capabilities: { conditionalWrites: true } } as unknown as BlobDB;
     expect(a.capabilities.serverSideCopyFrom?.(notS3)).to.equal(false);
   });
+
+  it('the probe also tells whether CopyObject is conditional, and leaves no copy probe behind', async () => {
+    const db = make();
+    const counter = countRequests(db.client);
+    const caps = await db.probeCapabilities();
+    expect(caps.conditional.copy).to.equal(server().conditional && server().conditionalCopy);
+    // Where PutObject is not conditional, nothing else is asked.
+    expect(counter.count('CopyObjectCommand')).to.equal(server().conditional ? 2 : 0);
+    expect(await rawKeys(server().admin(), bucket)).to.deep.equal([]);
+  });
+
+  it('copyFrom on one endpoint: server-side where no-overwrite holds as for a put, else streamed', async () => {
+    const src = make({ prefix: 'src' });
+    const dst = make({ prefix: 'dst' });
+    expect(dst.capabilities.serverSideCopyFrom?.(src, { overwrite: false }), 'before the probe').to.equal(
+      false,
+    );
+    await dst.probeCapabilities();
+    // No conditional writes at all: a put checks then writes, and so does the copy.
+    // Conditional puts but not copies (RGW Pacific): only the stream keeps no-overwrite atomic.
+    const serverSide = !server().conditional || server().conditionalCopy;
+    expect(dst.capabilities.serverSideCopyFrom?.(src, { overwrite: false })).to.equal(serverSide);
+    expect(dst.capabilities.serverSideCopyFrom?.(src)).to.equal(true);
+    const body = randomBytes(300_000);
+    const httpMeta = { cacheControl: 'max-age=60', metadata: { origin: 'copy' } };
+    await src.put('a/blob.bin', body, { contentType: 'application/x-test', httpMeta });
+    const st = await src.stat('a/blob.bin');
+    const fromSrc = countRequests(src.client);
+    const fromDst = countRequests(dst.client);
+    const info = await dst.copyFrom(src, 'a/blob.bin', {
+      overwrite: false,
+      size: st.size,
+      ...(st.etag !== undefined ? { sourceEtag: st.etag } : {}),
+    });
+    const sent = { src: fromSrc.byCommand(), dst: fromDst.byCommand() };
+    expect(info.size).to.equal(body.length);
+    if (serverSide) {
+      expect(sent.dst.CopyObjectCommand, 'one CopyObject').to.equal(1);
+      expect(sent.src.GetObjectCommand, 'no byte read through the client').to.equal(undefined);
+      expect(sent.src.HeadObjectCommand, 'the given ETag spares a HEAD of the source').to.equal(undefined);
+    } else {
+      expect(sent.dst.CopyObjectCommand).to.equal(undefined);
+      expect(sent.src.GetObjectCommand).to.equal(1);
+      expect(sent.dst.PutObjectCommand).to.equal(1);
+    }
+    expect(await getBytes(dst, 'a/blob.bin')).to.deep.equal(body);
+    const copied = await dst.stat('a/blob.bin');
+    expect(copied.contentType).to.equal('application/x-test');
+    expect(copied.httpMeta?.cacheControl).to.equal('max-age=60');
+    expect(copied.httpMeta?.metadata).to.deep.equal({ origin: 'copy' });
+  });
+
+  it('copyFrom with overwrite: false never replaces a present blob, and a missing source is not found', async () => {
+    const src = make({ prefix: 'src' });
+    const dst = make({ prefix: 'dst' });
+    await dst.probeCapabilities();
+    await src.put('k', 'from the source');
+    await dst.put('k', 'original');
+    expect(await rejectionOf(dst.copyFrom(src, 'k', { overwrite: false }))).to.be.instanceOf(BlobExistsError);
+    expect((await getBytes(dst, 'k')).toString()).to.equal('original');
+    const missing = await rejectionOf(dst.copyFrom(src, 'nope', { overwrite: false }));
+    expect(missing).to.be.instanceOf(BlobNotFoundError);
+    expect((missing as BlobNotFoundError).key).to.equal('nope');
+    // A size the source does not have is refused before anything is written.
+    await src.put('k2', 'ten bytes!');
+    expect(await rejectionOf(dst.copyFrom(src, 'k2', { overwrite: false, size: 3 }))).to.be.instanceOf(
+      SizeMismatchError,
+    );
+    expect(await dst.exists('k2')).to.equal(false);
+  });
+
+  it('copyFrom copies keys with characters servers decode differently in x-amz-copy-source', async () => {
+    const src = make({ prefix: 'src' });
+    const dst = make({ prefix: 'dst' });
+    await dst.probeCapabilities();
+    const key = 'odd/a+b=c&d$e,f;g:h@i j%20k.txt';
+    await src.put(key, 'special');
+    await dst.copyFrom(src, key, { overwrite: false });
+    expect((await getBytes(dst, key)).toString()).to.equal('special');
+  });
 }
 
 describe('S3BlobDB', function () {
@@ -475,6 +558,7 @@ describe('S3BlobDB', function () {
         config: () => server.clientConfig(),
         admin: () => admin,
         conditional: false,
+        conditionalCopy: false,
         uploads: false,
         discardsAbortedPuts: false,
       }));
@@ -682,7 +766,7 @@ describe('S3BlobDB', function () {
       const db = fakeDb();
       const caps = await db.probeCapabilities();
       expect(caps.conditionalWrites).to.equal(false);
-      expect(caps.conditional).to.deep.equal({ put: false, multipartComplete: false });
+      expect(caps.conditional).to.deep.equal({ put: false, multipartComplete: false, copy: false });
       await db.close();
     });
 
@@ -756,6 +840,7 @@ describe('S3BlobDB', function () {
           config: () => rgwClientConfig(mode),
           admin: () => admin,
           conditional: true,
+          conditionalCopy: false,
           uploads: true,
           discardsAbortedPuts: true,
         }));
@@ -820,7 +905,7 @@ describe('S3BlobDB', function () {
         );
         const db = new S3BlobDB({ bucket: b, client, partSize: 5 * MiB, multipartThreshold: 5 * MiB });
         const caps = await db.probeCapabilities();
-        expect(caps.conditional).to.deep.equal({ put: true, multipartComplete: true });
+        expect(caps.conditional).to.include({ put: true, multipartComplete: true });
         await db.put('k', 'original', { contentType: 'text/plain' });
         const counter = countRequests(client);
         const err = await rejectionOf(db.put('k', bytesStream(12 * MiB), { overwrite: false }));
