@@ -26,12 +26,15 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
     return producerCommand(options);
   }
 
+  const existence = (options.existence as 'list' | 'head' | undefined) ?? 'list';
   const ctx = await openContext({
     config: options.config as string,
     requireOld: true,
     requireNew: true,
     write: !dryRun,
     logFormat: options.logFormat as 'text' | 'json',
+    // The listing snapshot starts before the preflight, so the two overlap.
+    snapshot: existence === 'list' || dryRun,
   });
   const { logger } = ctx;
   const signals = trapSignals(logger, {
@@ -50,7 +53,8 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
       types,
       chunkSize: (options.chunkSize as number | undefined) ?? 1000,
       concurrency,
-      existence: (options.existence as 'list' | 'head' | undefined) ?? 'list',
+      existence,
+      ...(ctx.snapshot ? { snapshot: ctx.snapshot } : {}),
       ...(options.maxRate !== undefined ? { maxRate: options.maxRate as number } : {}),
       reset: options.reset === true,
       dryRun,

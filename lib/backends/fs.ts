@@ -297,6 +297,27 @@ export class FilesystemBlobDB implements BlobDB {
   }
 
   /**
+   * What a preflight asks before a command writes anything: the root, when it
+   * exists, can be opened and read (one entry, not a listing of a directory
+   * that may hold millions). A root that does not exist yet is fine: the
+   * first put creates it.
+   */
+  async preflight(): Promise<void> {
+    try {
+      const root = await this.#getRoot(false);
+      if (root === undefined) return;
+      const dir = await opendir(root);
+      try {
+        await dir.read();
+      } finally {
+        await dir.close();
+      }
+    } catch (err) {
+      throw wrap(err, 'preflight', '');
+    }
+  }
+
+  /**
    * Removes temporary files and orphaned metadata sidecars older than
    * `olderThanMs` (default one hour) in the whole tree, and resolves with how
    * many files it removed. Safe while puts run, as long as no put takes

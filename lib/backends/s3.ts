@@ -786,6 +786,26 @@ export class S3BlobDB implements BlobDB {
     }
   }
 
+  /**
+   * What a preflight asks before a command writes anything: the bucket exists
+   * and these credentials may list it, in one ListObjectsV2 of one key (a
+   * server that builds whole pages, like s3rver, answers that fast too).
+   */
+  async preflight(): Promise<void> {
+    this.#checkOpen();
+    try {
+      await this.#client.send(
+        new ListObjectsV2Command({
+          Bucket: this.#bucket,
+          MaxKeys: 1,
+          ...(this.#prefix !== '' ? { Prefix: this.#prefix } : {}),
+        }),
+      );
+    } catch (err) {
+      throw this.#backendError(`ListObjectsV2 (prefix ${JSON.stringify(this.#prefix)})`, undefined, err);
+    }
+  }
+
   /** The object key for `key`: validated, prefixed, and within S3's 1024 bytes. */
   #fullKey(key: string): string {
     const full = this.#prefix + validateKey(key);
@@ -1409,6 +1429,11 @@ export class S3BlobDB implements BlobDB {
     return { errors };
   }
 
+  /**
+   * Pages through ListObjectsV2, 1000 keys a page. The next page is asked for
+   * as soon as a page arrives, before its keys are handed out, so the server
+   * works on it while the caller handles this one (at most two pages held).
+   */
   async *list(opts: ListOptions = {}): AsyncGenerator<BlobInfo> {
     const sub = validatePrefix(opts.prefix);
     this.#checkOpen();
@@ -1419,13 +1444,9 @@ export class S3BlobDB implements BlobDB {
       startAfter = this.#prefix + opts.startAfter;
       last = startAfter;
     }
-    let token: string | undefined;
-    let page = 0;
-    do {
-      page++;
-      let out: ListObjectsV2CommandOutput;
-      try {
-        out = await this.#client.send(
+    const fetchPage = (page: number, token: string | undefined): Promise<ListObjectsV2CommandOutput> => {
+      const request = this.#client
+        .send(
           new ListObjectsV2Command({
             Bucket: this.#bucket,
             MaxKeys: 1000,
@@ -1436,14 +1457,30 @@ export class S3BlobDB implements BlobDB {
                 ? { StartAfter: startAfter }
                 : {}),
           }),
-        );
-      } catch (err) {
-        throw this.#backendError(
-          `ListObjectsV2 (prefix ${JSON.stringify(listPrefix)}, page ${page})`,
-          undefined,
-          err,
+        )
+        .catch((err: unknown) => {
+          throw this.#backendError(
+            `ListObjectsV2 (prefix ${JSON.stringify(listPrefix)}, page ${page})`,
+            undefined,
+            err,
+          );
+        });
+      // A caller that stops early leaves the prefetched page unread: not an unhandled rejection.
+      request.catch(() => {});
+      return request;
+    };
+    let page = 1;
+    let next: Promise<ListObjectsV2CommandOutput> | undefined = fetchPage(page, undefined);
+    while (next !== undefined) {
+      const out: ListObjectsV2CommandOutput = await next;
+      const token = out.IsTruncated ? out.NextContinuationToken : undefined;
+      if (out.IsTruncated && token === undefined) {
+        throw new BackendError(
+          `the S3 server at ${this.#endpoint} sent a truncated listing of bucket ${JSON.stringify(this.#bucket)} ` +
+            'without a continuation token',
         );
       }
+      next = token !== undefined ? fetchPage(page + 1, token) : undefined;
       let contents = out.Contents ?? [];
       const misorder = findMisorder(contents, last);
       if (misorder !== undefined) {
@@ -1452,7 +1489,7 @@ export class S3BlobDB implements BlobDB {
           // repeated, so a server that lists in another order is sorted here.
           contents = contents
             .filter((o) => startAfter === undefined || compareKeys(o.Key ?? '', startAfter) > 0)
-            .sort((a, b) => compareKeys(a.Key ?? '', b.Key ?? ''));
+            .sort((x, y) => compareKeys(x.Key ?? '', y.Key ?? ''));
         } else {
           throw new BackendError(
             `the S3 server at ${this.#endpoint} lists bucket ${JSON.stringify(this.#bucket)} out of S3 byte order: ` +
@@ -1478,14 +1515,8 @@ export class S3BlobDB implements BlobDB {
         if (obj.LastModified) info.lastModified = obj.LastModified;
         yield info;
       }
-      token = out.IsTruncated ? out.NextContinuationToken : undefined;
-      if (out.IsTruncated && token === undefined) {
-        throw new BackendError(
-          `the S3 server at ${this.#endpoint} sent a truncated listing of bucket ${JSON.stringify(this.#bucket)} ` +
-            'without a continuation token',
-        );
-      }
-    } while (token !== undefined);
+      page++;
+    }
   }
 
   async close(): Promise<void> {

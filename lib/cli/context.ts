@@ -8,6 +8,7 @@ import { ConfigError, PreflightError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { MetaStore } from '../meta/types.js';
 import { shortError } from '../migrate/errors.js';
+import type { SnapshotBuild } from '../migrate/present-index.js';
 import { redact, redactString } from '../redact.js';
 import type { BlobDB } from '../types.js';
 import { oneLine } from './run.js';
@@ -20,6 +21,8 @@ export interface CommandContext {
   meta: MetaStore;
   oldDb: BlobDB | undefined;
   newDb: BlobDB | undefined;
+  /** The listing snapshot of the new backend, started before the preflight (`snapshot: true`). */
+  snapshot: SnapshotBuild | undefined;
   /** Printable names (no secrets) of the backends and the database. */
   names: { old: string | undefined; new: string | undefined; meta: string };
   logger: Logger;
@@ -40,16 +43,19 @@ export interface ContextOptions {
   logFormat?: 'text' | 'json';
   /** Override the new backend's socket pool size (S3). */
   maxSockets?: number;
+  /**
+   * Start listing the new backend into a snapshot as soon as it is built, so
+   * the listing overlaps opening the metadata and the preflight (it writes
+   * nothing; a failed preflight cancels it). The command passes it on to the
+   * engine, which cancels it when done; `close()` cancels it too.
+   */
+  snapshot?: boolean;
 }
 
 /** Opens what a command needs; on any failure closes what it opened and rethrows. */
 export async function openContext(opts: ContextOptions): Promise<CommandContext> {
-  const [{ loadConfig, describeBackend, sameLocation }, { createLogger }, { preflight }] = await Promise.all([
-    import('../config.js'),
-    import('../log.js'),
-    import('../migrate/preflight.js'),
-  ]);
-  const logger = createLogger({ format: opts.logFormat ?? 'text' });
+  const [{ loadConfig, describeBackend, sameLocation }, { preflight, sweepProbesFrom, PROBE_PREFIX }] =
+    await Promise.all([import('../config.js'), import('../migrate/preflight.js')]);
   const loaded = await loadConfig(opts.config ?? './blobshift.config.json', {
     ...(opts.requireOld ? { requireOld: true } : {}),
     ...(opts.requireNew ? { requireNew: true } : {}),
@@ -68,15 +74,40 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
     for (const item of opened.reverse()) await item.close().catch(() => {});
     opened.length = 0;
   };
+  let logger: Logger;
   try {
+    let newDb: BlobDB | undefined;
+    let snapshot: SnapshotBuild | undefined;
+    const openNew = async () => {
+      newDb = opts.requireNew || config.new ? await loaded.buildNew() : undefined;
+      if (newDb) opened.push(newDb);
+      if (newDb && opts.snapshot) {
+        const { PresentIndex } = await import('../migrate/present-index.js');
+        const db = newDb;
+        const build = await PresentIndex.start(db);
+        snapshot = build;
+        // The snapshot lists every write probe killed preflights left: the
+        // preflight need not list them again (read here, before the engine
+        // takes the index).
+        build.ready.then(
+          (index) => sweepProbesFrom(db, [...index.keysWithPrefix(PROBE_PREFIX)]),
+          () => {},
+        );
+        // Closed in reverse order: the listing stops before the backend closes.
+        opened.push({ close: () => build.cancel() });
+      }
+    };
+    // The listing is the long part of a run's setup: start it first.
+    if (opts.snapshot) await openNew();
+    const { createLogger } = await import('../log.js');
+    logger = createLogger({ format: opts.logFormat ?? 'text' });
     const meta = await openQuietMeta(loaded, logger).catch((err: unknown) => {
       throw asPreflight(names.meta, err);
     });
     opened.push(meta);
     const oldDb = opts.requireOld || config.old ? await loaded.buildOld() : undefined;
     if (oldDb) opened.push(oldDb);
-    const newDb = opts.requireNew || config.new ? await loaded.buildNew() : undefined;
-    if (newDb) opened.push(newDb);
+    if (!opts.snapshot) await openNew();
     if (opts.preflight !== false) {
       const same =
         (opts.refuseSameLocation ?? true) && config.old && config.new
@@ -93,9 +124,10 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
         },
         write: opts.write ?? false,
         sameLocation: same,
+        sweepProbes: snapshot === undefined,
       });
     }
-    return { loaded, config, printable, meta, oldDb, newDb, names, logger, close };
+    return { loaded, config, printable, meta, oldDb, newDb, snapshot, names, logger, close };
   } catch (err) {
     await close();
     throw err;

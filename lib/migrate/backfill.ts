@@ -8,13 +8,14 @@
 import { hostname } from 'node:os';
 import PQueue from 'p-queue';
 import { BlobNotFoundError, RunStateError } from '../errors.js';
+import { compareKeys } from '../keys.js';
 import { emptyCounts } from '../meta/runs.js';
 import type { MetaStore, RunCounts, RunState, ShardSpec } from '../meta/types.js';
 import type { BlobDB, BlobMeta } from '../types.js';
 import { type CopyOutcome, copyBlob, DEFAULT_RETRY, ReferenceChecker, type RetryPolicy } from './copy.js';
 import { isInfrastructureError, shortError } from './errors.js';
 import { MissingLogWriter, type MissingRecord, NOT_FOUND } from './missing-log.js';
-import { PresentIndex } from './present-index.js';
+import { PresentIndex, type SnapshotBuild } from './present-index.js';
 import { ByteBudget, InFlightWindow, type WindowEntry } from './window.js';
 
 /** The few logger methods the engine uses (winston's logger fits). */
@@ -67,6 +68,13 @@ export interface BackfillOptions {
   logger?: EngineLogger;
   /** Directory for the snapshot's temporary file. */
   tempDir?: string;
+  /**
+   * The listing snapshot of the new backend, already being built
+   * (`PresentIndex.start`): the CLI starts it before its preflight so the
+   * listing overlaps the setup. The run uses it instead of listing again and
+   * cancels it when it ends (or does not need it: a reprint, a refusal).
+   */
+  snapshot?: SnapshotBuild;
   /** How often the checkpoint is saved (default 2000 ms). */
   checkpointIntervalMs?: number;
   /** Consecutive infrastructure failures that stop the run (default: concurrency, within 3–16). */
@@ -174,6 +182,14 @@ class InfrastructureLost extends Error {
 
 /** Runs (or resumes, or reprints) a backfill. Never throws for per-blob problems. */
 export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> {
+  try {
+    return await runBackfill(opts);
+  } finally {
+    await opts.snapshot?.cancel();
+  }
+}
+
+async function runBackfill(opts: BackfillOptions): Promise<BackfillSummary> {
   const run = opts.run ?? 'default';
   const shard = shardLabel(opts.shard);
   const types = [...new Set(opts.types ?? [])].sort();
@@ -226,6 +242,7 @@ export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> 
   const finalized = emptyCounts(); // this attempt, passed by the mark
   const live = emptyCounts(); // this attempt, finished (for progress)
 
+  let listing: SnapshotBuild | undefined;
   let index: PresentIndex | undefined;
   let existence = opts.existence ?? 'list';
   let stopReason: string | undefined;
@@ -399,6 +416,8 @@ export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> 
     interrupted = true;
     queue.clear();
     window.close();
+    // A listing still running stops too (the run then ends as interrupted).
+    void (listing ?? opts.snapshot)?.cancel();
   };
   for (const signal of [opts.signal, opts.hardSignal]) {
     if (signal?.aborted) onAbort();
@@ -423,16 +442,25 @@ export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> 
     estimatedTotal = Math.ceil(estimate.count / shardCount);
     if (existence === 'list') {
       try {
-        index = await PresentIndex.build(newDb, {
-          ...(opts.tempDir ? { tempDir: opts.tempDir } : {}),
-          ...(opts.signal ? { signal: opts.signal } : {}),
-        });
+        listing =
+          opts.snapshot ??
+          (await PresentIndex.start(newDb, {
+            ...(opts.tempDir ? { tempDir: opts.tempDir } : {}),
+            ...(opts.signal ? { signal: opts.signal } : {}),
+          }));
+        index = listing.index;
+        listing.ready.then(
+          (done) =>
+            logger.info('the listing snapshot of the new backend is complete', {
+              keys: done.count,
+              bytes: done.bytes,
+            }),
+          () => {},
+        );
       } catch (err) {
         if (opts.signal?.aborted) throw err;
-        if (isInfrastructureError(err))
-          throw new InfrastructureLost(`listing the new backend failed: ${shortError(err)}`, { cause: err });
         logger.warn(
-          `the listing snapshot of the new backend could not be built; using a HEAD per blob instead: ${shortError(err)}`,
+          `the listing snapshot of the new backend could not be started; using a HEAD per blob instead: ${shortError(err)}`,
         );
         existence = 'head';
       }
@@ -444,7 +472,8 @@ export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> 
       resumedFrom,
       attempt: current.attempts,
       estimate: { count: estimatedTotal, bytes: Math.round(estimate.bytes / shardCount) },
-      snapshot: index ? { keys: index.count, bytes: index.bytes } : undefined,
+      // While the listing runs, its figures come in their own line when it completes.
+      snapshot: index?.complete ? { keys: index.count, bytes: index.bytes } : undefined,
     });
     const checkpointTimer = setInterval(() => {
       if (Date.now() - lastSaved >= (opts.checkpointIntervalMs ?? 2000) && !saving) {
@@ -465,10 +494,31 @@ export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> 
       try {
         for await (const chunk of walk) {
           if (interrupted || stopReason !== undefined) break;
-          const present = index ? index.lookup(chunk.map((r) => r.key)) : undefined;
-          for (const row of chunk) {
+          // What the snapshot says of this chunk's keys, and up to which key it said it.
+          let answers = answer(index, chunk);
+          for (const [i, row] of chunk.entries()) {
             await window.room();
             if (interrupted || stopReason !== undefined) break;
+            if (index && !answers.covers(row.key)) {
+              // The listing has not passed this key yet: wait for it (the copies
+              // in flight go on), then ask again for the rest of the chunk.
+              try {
+                await index.waitListed(row.key);
+              } catch (err) {
+                if (interrupted || opts.signal?.aborted) break;
+                if (isInfrastructureError(err))
+                  throw new InfrastructureLost(`listing the new backend failed: ${shortError(err)}`, {
+                    cause: err,
+                  });
+                logger.warn(
+                  `the listing of the new backend failed; blobs it had not reached get a HEAD each instead: ${shortError(err)}`,
+                );
+                existence = 'head';
+                index = undefined;
+              }
+              if (interrupted || stopReason !== undefined) break;
+              answers = answer(index, chunk.slice(i));
+            }
             const entry = window.enter(row.id);
             if (row.expiresOn && row.expiresOn.getTime() <= nowMs) {
               finish(entry, row, { kind: 'expired', retries: 0 });
@@ -484,7 +534,7 @@ export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> 
               });
               continue;
             }
-            const size = present?.get(row.key);
+            const size = answers.sizes.get(row.key);
             if (size !== undefined && size === row.contentLength) {
               finish(entry, row, { kind: 'present', retries: 0 });
               continue;
@@ -519,7 +569,7 @@ export async function backfill(opts: BackfillOptions): Promise<BackfillSummary> 
   } finally {
     opts.signal?.removeEventListener('abort', onAbort);
     opts.hardSignal?.removeEventListener('abort', onAbort);
-    await index?.close().catch(() => {});
+    await listing?.cancel().catch(() => {});
   }
 
   async function safeCheckpoint(status: RunState['status'], exitCode: number | null): Promise<boolean> {
@@ -614,6 +664,24 @@ export async function checkNew(
     if (err instanceof BlobNotFoundError) return undefined;
     throw err;
   }
+}
+
+/** What the snapshot said of some keys: their sizes, and which keys that answer covers. */
+interface Answers {
+  sizes: Map<string, number>;
+  covers(key: string): boolean;
+}
+
+/** Asks the snapshot (`undefined`: none, every key is covered and absent) about the rows' keys. */
+function answer(index: PresentIndex | undefined, rows: readonly BlobMeta[]): Answers {
+  if (!index) return { sizes: new Map(), covers: () => true };
+  const complete = index.complete;
+  const upTo = index.position;
+  const sizes = index.lookup(rows.map((r) => r.key));
+  return {
+    sizes,
+    covers: (key) => complete || (upTo !== undefined && compareKeys(key, upTo) <= 0),
+  };
 }
 
 function tally(counts: RunCounts, slot: Slot): void {
@@ -775,7 +843,8 @@ async function dryRun(
   const counts = emptyCounts();
   let toCopy = 0;
   let toCopyBytes = 0;
-  const index = await PresentIndex.build(opts.newDb, opts.tempDir ? { tempDir: opts.tempDir } : {});
+  const index = await (opts.snapshot?.ready ??
+    PresentIndex.build(opts.newDb, opts.tempDir ? { tempDir: opts.tempDir } : {}));
   try {
     const nowMs = Date.now();
     for await (const chunk of opts.meta.walk({

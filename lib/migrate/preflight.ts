@@ -26,6 +26,12 @@ export interface PreflightOptions {
   write?: boolean;
   /** The config says old and new overlap (same root, same bucket with overlapping prefixes). */
   sameLocation?: boolean;
+  /**
+   * Default true: before the write probe, list the new backend under
+   * `PROBE_PREFIX` and delete the probes killed preflights left. False where
+   * the caller finds them in a listing it makes anyway (`sweepProbesFrom`).
+   */
+  sweepProbes?: boolean;
 }
 
 /** Resolves when everything answers; rejects `PreflightError` otherwise. */
@@ -55,14 +61,15 @@ export async function preflight(opts: PreflightOptions): Promise<void> {
     if (!db) continue;
     const name = names[side];
     try {
+      // A backend's own check (S3: a one-key listing) is cheaper than a first listing page.
       const probe = db as BlobDB & Probeable;
       if (typeof probe.preflight === 'function') await probe.preflight({ write: false });
-      for await (const _ of db.list()) break;
+      else for await (const _ of db.list()) break;
     } catch (err) {
       throw new PreflightError(name, `it cannot be listed: ${shortError(err)}`, { cause: err });
     }
   }
-  if (opts.write && opts.newDb) await writeProbe(opts.newDb, opts.oldDb, names);
+  if (opts.write && opts.newDb) await writeProbe(opts.newDb, opts.oldDb, names, opts.sweepProbes ?? true);
 }
 
 /**
@@ -71,12 +78,17 @@ export async function preflight(opts: PreflightOptions): Promise<void> {
  */
 export const PROBE_PREFIX = 'blobshift-preflight-probe-';
 
-async function writeProbe(newDb: BlobDB, oldDb: BlobDB | undefined, names: { old: string; new: string }) {
+async function writeProbe(
+  newDb: BlobDB,
+  oldDb: BlobDB | undefined,
+  names: { old: string; new: string },
+  sweep: boolean,
+) {
   const key = `${PROBE_PREFIX}${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`;
   try {
     const probe = newDb as BlobDB & Probeable;
     if (typeof probe.probeCapabilities === 'function') await probe.probeCapabilities();
-    await sweepProbes(newDb);
+    if (sweep) await sweepProbes(newDb);
     await newDb.put(key, 'blobshift write probe', { overwrite: false, contentType: 'text/plain' });
   } catch (err) {
     throw new PreflightError(names.new, `a test write failed: ${shortError(err)}`, { cause: err });
@@ -104,4 +116,14 @@ async function sweepProbes(db: BlobDB): Promise<void> {
   const leftovers: string[] = [];
   for await (const info of db.list({ prefix: PROBE_PREFIX })) leftovers.push(info.key);
   if (leftovers.length > 0) await db.bulkDelete(leftovers);
+}
+
+/**
+ * Deletes the write probes killed preflights left, found in a listing the
+ * caller makes anyway (a backfill's snapshot): no request but the delete.
+ * Best effort, like the sweep before a write probe.
+ */
+export async function sweepProbesFrom(db: BlobDB, keys: Iterable<string>): Promise<void> {
+  const leftovers = [...keys].filter((key) => key.startsWith(PROBE_PREFIX));
+  if (leftovers.length > 0) await db.bulkDelete(leftovers).catch(() => {});
 }

@@ -11,6 +11,7 @@ import { MetaDB } from '../../lib/meta/index.js';
 import type { NewBlobMeta } from '../../lib/meta/types.js';
 import { type BackfillOptions, backfill } from '../../lib/migrate/backfill.js';
 import { type MissingRecord, readMissingLog } from '../../lib/migrate/missing-log.js';
+import type { BlobInfo, ListOptions } from '../../lib/types.js';
 import { connectionRefused, slowDown, WrappedBlobDB } from '../support/wrap.js';
 
 interface Fixture {
@@ -39,13 +40,15 @@ async function dispose(f: Fixture): Promise<void> {
 async function seed(
   f: Fixture,
   n: number,
-  opts: { type?: string; inOld?: boolean; size?: number; prefix?: string } = {},
+  opts: { type?: string; inOld?: boolean; size?: number; prefix?: string; ordered?: boolean } = {},
 ): Promise<string[]> {
   const type = opts.type ?? 'attachment';
   const rows: NewBlobMeta[] = [];
   const keys: string[] = [];
   for (let i = 0; i < n; i++) {
-    const key = `${opts.prefix ?? type}/${randomBytes(8).toString('hex')}`;
+    // ordered: key order is id order, so a listing passes the rows in walk order.
+    const name = opts.ordered ? String(i).padStart(6, '0') : randomBytes(8).toString('hex');
+    const key = `${opts.prefix ?? type}/${name}`;
     const body = randomBytes(opts.size ?? 100 + (i % 50));
     if (opts.inOld !== false) await f.oldDb.put(key, body, { contentType: 'application/x-test' });
     rows.push({
@@ -492,6 +495,79 @@ describe('backfill (engine)', function () {
     expect(summary.present).to.equal(1);
     expect(summary.copied).to.equal(9);
     expect(newDb.calls.stat).to.be.at.least(10);
+  });
+
+  describe('while the listing of the new backend runs', () => {
+    /** The new backend, listed slowly (a pause every 100 keys); `fail` ends the listing with an error at that key. */
+    class SlowListing extends WrappedBlobDB {
+      readonly events: string[] = [];
+      fail: { at: number; error: () => Error } | undefined;
+      override async *list(opts?: ListOptions): AsyncIterable<BlobInfo> {
+        let n = 0;
+        for await (const info of this.inner.list(opts)) {
+          if (this.fail && n === this.fail.at) throw this.fail.error();
+          if (n++ % 100 === 0) await new Promise((r) => setTimeout(r, 2));
+          yield info;
+        }
+        this.events.push('listed');
+      }
+    }
+    const slowNew = (f: Fixture) => {
+      const db = new SlowListing(f.newDb, {
+        afterPut: () => {
+          if (!db.events.includes('put')) db.events.push('put');
+        },
+      });
+      return db;
+    };
+    const migrated = async (f: Fixture, keys: string[]) => {
+      for (const key of keys) await f.newDb.put(key, await f.oldDb.get(key));
+    };
+
+    it('copies rows the listing has passed before it ends, and only what is missing', async () => {
+      const keys = await seed(f, 3000, { ordered: true, size: 10 });
+      await migrated(f, keys.slice(100));
+      const newDb = slowNew(f);
+      const summary = await backfill(opts(f, { newDb, chunkSize: 500 }));
+      expect(summary.copied).to.equal(100);
+      expect(summary.present).to.equal(2900);
+      expect(newDb.putKeys.sort()).to.deep.equal(keys.slice(0, 100));
+      expect(newDb.events, 'the first copy came before the listing ended').to.deep.equal(['put', 'listed']);
+      expect(newDb.calls.stat, 'no HEAD: every row was answered by the snapshot').to.equal(0);
+    });
+
+    it('a listing that breaks midway (not an outage): rows it passed are decided from it, the rest get a HEAD', async () => {
+      const keys = await seed(f, 3000, { ordered: true, size: 10 });
+      await migrated(f, keys.slice(0, 2000));
+      const newDb = slowNew(f);
+      newDb.fail = { at: 1200, error: () => new Error('the server sent a garbled page') };
+      const summary = await backfill(opts(f, { newDb }));
+      expect(summary.exitCode).to.equal(0);
+      expect(summary.present).to.equal(2000);
+      expect(summary.copied).to.equal(1000);
+      expect(summary.failed).to.equal(0);
+      // Rows 1–1000 came from the listing; the others asked the new backend.
+      expect(newDb.calls.stat).to.be.within(1000, 2000);
+      for (const key of keys) expect(await sameBytes(f.oldDb, f.newDb, key), key).to.equal(true);
+    });
+
+    it('an outage of the listing midway stops the run with exit 3, and the rerun completes', async () => {
+      const keys = await seed(f, 3000, { ordered: true, size: 10 });
+      await migrated(f, keys.slice(0, 2000));
+      const newDb = slowNew(f);
+      newDb.fail = { at: 1200, error: connectionRefused };
+      const first = await backfill(opts(f, { newDb }));
+      expect(first.status).to.equal('infrastructure');
+      expect(first.exitCode).to.equal(3);
+      expect(first.reason).to.match(/listing the new backend failed.*ECONNREFUSED/);
+      newDb.fail = undefined;
+      const second = await backfill(opts(f, { newDb }));
+      expect(second.exitCode).to.equal(0);
+      // Counts are the run's, over both attempts.
+      expect(second.copied).to.equal(1000);
+      expect(second.present).to.equal(2000);
+      for (const key of keys) expect(await sameBytes(f.oldDb, f.newDb, key), key).to.equal(true);
+    });
   });
 
   it('writes log files that never overwrite an earlier attempt', async () => {
