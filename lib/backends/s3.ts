@@ -27,6 +27,7 @@ import { Agent as HttpsAgent } from 'node:https';
 import { finished, pipeline, type Readable, Transform, type TransformCallback } from 'node:stream';
 import {
   AbortMultipartUploadCommand,
+  type CompletedPart,
   CompleteMultipartUploadCommand,
   CopyObjectCommand,
   type CopyObjectCommandInput,
@@ -87,6 +88,9 @@ export const DEFAULT_MULTIPART_THRESHOLD = 16 * 1024 * 1024;
  * into place (s3rver), and a 409 conflict can be retried.
  */
 export const SMALL_BODY_BYTES = 256 * 1024;
+/** S3's most parts in one multipart upload. */
+const MAX_PARTS = 10_000;
+const MiB = 1024 * 1024;
 /** S3's smallest part (all parts but the last). */
 const MIN_PART_SIZE = 5 * 1024 * 1024;
 /** S3's largest single PutObject. */
@@ -890,6 +894,7 @@ export class S3BlobDB implements BlobDB {
       return this.#putBuffer(key, params, await readExactly(key, source, length), opts);
     }
     if (!multipart && length !== undefined) return this.#putStream(key, params, source, length, opts);
+    if (length !== undefined) return this.#putParts(key, params, source, length, opts);
     return this.#putMultipart(key, params, source, expected, opts);
   }
 
@@ -992,6 +997,153 @@ export class S3BlobDB implements BlobDB {
       if (streamError !== undefined) throw streamError;
       throw this.#putError(key, 'PutObject', err, params.IfNoneMatch !== undefined);
     }
+  }
+
+  /**
+   * A multipart upload of a stream of known `size`, in bounded memory:
+   * `queueSize + 1` part buffers, allocated once, are all it holds. The bytes
+   * are copied from the stream straight into the part being filled (no
+   * concatenation, no garbage per part), up to `queueSize` parts upload at
+   * once, and the stream is not read while every buffer is in flight. The
+   * upload completes only after the stream has ended with exactly `size`
+   * bytes; a short, long or failed stream, or a failed part, aborts it. Parts
+   * are Buffers, so the SDK retries a failed part by itself. Completion
+   * carries `If-None-Match: *` when the put is conditional (412 →
+   * BlobExistsError), and a HEAD then confirms the object is this upload's.
+   * A blob too large for 10,000 parts of `partSize` gets larger parts.
+   */
+  async #putParts(
+    key: string,
+    params: PutObjectCommandInput,
+    source: Readable,
+    size: number,
+    opts: PutOptions,
+  ): Promise<BlobInfo> {
+    const partSize = Math.max(this.#partSize, Math.ceil(size / MAX_PARTS / MiB) * MiB);
+    const partCount = Math.max(1, Math.ceil(size / partSize));
+    const conditional = params.IfNoneMatch !== undefined;
+    const { IfNoneMatch: _condition, Body: _body, ContentLength: _length, ...createParams } = params;
+    const checksums = (await this.#client.config.requestChecksumCalculation()) === 'WHEN_SUPPORTED';
+    const tagger = new PartTagger(partSize);
+    let uploadId: string | undefined;
+    let completed = false;
+    let completedTag: string | undefined;
+    // What S3 answered wrong is mapped; the caller's stream failing, or a wrong size, is thrown as it is.
+    const fromS3 = <T>(request: Promise<T>): Promise<T> =>
+      request.catch((err: unknown) => {
+        throw new S3Failure(err);
+      });
+    const inFlight = new Set<Promise<void>>();
+    try {
+      const created = await fromS3(
+        this.#client.send(
+          new CreateMultipartUploadCommand({
+            ...createParams,
+            ...(checksums ? { ChecksumAlgorithm: 'CRC32' as const } : {}),
+          }),
+        ),
+      );
+      uploadId = created.UploadId;
+      if (uploadId === undefined) throw new Error('CreateMultipartUpload returned no UploadId');
+      const parts: CompletedPart[] = [];
+      const free: Buffer[] = [];
+      let allocated = 0;
+      const maxBuffers = Math.min(this.#queueSize, partCount) + 1;
+      let partFailure: unknown;
+      const takeBuffer = (): Buffer => {
+        const reused = free.pop();
+        if (reused) return reused;
+        if (allocated >= maxBuffers) throw new Error('no free part buffer (internal error)');
+        allocated++;
+        return Buffer.allocUnsafeSlow(partSize);
+      };
+      const upload = (buffer: Buffer, length: number, partNumber: number): void => {
+        const body = buffer.subarray(0, length);
+        tagger.hashBuffer(body);
+        const sent: Promise<void> = this.#client
+          .send(
+            new UploadPartCommand({
+              Bucket: this.#bucket,
+              Key: params.Key,
+              UploadId: uploadId,
+              PartNumber: partNumber,
+              Body: body,
+              ContentLength: length,
+            }),
+          )
+          .then((out) => {
+            if (!out.ETag) throw new Error(`UploadPart ${partNumber} returned no ETag`);
+            parts[partNumber - 1] = {
+              PartNumber: partNumber,
+              ETag: out.ETag,
+              ...(out.ChecksumCRC32 ? { ChecksumCRC32: out.ChecksumCRC32 } : {}),
+            };
+          })
+          .catch((err: unknown) => {
+            partFailure ??= err;
+          })
+          .finally(() => {
+            inFlight.delete(sent);
+            free.push(buffer);
+          });
+        inFlight.add(sent);
+      };
+      let current = takeBuffer();
+      let filled = 0;
+      let partNumber = 1;
+      let total = 0;
+      for await (const piece of source) {
+        const chunk: Buffer = typeof piece === 'string' ? Buffer.from(piece) : piece;
+        total += chunk.length;
+        if (total > size) throw new SizeMismatchError(key, size, total);
+        for (let offset = 0; offset < chunk.length; ) {
+          const n = Math.min(partSize - filled, chunk.length - offset);
+          chunk.copy(current, filled, offset, offset + n);
+          filled += n;
+          offset += n;
+          if (filled === partSize) {
+            upload(current, filled, partNumber++);
+            filled = 0;
+            while (inFlight.size >= this.#queueSize && partFailure === undefined)
+              await Promise.race(inFlight);
+            if (partFailure !== undefined) throw new S3Failure(partFailure);
+            current = takeBuffer();
+          }
+        }
+      }
+      if (total !== size) throw new SizeMismatchError(key, size, total);
+      if (filled > 0 || partNumber === 1) upload(current, filled, partNumber++);
+      await Promise.all(inFlight);
+      if (partFailure !== undefined) throw new S3Failure(partFailure);
+      const out = await fromS3(
+        this.#client.send(
+          new CompleteMultipartUploadCommand({
+            Bucket: this.#bucket,
+            Key: params.Key,
+            UploadId: uploadId,
+            ...(conditional ? { IfNoneMatch: '*' } : {}),
+            MultipartUpload: { Parts: parts },
+          }),
+        ),
+      );
+      completed = true;
+      completedTag = stripQuotes(out.ETag);
+    } catch (err) {
+      if (!source.destroyed) source.destroy();
+      if (err instanceof S3Failure) throw this.#putError(key, 'multipart upload', err.cause, conditional);
+      throw err;
+    } finally {
+      // Parts still on their way settle first: the abort must not race them.
+      await Promise.allSettled([...inFlight]);
+      if (uploadId !== undefined && !completed) {
+        await this.#client
+          .send(
+            new AbortMultipartUploadCommand({ Bucket: this.#bucket, Key: params.Key, UploadId: uploadId }),
+          )
+          .catch(() => {});
+      }
+    }
+    return this.#confirmMultipart(key, params, size, partCount, tagger, completedTag, opts);
   }
 
   /**
@@ -1523,6 +1675,13 @@ export class S3BlobDB implements BlobDB {
     if (this.#closed) return;
     this.#closed = true;
     if (this.#ownsClient) this.#client.destroy();
+  }
+}
+
+/** An S3 request's failure inside a multipart upload, told apart from the source stream's. */
+class S3Failure extends Error {
+  constructor(cause: unknown) {
+    super('S3 request failed', { cause });
   }
 }
 

@@ -317,6 +317,79 @@ function s3Behaviour(
     expect(head.ContentLength).to.equal('the other writer'.length);
   });
 
+  it('a known-size stream over the threshold goes up in parts from reused buffers, at most queueSize at once', async () => {
+    const db = make({ partSize: 5 * MiB, multipartThreshold: 5 * MiB, queueSize: 2 });
+    const counter = countRequests(db.client);
+    let running = 0;
+    let most = 0;
+    db.client.middlewareStack.add(
+      (next, context) => async (args) => {
+        if (context.commandName !== 'UploadPartCommand') return next(args);
+        running++;
+        most = Math.max(most, running);
+        try {
+          return await next(args);
+        } finally {
+          running--;
+        }
+      },
+      { step: 'initialize', name: 'partsInFlight' },
+    );
+    const body = randomBytes(21 * MiB + 7);
+    const info = await db.put('parts', Readable.from([body.subarray(0, 3), body.subarray(3)]), {
+      size: body.length,
+    });
+    expect(info.size).to.equal(body.length);
+    expect(counter.count('UploadPartCommand'), 'five parts: 4 × 5 MiB and the rest').to.equal(5);
+    expect(most, 'parts in flight').to.be.within(1, 2);
+    expect(await getBytes(db, 'parts')).to.deep.equal(body);
+  });
+
+  it('a source stream that fails midway rejects with its own error and aborts the multipart upload', async () => {
+    const db = make({ partSize: 5 * MiB, multipartThreshold: 5 * MiB });
+    const counter = countRequests(db.client);
+    let sent = 0;
+    const failing = new Readable({
+      read() {
+        if (sent >= 8 * MiB) {
+          this.destroy(new Error('the disk went away'));
+          return;
+        }
+        sent += MiB;
+        this.push(Buffer.alloc(MiB, 1));
+      },
+    });
+    const err = await rejectionOf(db.put('broken', failing, { size: 12 * MiB }));
+    expect((err as Error).message).to.equal('the disk went away');
+    expect(counter.count('AbortMultipartUploadCommand')).to.equal(1);
+    expect(counter.count('CompleteMultipartUploadCommand')).to.equal(0);
+    expect(await db.exists('broken')).to.equal(false);
+    if (server().uploads) expect(await listUploads(server().admin(), bucket)).to.equal(0);
+  });
+
+  it('a part the server fails once is sent again (parts are buffers) and the upload completes', async () => {
+    const db = make({ partSize: 5 * MiB, multipartThreshold: 5 * MiB });
+    let failed = false;
+    db.client.middlewareStack.add(
+      (next, context) => async (args) => {
+        if (context.commandName === 'UploadPartCommand' && !failed) {
+          failed = true;
+          throw Object.assign(new Error('We encountered an internal error.'), {
+            name: 'InternalError',
+            $fault: 'server',
+            $metadata: { httpStatusCode: 500 },
+          });
+        }
+        return next(args);
+      },
+      { step: 'finalizeRequest', priority: 'low', name: 'failOnePart' },
+    );
+    const body = randomBytes(11 * MiB);
+    await db.put('retried', Readable.from([body]), { size: body.length });
+    expect(failed).to.equal(true);
+    expect(await getBytes(db, 'retried')).to.deep.equal(body);
+  });
+
   it('carries content type and HTTP metadata through a multipart upload', async () => {
     const db = make({ partSize: 5 * MiB, multipartThreshold: 5 * MiB });
     const info = await db.put('mp', bytesStream(11 * MiB, 0x62), {
