@@ -165,11 +165,12 @@ export interface BlobDB {
 
   /**
    * Optional: finds out what the backend can do (S3: whether the server
-   * honours conditional writes and copies) and resolves its capabilities.
-   * Until it has run, `capabilities` may say less than the backend can.
-   * Made once; calling it again is cheap.
+   * honours conditional writes) and resolves its capabilities; with
+   * `copyFrom`, also how copies out of that backend keep no-overwrite (S3:
+   * whether CopyObject is conditional). Until it has run, `capabilities` may
+   * say less than the backend can. Made once; calling it again is cheap.
    */
-  probeCapabilities?(): Promise<Capabilities>;
+  probeCapabilities?(opts?: { copyFrom?: BlobDB }): Promise<Capabilities>;
 
   /** Releases sockets, handles and timers. The instance is unusable afterwards. */
   close(): Promise<void>;

@@ -438,6 +438,8 @@ class PartTagger extends Transform {
 
 /** Where a probe answer is cached: one probe per endpoint and bucket for the whole process. */
 const probeCache = new Map<string, Promise<ConditionalSupport>>();
+/** Whether CopyObject honours `If-None-Match: *`, per endpoint and bucket (probed only for S3 → S3 copies). */
+const copyProbeCache = new Map<string, Promise<boolean>>();
 
 /** `bucket/key` for `x-amz-copy-source`: each segment percent-encoded, as S3 expects. */
 function copySource(bucket: string, key: string): string {
@@ -522,6 +524,7 @@ export class S3BlobDB implements BlobDB {
   #accessKeyId: string | undefined;
   #resolving: Promise<void> | undefined;
   #conditional: ConditionalSupport | undefined;
+  #copyProbed = false;
   #closed = false;
   readonly capabilities: S3Capabilities;
 
@@ -659,23 +662,41 @@ export class S3BlobDB implements BlobDB {
    * object under a reserved key twice with the header (the second must answer
    * 412); where it does, also completes a one-part multipart upload onto the
    * probe object with the header (412 again means CompleteMultipartUpload is
-   * conditional too) and copies the probe object twice to a second reserved
-   * key with the header (412 on the second: CopyObject is conditional); then
-   * deletes the probes. Made once per endpoint and bucket in this process;
-   * `put(…, { overwrite: false })` and `copyFrom` await it. The probe keys are
-   * fixed, so a probe a killed process left behind is replaced by the next one.
+   * conditional too); then deletes the probe. With `copyFrom` a backend on
+   * the same server, and where PutObject is conditional, it also finds out
+   * whether CopyObject is (`#probeConditionalCopy`). Each probe is made once
+   * per endpoint and bucket in this process; `put(…, { overwrite: false })`
+   * and `copyFrom` await them. The probe keys are fixed, so a probe a killed
+   * process left behind is replaced by the next one.
    */
-  async probeCapabilities(): Promise<S3Capabilities> {
-    if (this.#conditional !== undefined) return this.capabilities;
+  async probeCapabilities(opts: { copyFrom?: BlobDB } = {}): Promise<S3Capabilities> {
     const { endpoint } = await this.resolveIdentity();
     const cacheKey = `${endpoint}\u0000${this.#bucket}`;
-    let probe = probeCache.get(cacheKey);
-    if (!probe) {
-      probe = this.#runProbe();
-      probeCache.set(cacheKey, probe);
-      probe.catch(() => probeCache.delete(cacheKey));
+    if (this.#conditional === undefined) {
+      let probe = probeCache.get(cacheKey);
+      if (!probe) {
+        probe = this.#runProbe();
+        probeCache.set(cacheKey, probe);
+        probe.catch(() => probeCache.delete(cacheKey));
+      }
+      this.#conditional = await probe;
     }
-    this.#conditional = await probe;
+    const copyFrom = opts.copyFrom;
+    if (
+      copyFrom !== undefined &&
+      this.#conditional.put &&
+      !this.#copyProbed &&
+      this.#sameServerAndIdentity(copyFrom)
+    ) {
+      let probe = copyProbeCache.get(cacheKey);
+      if (!probe) {
+        probe = this.#probeConditionalCopy();
+        copyProbeCache.set(cacheKey, probe);
+        probe.catch(() => copyProbeCache.delete(cacheKey));
+      }
+      this.#conditional = { ...this.#conditional, copy: await probe };
+      this.#copyProbed = true;
+    }
     return this.capabilities;
   }
 
@@ -720,7 +741,7 @@ export class S3BlobDB implements BlobDB {
         }
       }
       const multipartComplete = await this.#probeConditionalComplete(key, body, where);
-      return { put: true, multipartComplete, copy: await this.#probeConditionalCopy(key) };
+      return { put: true, multipartComplete, copy: false };
     } finally {
       await this.#client.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key: key })).catch(() => {
         // A leftover probe object is reserved and never listed.
@@ -1252,12 +1273,13 @@ export class S3BlobDB implements BlobDB {
    * then copy) where it honours it nowhere, so a put would check then write
    * too and the copy is no less safe; `undefined` where only a put is atomic
    * (Ceph RGW before Squid): then the blob is streamed through `put`.
-   * `undefined` too before `probeCapabilities()` has run.
+   * `undefined` too before `probeCapabilities({ copyFrom })` has run.
    */
   #copyGuard(size: number): 'atomic' | 'check' | undefined {
     const support = this.#conditional;
     if (support === undefined) return undefined;
     if (!support.put) return 'check';
+    if (size <= MAX_COPY_OBJECT_BYTES && !this.#copyProbed) return undefined;
     const atomic = size > MAX_COPY_OBJECT_BYTES ? support.multipartComplete : support.copy;
     return atomic ? 'atomic' : undefined;
   }
@@ -1284,7 +1306,7 @@ export class S3BlobDB implements BlobDB {
       return this.#streamFrom(source, key, opts);
     const { sourceEtag, ...putOpts } = opts;
     const noOverwrite = putOpts.overwrite === false;
-    if (noOverwrite) await this.probeCapabilities();
+    if (noOverwrite) await this.probeCapabilities({ copyFrom: source });
     let size = putOpts.size;
     let etag = sourceEtag;
     if (size === undefined || etag === undefined) {
@@ -1427,13 +1449,16 @@ export class S3BlobDB implements BlobDB {
   }
 
   /**
-   * Whether CopyObject honours `If-None-Match: *`: copies the probe object
-   * `from` to a second reserved key twice with the header (the second must
-   * answer 412). Any doubt (another process's probe in the way, an error)
-   * answers false: the blob is then streamed, which is always safe.
+   * Whether CopyObject honours `If-None-Match: *`: puts a reserved probe
+   * object and copies it twice to a second reserved key with the header (the
+   * second must answer 412), then deletes both. Any doubt (another process's
+   * probe in the way, an error) answers false: blobs are then streamed, which
+   * is always safe.
    */
-  async #probeConditionalCopy(from: string): Promise<boolean> {
-    const to = `${from}-copy`;
+  async #probeConditionalCopy(): Promise<boolean> {
+    const from = `${this.#prefix}${RESERVED_PREFIX}probe-copy-source`;
+    const to = `${this.#prefix}${RESERVED_PREFIX}probe-copy`;
+    const body = Buffer.from('blobshift conditional-copy probe\n');
     const copy = () =>
       this.#client.send(
         new CopyObjectCommand({
@@ -1445,19 +1470,27 @@ export class S3BlobDB implements BlobDB {
       );
     try {
       await this.#client.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key: to })).catch(() => {});
-      try {
-        await copy();
-      } catch {
-        return false;
-      }
+      await this.#client.send(
+        new PutObjectCommand({ Bucket: this.#bucket, Key: from, Body: body, ContentLength: body.length }),
+      );
+      await copy();
       try {
         await copy();
         return false;
       } catch (err) {
         return isPreconditionFailed(err) || isConditionalConflict(err);
       }
+    } catch {
+      return false;
     } finally {
-      await this.#client.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key: to })).catch(() => {});
+      await this.#client
+        .send(
+          new DeleteObjectsCommand({
+            Bucket: this.#bucket,
+            Delete: { Objects: [{ Key: from }, { Key: to }], Quiet: true },
+          }),
+        )
+        .catch(() => {});
     }
   }
 

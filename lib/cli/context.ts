@@ -54,8 +54,10 @@ export interface ContextOptions {
 
 /** Opens what a command needs; on any failure closes what it opened and rethrows. */
 export async function openContext(opts: ContextOptions): Promise<CommandContext> {
-  const [{ loadConfig, describeBackend, sameLocation }, { preflight, sweepProbesFrom, PROBE_PREFIX }] =
-    await Promise.all([import('../config.js'), import('../migrate/preflight.js')]);
+  const [
+    { loadConfig, describeBackend, sameLocation },
+    { preflight, sweepProbes, sweepProbesFrom, PROBE_PREFIX },
+  ] = await Promise.all([import('../config.js'), import('../migrate/preflight.js')]);
   const loaded = await loadConfig(opts.config ?? './blobshift.config.json', {
     ...(opts.requireOld ? { requireOld: true } : {}),
     ...(opts.requireNew ? { requireNew: true } : {}),
@@ -88,13 +90,23 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
         snapshot = build;
         // The snapshot lists every write probe killed preflights left: the
         // preflight need not list them again (read here, before the engine
-        // takes the index).
+        // takes the index). A snapshot that never completes (a reprinted or
+        // interrupted run) leaves that to a prefix listing when closing.
+        let sweeping: Promise<void> | undefined;
         build.ready.then(
-          (index) => sweepProbesFrom(db, [...index.keysWithPrefix(PROBE_PREFIX)]),
+          (index) => {
+            sweeping = sweepProbesFrom(db, [...index.keysWithPrefix(PROBE_PREFIX)]);
+          },
           () => {},
         );
         // Closed in reverse order: the listing stops before the backend closes.
-        opened.push({ close: () => build.cancel() });
+        opened.push({
+          close: async () => {
+            await build.cancel();
+            if (sweeping) await sweeping;
+            else if (opts.write) await sweepProbes(db).catch(() => {});
+          },
+        });
       }
     };
     // The listing is the long part of a run's setup: start it first.

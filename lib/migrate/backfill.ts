@@ -427,7 +427,7 @@ async function runBackfill(opts: BackfillOptions): Promise<BackfillSummary> {
   try {
     // What the new backend can do decides how each copy keeps no-overwrite,
     // and whether S3 → S3 copies server-side (the CLI's preflight asked already).
-    await newDb.probeCapabilities?.().catch((err: unknown) => {
+    await newDb.probeCapabilities?.({ copyFrom: oldDb }).catch((err: unknown) => {
       throw new InfrastructureLost(`probing the new backend failed: ${shortError(err)}`, { cause: err });
     });
     // The estimate only sizes the progress bar: a row with an absurd size must

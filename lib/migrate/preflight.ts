@@ -78,6 +78,9 @@ export async function preflight(opts: PreflightOptions): Promise<void> {
  */
 export const PROBE_PREFIX = 'blobshift-preflight-probe-';
 
+/** The probes this process wrote: never swept as leftovers. */
+const ownProbes = new Set<string>();
+
 async function writeProbe(
   newDb: BlobDB,
   oldDb: BlobDB | undefined,
@@ -85,6 +88,7 @@ async function writeProbe(
   sweep: boolean,
 ) {
   const key = `${PROBE_PREFIX}${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`;
+  ownProbes.add(key);
   try {
     const probe = newDb as BlobDB & Probeable;
     if (typeof probe.probeCapabilities === 'function') await probe.probeCapabilities();
@@ -112,7 +116,7 @@ async function writeProbe(
 }
 
 /** Deletes write probes an earlier, killed preflight left behind (one prefix listing). */
-async function sweepProbes(db: BlobDB): Promise<void> {
+export async function sweepProbes(db: BlobDB): Promise<void> {
   const leftovers: string[] = [];
   for await (const info of db.list({ prefix: PROBE_PREFIX })) leftovers.push(info.key);
   if (leftovers.length > 0) await db.bulkDelete(leftovers);
@@ -124,6 +128,8 @@ async function sweepProbes(db: BlobDB): Promise<void> {
  * Best effort, like the sweep before a write probe.
  */
 export async function sweepProbesFrom(db: BlobDB, keys: Iterable<string>): Promise<void> {
-  const leftovers = [...keys].filter((key) => key.startsWith(PROBE_PREFIX));
+  // This process's own probe may be in the listing: its preflight deletes it,
+  // after checking the old backend for it.
+  const leftovers = [...keys].filter((key) => key.startsWith(PROBE_PREFIX) && !ownProbes.has(key));
   if (leftovers.length > 0) await db.bulkDelete(leftovers).catch(() => {});
 }

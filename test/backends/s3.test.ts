@@ -502,13 +502,18 @@ function s3Behaviour(
     expect(a.capabilities.serverSideCopyFrom?.(notS3)).to.equal(false);
   });
 
-  it('the probe also tells whether CopyObject is conditional, and leaves no copy probe behind', async () => {
+  it('the probe asks about CopyObject only for copies from the same server, and leaves no probe behind', async () => {
     const db = make();
     const counter = countRequests(db.client);
-    const caps = await db.probeCapabilities();
+    await db.probeCapabilities();
+    expect(counter.count('CopyObjectCommand'), 'not for puts').to.equal(0);
+    const other = make({ prefix: 'other' });
+    const caps = await db.probeCapabilities({ copyFrom: other });
     expect(caps.conditional.copy).to.equal(server().conditional && server().conditionalCopy);
-    // Where PutObject is not conditional, nothing else is asked.
+    // Where PutObject is not conditional, a copy checks then copies, as a put does: nothing to ask.
     expect(counter.count('CopyObjectCommand')).to.equal(server().conditional ? 2 : 0);
+    await db.probeCapabilities({ copyFrom: other });
+    expect(counter.count('CopyObjectCommand'), 'asked once').to.equal(server().conditional ? 2 : 0);
     expect(await rawKeys(server().admin(), bucket)).to.deep.equal([]);
   });
 
@@ -518,7 +523,7 @@ function s3Behaviour(
     expect(dst.capabilities.serverSideCopyFrom?.(src, { overwrite: false }), 'before the probe').to.equal(
       false,
     );
-    await dst.probeCapabilities();
+    await dst.probeCapabilities({ copyFrom: src });
     // No conditional writes at all: a put checks then writes, and so does the copy.
     // Conditional puts but not copies (RGW Pacific): only the stream keeps no-overwrite atomic.
     const serverSide = !server().conditional || server().conditionalCopy;
