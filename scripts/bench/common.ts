@@ -21,6 +21,16 @@ process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const S3RVER_CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
+/** Ceph RGW's test user (BLOBSHIFT_TEST_RGW_KEY / _SECRET, as the tests take them). */
+export const RGW_CREDENTIALS = {
+  accessKeyId: process.env.BLOBSHIFT_TEST_RGW_KEY || 'TESTACCESSKEY',
+  secretAccessKey: process.env.BLOBSHIFT_TEST_RGW_SECRET || 'TESTSECRETKEY',
+};
+
+/** A short tag that makes bucket names unique on a server that outlives the run (RGW). */
+export function uniqueTag(): string {
+  return `${Date.now().toString(36)}${Math.floor(Math.random() * 36 ** 4).toString(36)}`;
+}
 
 /** A number from the environment, or the default. */
 export function envNumber(name: string, fallback: number): number {
@@ -238,6 +248,32 @@ export async function createBuckets(endpoint: string, names: string[], credentia
   });
   try {
     for (const Bucket of names) await client.send(new CreateBucketCommand({ Bucket }));
+  } finally {
+    client.destroy();
+  }
+}
+
+/** Empties and deletes buckets (best effort per object). */
+export async function deleteBuckets(endpoint: string, names: string[], credentials = S3RVER_CREDENTIALS) {
+  const { DeleteBucketCommand, DeleteObjectsCommand, ListObjectsV2Command, S3Client } = await import(
+    '@aws-sdk/client-s3'
+  );
+  const client = new S3Client({
+    endpoint,
+    region: 'us-east-1',
+    forcePathStyle: true,
+    credentials: { ...credentials },
+  });
+  try {
+    for (const Bucket of names) {
+      for (;;) {
+        const page = await client.send(new ListObjectsV2Command({ Bucket, MaxKeys: 1000 }));
+        const keys = (page.Contents ?? []).flatMap((o) => (o.Key ? [{ Key: o.Key }] : []));
+        if (keys.length === 0) break;
+        await client.send(new DeleteObjectsCommand({ Bucket, Delete: { Objects: keys, Quiet: true } }));
+      }
+      await client.send(new DeleteBucketCommand({ Bucket }));
+    }
   } finally {
     client.destroy();
   }

@@ -5,6 +5,8 @@
  * line.
  *
  *   raw.ts put-dir ENDPOINT BUCKET DIR CONCURRENCY   readFile + PutObject per file
+ *   raw.ts head-put-dir ENDPOINT BUCKET DIR CONCURRENCY   HEAD, then readFile + PutObject per file
+ *       (a no-overwrite copy where the server has no conditional writes, without blobshift)
  *   raw.ts upload ENDPOINT BUCKET FILE KEY           lib-storage Upload of a file stream
  *   raw.ts get ENDPOINT BUCKET KEY FILE              GetObject piped to a file
  */
@@ -13,7 +15,7 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { createS3Client, DEFAULT_PART_SIZE, DEFAULT_QUEUE_SIZE } from '../../lib/backends/s3.js';
 import { s3rverClientConfig } from './common.js';
@@ -25,7 +27,7 @@ const credentials =
     : undefined;
 const config = { ...s3rverClientConfig(endpoint), ...(credentials ? { credentials } : {}) };
 
-async function putDir(dir: string, concurrency: number): Promise<void> {
+async function putDir(dir: string, concurrency: number, headFirst: boolean): Promise<void> {
   const client = createS3Client({ ...config, maxSockets: Math.max(concurrency, 64) });
   const names = (await readdir(dir)).sort();
   const started = performance.now();
@@ -35,6 +37,16 @@ async function putDir(dir: string, concurrency: number): Promise<void> {
       const i = next++;
       const name = names[i];
       if (name === undefined) return;
+      if (headFirst) {
+        const there = await client.send(new HeadObjectCommand({ Bucket: bucket, Key: name })).then(
+          () => true,
+          (err: { $metadata?: { httpStatusCode?: number } }) => {
+            if (err.$metadata?.httpStatusCode === 404) return false;
+            throw err;
+          },
+        );
+        if (there) continue;
+      }
       const body = await readFile(join(dir, name));
       await client.send(
         new PutObjectCommand({ Bucket: bucket, Key: name, Body: body, ContentLength: body.length }),
@@ -73,7 +85,8 @@ async function get(key: string, file: string): Promise<void> {
   process.stdout.write(`${JSON.stringify({ bytes: size, seconds })}\n`);
 }
 
-if (mode === 'put-dir') await putDir(a, Number(b));
+if (mode === 'put-dir') await putDir(a, Number(b), false);
+else if (mode === 'head-put-dir') await putDir(a, Number(b), true);
 else if (mode === 'upload') await upload(a, b);
 else if (mode === 'get') await get(a, b);
 else throw new Error(`unknown mode ${String(mode)}`);
