@@ -18,7 +18,7 @@ import {
   unlink,
 } from 'node:fs/promises';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { ByteCounter, bodyBuffer, isValidSize } from '../body.js';
 import {
@@ -65,6 +65,8 @@ export const STALE_TEMP_MS = 60 * 60 * 1000;
 const READ_FLAGS = fsc.O_RDONLY | (fsc.O_NOFOLLOW ?? 0) | (fsc.O_NONBLOCK ?? 0);
 const TEMP_FLAGS = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | (fsc.O_NOFOLLOW ?? 0);
 const DELETE_CONCURRENCY = 16;
+/** `getWithInfo` reads a blob up to this size in one read instead of streaming it. */
+const WHOLE_READ_BYTES = 256 * 1024;
 const STAT_BATCH = 64;
 
 /** The sidecar's JSON. `ino`, `size` and `mtimeNs` tie it to one version of the blob file. */
@@ -189,19 +191,32 @@ export class FilesystemBlobDB implements BlobDB {
     }
   }
 
-  /** `stat` and `get` on one open file: the info and the bytes are of the same file. */
+  /**
+   * `stat` and `get` on one open file: the info and the bytes are of the same
+   * file. A small blob is read whole in one read (and the file closed) rather
+   * than streamed; a file that turns out longer than its stat said is
+   * streamed after all.
+   */
   async getWithInfo(key: string): Promise<BlobWithInfo> {
     validateKey(key);
     try {
       const { handle, loc, st } = await this.#openBlob(key);
       let info: BlobInfo;
+      let whole: Buffer | undefined;
       try {
         info = await blobInfo(key, loc, st);
+        if (info.size <= WHOLE_READ_BYTES) {
+          const buf = Buffer.allocUnsafe(info.size + 1);
+          const { bytesRead } = await handle.read(buf, 0, buf.length, 0);
+          if (bytesRead <= info.size) whole = buf.subarray(0, bytesRead);
+        }
       } catch (err) {
         await handle.close().catch(() => undefined);
         throw err;
       }
-      return { info, body: handle.createReadStream() };
+      if (whole === undefined) return { info, body: handle.createReadStream({ start: 0 }) };
+      await handle.close();
+      return { info, body: Readable.from([whole], { objectMode: false }) };
     } catch (err) {
       throw wrap(err, 'getWithInfo', key);
     }
@@ -596,13 +611,15 @@ export class FilesystemBlobDB implements BlobDB {
     if (root === undefined) return undefined;
     const segments = key.split('/');
     const name = segments.pop() as string;
-    const literal = path.join(root, ...segments);
-    let dir: string;
-    try {
-      dir = await realpath(literal);
-    } catch (err) {
-      if (isMissing(err)) return undefined;
-      throw err;
+    // A key at the top level lives in the root itself, whose real path is known.
+    let dir = root;
+    if (segments.length > 0) {
+      try {
+        dir = await realpath(path.join(root, ...segments));
+      } catch (err) {
+        if (isMissing(err)) return undefined;
+        throw err;
+      }
     }
     this.#checkUnder(key, dir);
     const file = path.join(dir, name);

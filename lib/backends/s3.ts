@@ -3,20 +3,25 @@
  * as Ceph RGW, MinIO or s3rver), optionally under a key prefix.
  *
  * - Puts: in-memory bodies and streams of a known `size` up to
- *   `multipartThreshold` go through one PutObject with `Content-Length`;
- *   anything else through lib-storage `Upload` (memory bounded by
- *   `queueSize × partSize`). A streamed byte count that differs from `size`
- *   fails the request before the object becomes visible (the PutObject is
- *   aborted short of its `Content-Length`; the multipart upload is aborted),
- *   and a multipart result is confirmed with a HEAD.
+ *   `multipartThreshold` go through one PutObject with `Content-Length`
+ *   (small streams read whole first); a larger stream of known size through a
+ *   multipart upload from `queueSize + 1` part buffers allocated once; a
+ *   stream of unknown length through lib-storage `Upload`. A streamed byte
+ *   count that differs from `size` fails the request before the object
+ *   becomes visible (the PutObject is aborted short of its `Content-Length`;
+ *   the multipart upload is aborted), and a multipart result is confirmed
+ *   with a HEAD.
  * - `overwrite: false` sends `If-None-Match: *` where a probe (made once per
  *   endpoint and bucket) showed the server honours it; elsewhere it checks,
  *   then writes, and `capabilities.conditionalWrites` says false. Where
  *   PutObject honours it but CompleteMultipartUpload does not (Ceph RGW
  *   before Squid), a body of known size goes as one streamed PutObject.
- * - `list` pages ListObjectsV2 and checks each page is in byte order and
- *   continues after the previous one: a misordered paged listing is an error
- *   (it would skip keys); one that fits a single page is sorted.
+ * - `copyFrom` copies server-side on one endpoint wherever that keeps
+ *   no-overwrite as well as a put does, and streams elsewhere.
+ * - `list` pages ListObjectsV2 (asking for the next page while the caller
+ *   takes this one) and checks each page is in byte order and continues
+ *   after the previous one: a misordered paged listing is an error (it would
+ *   skip keys); one that fits a single page is sorted.
  * - Retries are the SDK's (`retryMode: 'adaptive'`); a consumed stream is
  *   never re-sent by hand (an in-memory body is re-sent after a 409
  *   ConditionalRequestConflict).
@@ -372,7 +377,8 @@ const NO_CONDITIONALS: ConditionalSupport = { put: false, multipartComplete: fal
  * the multipart threshold go as one streamed PutObject (up to 5 GiB) where
  * CompleteMultipartUpload is not conditional. Only a stream of unknown
  * length longer than one part, on such a server, is checked and then
- * written.
+ * written. `conditional.multipartComplete` and `conditional.copy` are false
+ * until the first upload or copy that needs them has asked.
  */
 export interface S3Capabilities extends Capabilities {
   readonly conditional: ConditionalSupport;
@@ -438,6 +444,8 @@ class PartTagger extends Transform {
 
 /** Where a probe answer is cached: one probe per endpoint and bucket for the whole process. */
 const probeCache = new Map<string, Promise<ConditionalSupport>>();
+/** Whether CompleteMultipartUpload honours `If-None-Match: *`, per endpoint and bucket (probed when first needed). */
+const multipartProbeCache = new Map<string, Promise<boolean>>();
 /** Whether CopyObject honours `If-None-Match: *`, per endpoint and bucket (probed only for S3 → S3 copies). */
 const copyProbeCache = new Map<string, Promise<boolean>>();
 
@@ -525,6 +533,7 @@ export class S3BlobDB implements BlobDB {
   #resolving: Promise<void> | undefined;
   #conditional: ConditionalSupport | undefined;
   #copyProbed = false;
+  #multipartProbed = false;
   #closed = false;
   readonly capabilities: S3Capabilities;
 
@@ -658,18 +667,21 @@ export class S3BlobDB implements BlobDB {
   }
 
   /**
-   * Finds out whether the server honours `If-None-Match: *`: puts a probe
-   * object under a reserved key twice with the header (the second must answer
-   * 412); where it does, also completes a one-part multipart upload onto the
-   * probe object with the header (412 again means CompleteMultipartUpload is
-   * conditional too); then deletes the probe. With `copyFrom` a backend on
-   * the same server, and where PutObject is conditional, it also finds out
-   * whether CopyObject is (`#probeConditionalCopy`). Each probe is made once
-   * per endpoint and bucket in this process; `put(…, { overwrite: false })`
-   * and `copyFrom` await them. The probe keys are fixed, so a probe a killed
-   * process left behind is replaced by the next one.
+   * Finds out whether the server honours `If-None-Match: *` on PutObject:
+   * puts a probe object under a reserved key twice with the header (the
+   * second must answer 412), then deletes it. With `copyFrom` a backend on the
+   * same server, and where PutObject is conditional, it also finds out whether
+   * CopyObject is (`#probeConditionalCopy`). Whether CompleteMultipartUpload
+   * is conditional is asked the first time a conditional upload would need it
+   * (`#multipartSupport`). Each probe is made once per endpoint and bucket in
+   * this process; `put(…, { overwrite: false })` and `copyFrom` await them.
+   * The probe keys are fixed, so a probe a killed process left behind is
+   * replaced by the next one.
    */
   async probeCapabilities(opts: { copyFrom?: BlobDB } = {}): Promise<S3Capabilities> {
+    // Answered already (every put with overwrite: false asks): no await.
+    if (this.#conditional !== undefined && (opts.copyFrom === undefined || this.#copyProbed))
+      return this.capabilities;
     const { endpoint } = await this.resolveIdentity();
     const cacheKey = `${endpoint}\u0000${this.#bucket}`;
     if (this.#conditional === undefined) {
@@ -682,30 +694,27 @@ export class S3BlobDB implements BlobDB {
       this.#conditional = await probe;
     }
     const copyFrom = opts.copyFrom;
-    if (
-      copyFrom !== undefined &&
-      this.#conditional.put &&
-      !this.#copyProbed &&
-      this.#sameServerAndIdentity(copyFrom)
-    ) {
-      let probe = copyProbeCache.get(cacheKey);
-      if (!probe) {
-        probe = this.#probeConditionalCopy();
-        copyProbeCache.set(cacheKey, probe);
-        probe.catch(() => copyProbeCache.delete(cacheKey));
+    if (copyFrom !== undefined && !this.#copyProbed && this.#sameServerAndIdentity(copyFrom)) {
+      // Without conditional PutObject a copy checks then copies, as a put does: nothing to ask.
+      if (this.#conditional.put) {
+        let probe = copyProbeCache.get(cacheKey);
+        if (!probe) {
+          probe = this.#probeConditionalCopy();
+          copyProbeCache.set(cacheKey, probe);
+          probe.catch(() => copyProbeCache.delete(cacheKey));
+        }
+        this.#conditional = { ...this.#conditional, copy: await probe };
       }
-      this.#conditional = { ...this.#conditional, copy: await probe };
       this.#copyProbed = true;
     }
     return this.capabilities;
   }
 
   async #runProbe(): Promise<ConditionalSupport> {
-    // One fixed name: a probe object a killed process left behind is removed
-    // here by the next probe (reserved keys are never listed, but they are
-    // garbage in the bucket).
+    // One fixed name: a probe object a killed process left behind makes the
+    // first put answer 412 (which tells as much as the second would) and is
+    // removed below (reserved keys are never listed, but they are garbage).
     const key = `${this.#prefix}${RESERVED_PREFIX}probe`;
-    await this.#client.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key: key })).catch(() => {});
     const body = Buffer.from('blobshift conditional-write probe\n');
     const params: PutObjectCommandInput = {
       Bucket: this.#bucket,
@@ -740,12 +749,57 @@ export class S3BlobDB implements BlobDB {
           }
         }
       }
-      const multipartComplete = await this.#probeConditionalComplete(key, body, where);
-      return { put: true, multipartComplete, copy: false };
+      // CompleteMultipartUpload and CopyObject are asked about when first needed.
+      return { put: true, multipartComplete: false, copy: false };
     } finally {
       await this.#client.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key: key })).catch(() => {
         // A leftover probe object is reserved and never listed.
       });
+    }
+  }
+
+  /**
+   * Whether CompleteMultipartUpload honours `If-None-Match: *`, asked the
+   * first time a conditional put or copy would go multipart (most runs never
+   * do): puts a reserved probe object, completes a one-part upload onto it
+   * with the header (412 → conditional), deletes it. Once per endpoint and
+   * bucket in this process; false where PutObject is not conditional.
+   */
+  async #multipartSupport(): Promise<boolean> {
+    const support = (await this.probeCapabilities()).conditional;
+    if (!support.put) return false;
+    if (this.#multipartProbed) return support.multipartComplete;
+    const { endpoint } = await this.resolveIdentity();
+    const cacheKey = `${endpoint}\u0000${this.#bucket}`;
+    let probe = multipartProbeCache.get(cacheKey);
+    if (!probe) {
+      probe = this.#runMultipartProbe();
+      multipartProbeCache.set(cacheKey, probe);
+      probe.catch(() => multipartProbeCache.delete(cacheKey));
+    }
+    const multipartComplete = await probe;
+    this.#conditional = { ...(this.#conditional ?? NO_CONDITIONALS), multipartComplete };
+    this.#multipartProbed = true;
+    return multipartComplete;
+  }
+
+  async #runMultipartProbe(): Promise<boolean> {
+    const key = `${this.#prefix}${RESERVED_PREFIX}probe-multipart`;
+    const body = Buffer.from('blobshift conditional-completion probe\n');
+    const where = `the conditional-completion probe in bucket ${JSON.stringify(this.#bucket)} at ${this.#endpoint}`;
+    try {
+      try {
+        await this.#client.send(
+          new PutObjectCommand({ Bucket: this.#bucket, Key: key, Body: body, ContentLength: body.length }),
+        );
+      } catch (err) {
+        throw new BackendError(`${where} could not write its probe object: ${describeS3Error(err)}`, {
+          cause: err,
+        });
+      }
+      return await this.#probeConditionalComplete(key, body, where);
+    } finally {
+      await this.#client.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key: key })).catch(() => {});
     }
   }
 
@@ -891,7 +945,7 @@ export class S3BlobDB implements BlobDB {
     if (opts.overwrite === false) {
       const support = (await this.probeCapabilities()).conditional;
       conditional = support.put;
-      if (multipart && conditional && !support.multipartComplete) {
+      if (multipart && conditional && !(await this.#multipartSupport())) {
         if (length !== undefined && length <= MAX_PUT_OBJECT_BYTES) {
           // This server ignores If-None-Match on CompleteMultipartUpload: a
           // body of known size goes as one conditional PutObject instead.
@@ -1279,7 +1333,7 @@ export class S3BlobDB implements BlobDB {
     const support = this.#conditional;
     if (support === undefined) return undefined;
     if (!support.put) return 'check';
-    if (size <= MAX_COPY_OBJECT_BYTES && !this.#copyProbed) return undefined;
+    if (size > MAX_COPY_OBJECT_BYTES ? !this.#multipartProbed : !this.#copyProbed) return undefined;
     const atomic = size > MAX_COPY_OBJECT_BYTES ? support.multipartComplete : support.copy;
     return atomic ? 'atomic' : undefined;
   }
@@ -1317,6 +1371,7 @@ export class S3BlobDB implements BlobDB {
       size = actual;
       etag = stripQuotes(head.ETag);
     }
+    if (noOverwrite && size > MAX_COPY_OBJECT_BYTES) await this.#multipartSupport();
     const guard = noOverwrite ? this.#copyGuard(size) : 'none';
     if (guard === undefined) return this.#streamFrom(source, key, putOpts);
     if (guard === 'check' && (await this.exists(key))) throw new BlobExistsError(key);

@@ -111,7 +111,8 @@ async function writeProbe(
       );
     }
   } finally {
-    await newDb.delete(key).catch(() => {});
+    // One request (DeleteObjects on S3), not a HEAD and a DELETE.
+    await newDb.bulkDelete([key]).catch(() => {});
   }
 }
 
