@@ -20,12 +20,14 @@ import {
   type BenchRow,
   backfillCli,
   createBuckets,
+  deleteBuckets,
   envNumber,
   fmt,
   isMain,
   keyFor,
   log,
   MiB,
+  RGW_CREDENTIALS,
   ratioText,
   S3RVER_CREDENTIALS,
   s3BackendConfig,
@@ -36,6 +38,7 @@ import {
   standalone,
   startCountingProxy,
   startS3rverChild,
+  uniqueTag,
   writeConfig,
 } from './common.js';
 
@@ -53,13 +56,8 @@ async function benchS3ToS3On(rgw: string | undefined): Promise<BenchRow[]> {
   const s3 = rgw ? undefined : await startS3rverChild();
   const endpoint = rgw ?? (s3?.endpoint as string);
   const server = rgw ? 'Ceph RGW' : 's3rver';
-  const credentials = rgw
-    ? {
-        accessKeyId: process.env.BLOBSHIFT_TEST_RGW_KEY || 'TESTACCESSKEY',
-        secretAccessKey: process.env.BLOBSHIFT_TEST_RGW_SECRET || 'TESTSECRETKEY',
-      }
-    : S3RVER_CREDENTIALS;
-  const tag = `${Date.now().toString(36)}${randomBytes(3).toString('hex')}`;
+  const credentials = rgw ? RGW_CREDENTIALS : S3RVER_CREDENTIALS;
+  const tag = uniqueTag();
   const [src, viaCopy, viaStream] = [`bsrc${tag}`, `bcopy${tag}`, `bstream${tag}`];
   const a = await startCountingProxy(endpoint);
   const b = await startCountingProxy(endpoint);
@@ -135,12 +133,9 @@ async function benchS3ToS3On(rgw: string | undefined): Promise<BenchRow[]> {
       },
     ];
   } finally {
-    for (const db of cleanup) {
-      const listed: string[] = [];
-      for await (const info of db.list()) listed.push(info.key);
-      await db.bulkDelete(listed).catch(() => {});
-      await db.close();
-    }
+    for (const db of cleanup) await db.close();
+    // Emptied and deleted: RGW here keeps objects in RAM.
+    await deleteBuckets(endpoint, [src, viaCopy, viaStream], credentials).catch(() => {});
     await a.close();
     await b.close();
     await s3?.stop();
