@@ -562,7 +562,11 @@ async function runBackfill(opts: BackfillOptions): Promise<BackfillSummary> {
     }
   } catch (err) {
     if (err instanceof InfrastructureLost) stop(err.message);
-    else if (!interrupted) {
+    else queue.clear();
+    // Copies already running finish first (their reference recheck, their log
+    // line), as when a failure streak stops the run: the process may exit next.
+    await queue.onIdle().catch(() => {});
+    if (!(err instanceof InfrastructureLost) && !interrupted) {
       await safeCheckpoint('failed', null);
       throw err;
     }
