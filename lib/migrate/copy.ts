@@ -109,10 +109,15 @@ export async function copyBlob(ctx: CopyContext, row: CopyRow): Promise<CopyOutc
   const policy = ctx.retry ?? DEFAULT_RETRY;
   let retries = 0;
   let refreshes = 0;
+  const done: Attempts = { written: false, mayHaveWritten: false };
   for (let attempt = 1; ; attempt++) {
     ctx.signal?.throwIfAborted();
     try {
-      const kind = await copyOnce(ctx, row);
+      // A put of ours that landed leaves only its recheck to do: a second put
+      // would meet our own copy and take it for one that was already there.
+      const kind = done.written
+        ? await afterCopy(ctx, row.key, { kind: 'copied', bytes: row.contentLength })
+        : await copyOnce(ctx, row, done);
       if (kind.kind === 'copied') return { ...kind, retries };
       return { kind: kind.kind, retries };
     } catch (caught) {
@@ -158,7 +163,15 @@ const MAX_ROW_REFRESHES = 3;
 
 type OnceOutcome = { kind: 'copied'; bytes: number } | { kind: 'present' | 'notFound' | 'deleted' };
 
-async function copyOnce(ctx: CopyContext, row: CopyRow): Promise<OnceOutcome> {
+/** What the earlier attempts of one copy did to the new backend. */
+interface Attempts {
+  /** A put (or server-side copy) of ours completed. */
+  written: boolean;
+  /** A put of ours failed partway: it may have landed all the same (a lost response). */
+  mayHaveWritten: boolean;
+}
+
+async function copyOnce(ctx: CopyContext, row: CopyRow, done: Attempts): Promise<OnceOutcome> {
   const { oldDb, newDb } = ctx;
   const key = row.key;
   // Same endpoint, and a copy that keeps no-overwrite as a put would: the
@@ -173,7 +186,7 @@ async function copyOnce(ctx: CopyContext, row: CopyRow): Promise<OnceOutcome> {
     if (serverSide) info = await oldDb.stat(key);
     else ({ info, body } = await getWithInfo(oldDb, key));
   } catch (err) {
-    if (err instanceof BlobNotFoundError) return notInOld(ctx, key);
+    if (err instanceof BlobNotFoundError) return notInOld(ctx, key, done);
     throw err;
   }
   try {
@@ -200,28 +213,41 @@ async function copyOnce(ctx: CopyContext, row: CopyRow): Promise<OnceOutcome> {
         });
       else await newDb.put(key, body, putOptions);
     } catch (err) {
-      if (err instanceof BlobExistsError) return { kind: 'present' };
-      if (err instanceof BlobNotFoundError && body === undefined) return notInOld(ctx, key);
+      // The blob in new may be our own earlier put: it gets the same recheck.
+      if (err instanceof BlobExistsError) return afterExisting(ctx, key, done);
+      if (err instanceof BlobNotFoundError && body === undefined) return notInOld(ctx, key, done);
+      done.mayHaveWritten = true;
       throw err;
     }
   } finally {
     if (body !== undefined && !body.destroyed) body.destroy();
   }
-  return afterCopy(ctx, key, row.contentLength);
+  done.written = true;
+  return afterCopy(ctx, key, { kind: 'copied', bytes: row.contentLength });
 }
 
 /** No resurrection: a copy whose row vanished meanwhile is taken back. */
-async function afterCopy(ctx: CopyContext, key: string, bytes: number): Promise<OnceOutcome> {
+async function afterCopy(ctx: CopyContext, key: string, success: OnceOutcome): Promise<OnceOutcome> {
   if (!(await ctx.references.isReferenced(key))) {
     // The app deleted the blob while it was being copied.
     await ctx.newDb.delete(key);
     return { kind: 'deleted' };
   }
-  return { kind: 'copied', bytes };
+  return success;
 }
 
-async function notInOld(ctx: CopyContext, key: string): Promise<OnceOutcome> {
-  if (await ctx.newDb.exists(key)) return { kind: 'present' };
+/**
+ * The new backend holds the blob already. Ordinarily the app (or an earlier
+ * run) put it there, and it stays. After a put of ours that failed partway
+ * it may be that put's copy, so the row is checked as after a copy.
+ */
+function afterExisting(ctx: CopyContext, key: string, done: Attempts): Promise<OnceOutcome> | OnceOutcome {
+  if (done.mayHaveWritten) return afterCopy(ctx, key, { kind: 'present' });
+  return { kind: 'present' };
+}
+
+async function notInOld(ctx: CopyContext, key: string, done: Attempts): Promise<OnceOutcome> {
+  if (await ctx.newDb.exists(key)) return afterExisting(ctx, key, done);
   if (!(await ctx.references.isReferenced(key))) return { kind: 'deleted' };
   return { kind: 'notFound' };
 }

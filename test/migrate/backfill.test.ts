@@ -234,6 +234,63 @@ describe('backfill (engine)', function () {
     expect(summary.exitCode).to.equal(0);
   });
 
+  it('a put whose response was lost is rechecked on its retry like any copy of ours (no resurrection)', async () => {
+    const keys = await seed(f, 10);
+    const victim = keys[4] as string;
+    let lost = false;
+    const newDb = new WrappedBlobDB(f.newDb, {
+      afterPut: async (k) => {
+        if (k === victim && !lost) {
+          lost = true;
+          // The app deletes meanwhile (the blob was not in new yet), then the
+          // put's response is lost: the put landed, the copy sees an error.
+          await f.meta.delete(k);
+          await f.oldDb.delete(k);
+          throw connectionRefused();
+        }
+      },
+    });
+    const summary = await backfill(opts(f, { newDb, retry: { attempts: 3, baseDelayMs: 1, maxDelayMs: 1 } }));
+    expect(summary.retries).to.be.at.least(1);
+    expect(summary.deletedDuringMigration).to.equal(1);
+    expect(await f.newDb.exists(victim), 'the copy that landed was taken back').to.equal(false);
+    expect(summary.exitCode).to.equal(0);
+  });
+
+  it('a reference recheck that fails once is retried without a second put, and still takes a copy back', async () => {
+    const keys = await seed(f, 10);
+    const victim = keys[4] as string;
+    let failed = false;
+    const meta = new Proxy(f.meta, {
+      get(target, prop, receiver) {
+        if (prop === 'referenced') {
+          return async (ks: string[]) => {
+            if (ks.includes(victim) && !failed) {
+              failed = true;
+              // The app deleted the blob while it was being copied, and the
+              // first recheck does not get through.
+              await target.delete(victim);
+              await f.oldDb.delete(victim);
+              throw connectionRefused();
+            }
+            return target.referenced(ks);
+          };
+        }
+        const value = Reflect.get(target, prop, receiver);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const newDb = new WrappedBlobDB(f.newDb);
+    const summary = await backfill(
+      opts(f, { meta, newDb, concurrency: 1, retry: { attempts: 3, baseDelayMs: 1, maxDelayMs: 1 } }),
+    );
+    expect(failed).to.equal(true);
+    expect(newDb.putKeys.filter((k) => k === victim)).to.have.length(1);
+    expect(summary.deletedDuringMigration).to.equal(1);
+    expect(await f.newDb.exists(victim), 'the copy was taken back').to.equal(false);
+    expect(summary.exitCode).to.equal(0);
+  });
+
   it('counts a row deleted before its copy as deleted during migration, not as lost', async () => {
     const keys = await seed(f, 5);
     const victim = keys[2] as string;
