@@ -206,9 +206,19 @@ export class FilesystemBlobDB implements BlobDB {
       try {
         info = await blobInfo(key, loc, st);
         if (info.size <= WHOLE_READ_BYTES) {
+          // One byte more than the size tells a file that grew since its stat.
+          // A read may return fewer bytes than asked (a network mount, a
+          // signal): read on to the end.
           const buf = Buffer.allocUnsafe(info.size + 1);
-          const { bytesRead } = await handle.read(buf, 0, buf.length, 0);
-          if (bytesRead <= info.size) whole = buf.subarray(0, bytesRead);
+          let filled = 0;
+          for (;;) {
+            const { bytesRead } = await handle.read(buf, filled, buf.length - filled, filled);
+            if (bytesRead === 0) break;
+            filled += bytesRead;
+            if (filled === buf.length) break;
+          }
+          // Exactly the stat's size, or else (grown or shrunk meanwhile) a stream, as `get` gives.
+          if (filled === info.size) whole = buf.subarray(0, filled);
         }
       } catch (err) {
         await handle.close().catch(() => undefined);

@@ -2,6 +2,7 @@ import {
   lstat,
   mkdir,
   mkdtemp,
+  open,
   readdir,
   readFile,
   rm,
@@ -15,7 +16,7 @@ import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { expect } from 'chai';
 import { FilesystemBlobDB, META_PREFIX, TEMP_PREFIX } from '../../lib/backends/fs.js';
-import { readAll } from '../../lib/body.js';
+import { getWithInfo, readAll } from '../../lib/body.js';
 import {
   BackendError,
   BlobExistsError,
@@ -88,6 +89,30 @@ describe('FilesystemBlobDB', () => {
 
   afterEach(async () => {
     await db.close();
+  });
+
+  describe('getWithInfo', () => {
+    it('reads a small blob whole even when each read returns less than asked (a network mount)', async () => {
+      const bytes = Buffer.alloc(10_000, 9);
+      bytes.write('the end', 9_990);
+      await db.put('short/reads', bytes);
+      // A read on a local disk returns everything asked; a mount need not. The
+      // fault is injected into FileHandle.read, the rest is the real filesystem.
+      const probe = await open(path.join(root, 'short', 'reads'));
+      const proto = Object.getPrototypeOf(probe) as { read: (...a: unknown[]) => Promise<unknown> };
+      await probe.close();
+      const real = proto.read;
+      proto.read = function (this: unknown, buf: unknown, offset: number, length: number, position: number) {
+        return real.call(this, buf, offset, Math.min(length, 1000), position);
+      };
+      try {
+        const { info, body } = await getWithInfo(db, 'short/reads');
+        expect(info.size).to.equal(10_000);
+        expect((await readAll(body)).equals(bytes)).to.equal(true);
+      } finally {
+        proto.read = real;
+      }
+    });
   });
 
   describe('layout', () => {
