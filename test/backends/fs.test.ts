@@ -99,7 +99,9 @@ describe('FilesystemBlobDB', () => {
       // A read on a local disk returns everything asked; a mount need not. The
       // fault is injected into FileHandle.read, the rest is the real filesystem.
       const probe = await open(path.join(root, 'short', 'reads'));
-      const proto = Object.getPrototypeOf(probe) as { read: (...a: unknown[]) => Promise<unknown> };
+      const proto = Object.getPrototypeOf(probe) as {
+        read: (buf: unknown, offset: number, length: number, position: number) => Promise<unknown>;
+      };
       await probe.close();
       const real = proto.read;
       proto.read = function (this: unknown, buf: unknown, offset: number, length: number, position: number) {
