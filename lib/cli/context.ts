@@ -80,22 +80,37 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
   try {
     let newDb: BlobDB | undefined;
     let snapshot: SnapshotBuild | undefined;
+    // Leftover write probes are swept only by a command that writes, once its
+    // preflight passed (a dry run or a failed preflight writes nothing).
+    let sweepAllowed = false;
+    let probeKeys: string[] | undefined;
+    let sweeping: Promise<void> | undefined;
+    const sweepFromSnapshot = () => {
+      if (sweepAllowed && newDb && probeKeys && !sweeping) sweeping = sweepProbesFrom(newDb, probeKeys);
+    };
     const openNew = async () => {
       newDb = opts.requireNew || config.new ? await loaded.buildNew() : undefined;
       if (newDb) opened.push(newDb);
       if (newDb && opts.snapshot) {
         const { PresentIndex } = await import('../migrate/present-index.js');
         const db = newDb;
-        const build = await PresentIndex.start(db);
+        let build: SnapshotBuild;
+        try {
+          build = await PresentIndex.start(db);
+        } catch {
+          // No snapshot here (its temporary index could not be made): the
+          // engine tries again and, failing too, says so and HEADs each blob.
+          return;
+        }
         snapshot = build;
         // The snapshot lists every write probe killed preflights left: the
         // preflight need not list them again (read here, before the engine
         // takes the index). A snapshot that never completes (a reprinted or
         // interrupted run) leaves that to a prefix listing when closing.
-        let sweeping: Promise<void> | undefined;
         build.ready.then(
           (index) => {
-            sweeping = sweepProbesFrom(db, [...index.keysWithPrefix(PROBE_PREFIX)]);
+            probeKeys = [...index.keysWithPrefix(PROBE_PREFIX)];
+            sweepFromSnapshot();
           },
           () => {},
         );
@@ -104,7 +119,7 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
           close: async () => {
             await build.cancel();
             if (sweeping) await sweeping;
-            else if (opts.write) await sweepProbes(db).catch(() => {});
+            else if (sweepAllowed) await sweepProbes(db).catch(() => {});
           },
         });
       }
@@ -138,6 +153,8 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
         sameLocation: same,
         sweepProbes: snapshot === undefined,
       });
+      sweepAllowed = opts.write === true;
+      sweepFromSnapshot();
     }
     return { loaded, config, printable, meta, oldDb, newDb, snapshot, names, logger, close };
   } catch (err) {

@@ -87,20 +87,46 @@ async function writeProbe(
   names: { old: string; new: string },
   sweep: boolean,
 ) {
-  const key = `${PROBE_PREFIX}${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`;
-  ownProbes.add(key);
   try {
     const probe = newDb as BlobDB & Probeable;
     if (typeof probe.probeCapabilities === 'function') await probe.probeCapabilities();
     if (sweep) await sweepProbes(newDb);
+  } catch (err) {
+    throw new PreflightError(names.new, `a test write failed: ${shortError(err)}`, { cause: err });
+  }
+  for (let attempt = 1; ; attempt++) {
+    if (await probeOnce(newDb, oldDb, names)) return;
+    // Another process swept the probe before the old backend was asked for it
+    // (its leftover sweep): the answer says nothing. Again, with a new probe.
+    if (attempt >= PROBE_ATTEMPTS) {
+      throw new PreflightError(
+        names.new,
+        `its test write vanished ${PROBE_ATTEMPTS} times before it could be looked for in ${names.old}; is something else deleting blobshift's probes?`,
+      );
+    }
+  }
+}
+
+const PROBE_ATTEMPTS = 3;
+
+/** One probe: true when the answer holds (old and new are distinct), false when the probe vanished first. */
+async function probeOnce(
+  newDb: BlobDB,
+  oldDb: BlobDB | undefined,
+  names: { old: string; new: string },
+): Promise<boolean> {
+  const key = `${PROBE_PREFIX}${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`;
+  ownProbes.add(key);
+  try {
     await newDb.put(key, 'blobshift write probe', { overwrite: false, contentType: 'text/plain' });
   } catch (err) {
     throw new PreflightError(names.new, `a test write failed: ${shortError(err)}`, { cause: err });
   }
   try {
+    if (oldDb === undefined) return true;
     let seenInOld = false;
     try {
-      seenInOld = oldDb !== undefined && (await oldDb.exists(key));
+      seenInOld = await oldDb.exists(key);
     } catch (err) {
       throw new PreflightError(names.old, `it does not answer: ${shortError(err)}`, { cause: err });
     }
@@ -109,6 +135,12 @@ async function writeProbe(
         'old and new',
         `a blob written to ${names.new} appeared in ${names.old}: they are the same place; a migration needs two distinct backends`,
       );
+    }
+    // Not in old: only an answer if the probe is still in new.
+    try {
+      return await newDb.exists(key);
+    } catch (err) {
+      throw new PreflightError(names.new, `it does not answer: ${shortError(err)}`, { cause: err });
     }
   } finally {
     // One request (DeleteObjects on S3), not a HEAD and a DELETE.

@@ -153,14 +153,22 @@ export class PresentIndex {
   /** An index with nothing in it (tests, `--existence head`). */
   static async empty(tempDir?: string): Promise<PresentIndex> {
     const dir = await mkdtemp(join(tempDir ?? tmpdir(), 'blobshift-snapshot-'));
-    const { default: BetterSqlite3 } = await import('better-sqlite3');
-    const db = new BetterSqlite3(join(dir, 'present.sqlite'));
-    db.pragma('journal_mode = OFF');
-    db.pragma('synchronous = OFF');
-    db.pragma('cache_size = -16000');
-    // BLOB keys compare as bytes; the UTF-8 bytes of the key are stored.
-    db.exec('CREATE TABLE present (key TEXT PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID');
-    return new PresentIndex(db, dir);
+    let db: import('better-sqlite3').Database | undefined;
+    try {
+      const { default: BetterSqlite3 } = await import('better-sqlite3');
+      db = new BetterSqlite3(join(dir, 'present.sqlite'));
+      db.pragma('journal_mode = OFF');
+      db.pragma('synchronous = OFF');
+      db.pragma('cache_size = -16000');
+      // BLOB keys compare as bytes; the UTF-8 bytes of the key are stored.
+      db.exec('CREATE TABLE present (key TEXT PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID');
+      return new PresentIndex(db, dir);
+    } catch (err) {
+      // Nothing left behind: not the database, not its directory.
+      db?.close();
+      await rm(dir, { recursive: true, force: true }).catch(() => {});
+      throw err;
+    }
   }
 
   /** Keys in the snapshot (so far, while the listing runs). */

@@ -6,7 +6,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -316,6 +316,38 @@ describe('backfill on real backends', function () {
       const copied = results.map((r) => (JSON.parse(r.stdout) as { copied: number }).copied);
       expect(results.map((r) => r.code)).to.deep.equal([0, 0, 0]);
       expect(copied.reduce((a, b) => a + b, 0)).to.equal(45);
+    });
+
+    it('a leftover write probe is swept by a run that writes, never by a dry run or a failed preflight', async () => {
+      const { config, bucket } = await setup();
+      const newDb = new S3BlobDB({ bucket, clientConfig: s3.clientConfig() });
+      const leftover = 'blobshift-preflight-probe-kxyz0000-0123456789ab';
+      try {
+        await newDb.put(leftover, 'blobshift write probe');
+        const dry = await cli(['backfill', '-c', config, '--dry-run', '--no-progress'], env.dir);
+        expect(dry.code, dry.stderr).to.equal(0);
+        expect(await newDb.exists(leftover), 'a dry run writes nothing').to.equal(true);
+
+        const broken = join(env.dir, 'broken.json');
+        // The old backend, a bucket that does not exist: the preflight fails
+        // while the new backend's listing runs.
+        const cfg = JSON.parse(await readFile(config, 'utf8')) as { old: unknown; new: { bucket: string } };
+        cfg.old = { ...cfg.new, bucket: uniqueName('absent') };
+        await writeFile(broken, JSON.stringify(cfg));
+        const failed = await cli(['backfill', '-c', broken, '--no-progress'], env.dir);
+        expect(failed.code, failed.stderr).to.equal(2);
+        expect(failed.stderr).to.match(/preflight failed/);
+        expect(await newDb.exists(leftover), 'a failed preflight writes nothing').to.equal(true);
+
+        const real = await cli(['backfill', '-c', config, '--no-progress'], env.dir);
+        expect(real.code, real.stderr).to.equal(0);
+        expect(await newDb.exists(leftover), 'the run swept the leftover').to.equal(false);
+        const probes: string[] = [];
+        for await (const info of newDb.list({ prefix: 'blobshift-preflight-probe-' })) probes.push(info.key);
+        expect(probes, 'its own probe removed too').to.deep.equal([]);
+      } finally {
+        await newDb.close();
+      }
     });
 
     it('refuses, with exit 2 and nothing written, a missing bucket, a missing database and old = new', async () => {
