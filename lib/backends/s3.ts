@@ -1461,8 +1461,12 @@ export class S3BlobDB implements BlobDB {
       for (let start = 0; start < size; start += COPY_PART_SIZE)
         ranges.push([start, Math.min(size, start + COPY_PART_SIZE) - 1]);
       let next = 0;
+      let failed = false;
       const worker = async () => {
         for (;;) {
+          // After a failure no new part starts; the ones in flight settle
+          // before the abort below (a part landing after it would linger).
+          if (failed) return;
           const i = next++;
           const range = ranges[i];
           if (range === undefined) return;
@@ -1480,7 +1484,16 @@ export class S3BlobDB implements BlobDB {
           parts[i] = { PartNumber: i + 1, ETag: out.CopyPartResult?.ETag };
         }
       };
-      await Promise.all(Array.from({ length: Math.min(this.#queueSize, ranges.length) }, worker));
+      const settled = await Promise.allSettled(
+        Array.from({ length: Math.min(this.#queueSize, ranges.length) }, () =>
+          worker().catch((err: unknown) => {
+            failed = true;
+            throw err;
+          }),
+        ),
+      );
+      const rejected = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (rejected) throw rejected.reason;
       const out = await this.#client.send(
         new CompleteMultipartUploadCommand({
           Bucket: this.#bucket,
@@ -1592,11 +1605,29 @@ export class S3BlobDB implements BlobDB {
       throw this.#backendError('GetObject', key, err);
     }
     const body = out.Body as Readable | undefined;
-    if (body === undefined || out.ContentLength === undefined) {
-      body?.destroy();
-      throw this.#backendError('GetObject', key, new Error('the answer has no body or no Content-Length'));
+    if (body === undefined) {
+      throw this.#backendError('GetObject', key, new Error('the answer has no body'));
     }
-    return { info: objectInfo(key, out, out.ContentLength), body };
+    if (out.ContentLength !== undefined) return { info: objectInfo(key, out, out.ContentLength), body };
+    // No Content-Length (a chunked answer through a proxy): the size comes
+    // from a HEAD, which must describe the same version as the body.
+    let info: BlobInfo;
+    try {
+      info = await this.stat(key);
+    } catch (err) {
+      body.destroy();
+      throw err;
+    }
+    const etag = stripQuotes(out.ETag);
+    if (etag !== undefined && info.etag !== undefined && info.etag !== etag) {
+      body.destroy();
+      throw this.#backendError(
+        'GetObject',
+        key,
+        new Error('the answer has no Content-Length, and a HEAD describes another version of the blob'),
+      );
+    }
+    return { info: objectInfo(key, out, info.size), body };
   }
 
   async exists(key: string): Promise<boolean> {

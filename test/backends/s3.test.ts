@@ -18,7 +18,7 @@ import {
   type S3BlobDBOptions,
   type S3ClientConfigLike,
 } from '../../lib/backends/s3.js';
-import { readAll } from '../../lib/body.js';
+import { getWithInfo, readAll } from '../../lib/body.js';
 import {
   BackendError,
   BlobExistsError,
@@ -300,6 +300,29 @@ function s3Behaviour(
       expect((err as SizeMismatchError).actual).to.equal(10 * MiB);
     }
     expect(await db.exists('short')).to.equal(false);
+  });
+
+  it('getWithInfo of an answer without Content-Length (a proxy that re-chunks) takes the size from a HEAD', async () => {
+    const db = make({});
+    const bytes = randomBytes(70_000);
+    await db.put('chunked', bytes, { contentType: 'image/png' });
+    // Inside the deserializer: the raw answer loses its length, as a chunked one has none.
+    db.client.middlewareStack.add(
+      (next, context) => async (args) => {
+        const result = await next(args);
+        if (context.commandName === 'GetObjectCommand') {
+          const headers = (result.response as { headers: Record<string, string> }).headers;
+          delete headers['content-length'];
+        }
+        return result;
+      },
+      { step: 'deserialize', name: 'dropContentLength', priority: 'low' },
+    );
+    const counter = countRequests(db.client);
+    const { info, body } = await getWithInfo(db, 'chunked');
+    expect(info).to.include({ key: 'chunked', size: bytes.length, contentType: 'image/png' });
+    expect((await readAll(body)).equals(bytes)).to.equal(true);
+    expect(counter.count('HeadObjectCommand')).to.equal(1);
   });
 
   it('the HEAD after a multipart upload never deletes an object a concurrent writer put there', async () => {
