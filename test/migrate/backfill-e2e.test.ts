@@ -19,7 +19,13 @@ import { backfill } from '../../lib/migrate/backfill.js';
 import { BlobStore } from '../../lib/store.js';
 import type { BlobDB } from '../../lib/types.js';
 import { RGW_ENDPOINT, uniqueName } from '../support/env.js';
-import { createBucket, rgwClientConfig, type S3rverHandle, startS3rver } from '../support/s3rver.js';
+import {
+  createBucket,
+  deleteBucket,
+  rgwClientConfig,
+  type S3rverHandle,
+  startS3rver,
+} from '../support/s3rver.js';
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 /** tsx's loader by URL, so the child finds it from any working directory. */
@@ -60,11 +66,14 @@ describe('backfill on real backends', function () {
   this.timeout(120_000);
   let s3: S3rverHandle;
   let env: Env;
+  /** Buckets made by a test, deleted after it (RGW keeps them otherwise). */
+  const created: { cfg: S3ClientConfigLike; bucket: string }[] = [];
   const s3Backend = async (cfg: S3ClientConfigLike): Promise<S3BlobDB> => {
     const { createS3Client } = await import('../../lib/backends/s3.js');
     const client = createS3Client(cfg);
     const bucket = await createBucket(client, uniqueName('bf'));
     client.destroy();
+    created.push({ cfg, bucket });
     return new S3BlobDB({ bucket, clientConfig: cfg });
   };
 
@@ -84,6 +93,12 @@ describe('backfill on real backends', function () {
   afterEach(async () => {
     await env.meta.close();
     await rm(env.dir, { recursive: true, force: true });
+    const { createS3Client } = await import('../../lib/backends/s3.js');
+    for (const { cfg, bucket } of created.splice(0)) {
+      const client = createS3Client(cfg);
+      await deleteBucket(client, bucket).catch(() => {});
+      client.destroy();
+    }
   });
 
   const servers: [string, () => S3ClientConfigLike][] = [['s3rver', () => s3.clientConfig()]];
