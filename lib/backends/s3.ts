@@ -1624,7 +1624,9 @@ export class S3BlobDB implements BlobDB {
       throw this.#backendError(
         'GetObject',
         key,
-        new Error('the answer has no Content-Length, and a HEAD describes another version of the blob'),
+        new Error(
+          'the answer has no Content-Length, and a HEAD describes another version: the blob changed while being read; read it again',
+        ),
       );
     }
     return { info: objectInfo(key, out, info.size), body };

@@ -241,9 +241,8 @@ async function afterCopy(ctx: CopyContext, key: string, success: OnceOutcome): P
  * run) put it there, and it stays. After a put of ours that failed partway
  * it may be that put's copy, so the row is checked as after a copy.
  */
-function afterExisting(ctx: CopyContext, key: string, done: Attempts): Promise<OnceOutcome> | OnceOutcome {
-  if (done.mayHaveWritten) return afterCopy(ctx, key, { kind: 'present' });
-  return { kind: 'present' };
+async function afterExisting(ctx: CopyContext, key: string, done: Attempts): Promise<OnceOutcome> {
+  return done.mayHaveWritten ? afterCopy(ctx, key, { kind: 'present' }) : { kind: 'present' };
 }
 
 async function notInOld(ctx: CopyContext, key: string, done: Attempts): Promise<OnceOutcome> {

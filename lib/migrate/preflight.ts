@@ -101,7 +101,7 @@ async function writeProbe(
     if (attempt >= PROBE_ATTEMPTS) {
       throw new PreflightError(
         names.new,
-        `its test write vanished ${PROBE_ATTEMPTS} times before it could be looked for in ${names.old}; is something else deleting blobshift's probes?`,
+        `its test write vanished ${PROBE_ATTEMPTS} times before it could be looked for in ${names.old}: something deletes keys starting with ${PROBE_PREFIX} there (another blobshift run sweeping leftovers, or a lifecycle rule); run again once it is done`,
       );
     }
   }

@@ -238,14 +238,20 @@ export function s3rverClientConfig(endpoint: string) {
   };
 }
 
-export async function createBuckets(endpoint: string, names: string[], credentials = S3RVER_CREDENTIALS) {
-  const { CreateBucketCommand, S3Client } = await import('@aws-sdk/client-s3');
-  const client = new S3Client({
+/** A plain SDK client for setting up and tearing down buckets (no blobshift settings). */
+async function adminClient(endpoint: string, credentials: { accessKeyId: string; secretAccessKey: string }) {
+  const { S3Client } = await import('@aws-sdk/client-s3');
+  return new S3Client({
     endpoint,
     region: 'us-east-1',
     forcePathStyle: true,
     credentials: { ...credentials },
   });
+}
+
+export async function createBuckets(endpoint: string, names: string[], credentials = S3RVER_CREDENTIALS) {
+  const { CreateBucketCommand } = await import('@aws-sdk/client-s3');
+  const client = await adminClient(endpoint, credentials);
   try {
     for (const Bucket of names) await client.send(new CreateBucketCommand({ Bucket }));
   } finally {
@@ -255,15 +261,10 @@ export async function createBuckets(endpoint: string, names: string[], credentia
 
 /** Empties and deletes buckets (best effort per object). */
 export async function deleteBuckets(endpoint: string, names: string[], credentials = S3RVER_CREDENTIALS) {
-  const { DeleteBucketCommand, DeleteObjectsCommand, ListObjectsV2Command, S3Client } = await import(
+  const { DeleteBucketCommand, DeleteObjectsCommand, ListObjectsV2Command } = await import(
     '@aws-sdk/client-s3'
   );
-  const client = new S3Client({
-    endpoint,
-    region: 'us-east-1',
-    forcePathStyle: true,
-    credentials: { ...credentials },
-  });
+  const client = await adminClient(endpoint, credentials);
   try {
     for (const Bucket of names) {
       for (;;) {

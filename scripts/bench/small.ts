@@ -146,21 +146,20 @@ async function smallOn(server: Server, count: number): Promise<BenchRow[]> {
     const oursRate = count / ours.result.seconds;
     log(`small (${name}): raw ${rawPut.rate.toFixed(0)} blobs/s, backfill ${oursRate.toFixed(0)} blobs/s`);
 
+    // The same command copies and, over the finished bucket, reruns.
+    const rcArgs = [
+      'copy',
+      root,
+      `dst:${bucket('rclone')}`,
+      '--transfers',
+      String(concurrency),
+      '--checkers',
+      String(concurrency),
+    ];
     let rc: ChildResult | undefined;
     if (rcloneAvailable()) {
       log(`small (${name}): rclone copy`);
-      const r = await rclone(
-        [
-          'copy',
-          root,
-          `dst:${bucket('rclone')}`,
-          '--transfers',
-          String(concurrency),
-          '--checkers',
-          String(concurrency),
-        ],
-        await rcloneConfig(dir, server.endpoint, credentials),
-      );
+      const r = await rclone(rcArgs, await rcloneConfig(dir, server.endpoint, credentials));
       if (r.code !== 0) throw new Error(`rclone copy exited ${r.code}: ${r.stderr.slice(0, 2000)}`);
       rc = r;
     }
@@ -214,15 +213,6 @@ async function smallOn(server: Server, count: number): Promise<BenchRow[]> {
       new: s3BackendConfig(proxy.endpoint, bucket('ours'), credentials),
     });
     const rcConf = rc ? await rcloneConfig(join(dir, 'proxied'), proxy.endpoint, credentials) : undefined;
-    const rcArgs = [
-      'copy',
-      root,
-      `dst:${bucket('rclone')}`,
-      '--transfers',
-      String(concurrency),
-      '--checkers',
-      String(concurrency),
-    ];
     const oursNoop: { seconds: number; requests: number; byKind: Record<string, number> }[] = [];
     const sizeOnly: { seconds: number; requests: number }[] = [];
     for (let round = 0; round < noopRounds; round++) {
