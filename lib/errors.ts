@@ -17,6 +17,7 @@ export type ErrorCode =
   | 'E_READ_ONLY'
   | 'E_BACKEND'
   | 'E_RUN_STATE'
+  | 'E_INFRASTRUCTURE'
   | 'E_ABORTED';
 
 export class BlobShiftError extends Error {
@@ -131,6 +132,18 @@ export class PreflightError extends BlobShiftError {
   }
 }
 
+/**
+ * Old and new are one place under two names (the same bucket through two
+ * endpoint spellings, a root and a symlink or bind mount of it): found by the
+ * config, or proven by a write probe. Deleting "old" copies would delete the
+ * only ones.
+ */
+export class SameLocationError extends PreflightError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('old and new', message, options);
+  }
+}
+
 /** A write to something mapped read-only (an app's own metadata table). */
 export class ReadOnlyError extends BlobShiftError {
   constructor(message: string) {
@@ -144,6 +157,17 @@ export class BackendError extends BlobShiftError {
   constructor(message: string, options?: { cause?: unknown; key?: string }) {
     super(message, { cause: options?.cause, code: 'E_BACKEND' });
     this.key = options?.key;
+  }
+}
+
+/**
+ * A backend or the metadata database stopped answering mid-run (connections
+ * refused, timeouts, 5xx, credentials refused), after the retries: the CLI
+ * exits 3, and a rerun picks up where this one stopped.
+ */
+export class InfrastructureError extends BlobShiftError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, { cause: options?.cause, code: 'E_INFRASTRUCTURE' });
   }
 }
 

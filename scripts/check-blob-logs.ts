@@ -29,6 +29,7 @@ export async function main(options: Record<string, unknown>, args: string[]): Pr
       oldDb: ctx.oldDb!,
       newDb: ctx.newDb!,
       migrate,
+      identity: { old: ctx.names.old ?? null, new: ctx.names.new ?? 'new' },
       concurrency: (options.concurrency as number | undefined) ?? 16,
       signal: signals.soft,
       logger: ctx.logger,

@@ -26,6 +26,7 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
       dryRun: options.dryRun === true,
       logDir: (options.logDir as string | undefined) ?? './blobshift-logs',
       sameLocation: ctx.config.old && ctx.config.new ? sameLocation(ctx.config.old, ctx.config.new) : false,
+      identity: { old: ctx.names.old ?? null, new: ctx.names.new ?? 'new' },
       signal: signals.soft,
       logger: ctx.logger,
     });

@@ -297,7 +297,8 @@ export function buildProgram(options: CliOptions = {}): Command {
     .option('--dry-run', 'list what would be deleted; delete nothing');
   logDir(cleanup, 'directory for the audit log');
   act(cleanup, 'cleanup-old', (opts) => {
-    if (opts.yes !== true) {
+    // A dry run deletes nothing: it needs no confirmation.
+    if (opts.yes !== true && opts.dryRun !== true) {
       throw new UsageError(
         "cleanup-old deletes blobs from the old backend: pass --yes to confirm (after a clean 'blobshift verify')",
         { flag: '--yes' },

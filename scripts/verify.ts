@@ -4,13 +4,19 @@
  * or `NOT SAFE: …`; exit 0 only when safe.
  */
 export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
-  const [{ openContext }, v, out, { trapSignals }] = await Promise.all([
+  const [{ openContext }, v, out, { trapSignals }, { sameLocation }] = await Promise.all([
     import('../lib/cli/context.js'),
     import('../lib/migrate/verify.js'),
     import('../lib/cli/output.js'),
     import('../lib/cli/signals.js'),
+    import('../lib/config.js'),
   ]);
-  const ctx = await openContext({ config: options.config as string, requireNew: true });
+  // Old and new being one place is verify's verdict to give (NOT SAFE), not a refusal.
+  const ctx = await openContext({
+    config: options.config as string,
+    requireNew: true,
+    refuseSameLocation: false,
+  });
   const signals = trapSignals(ctx.logger);
   try {
     const types = options.types as string[] | undefined;
@@ -19,6 +25,8 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
       newDb: ctx.newDb!,
       ...(ctx.oldDb ? { oldDb: ctx.oldDb } : {}),
       checksum: options.checksum === true,
+      sameLocation: ctx.config.old && ctx.config.new ? sameLocation(ctx.config.old, ctx.config.new) : false,
+      identity: { old: ctx.names.old ?? null, new: ctx.names.new ?? 'new' },
       ...(types ? { types } : {}),
       logDir: (options.logDir as string | undefined) ?? './blobshift-logs',
       signal: signals.soft,

@@ -10,6 +10,7 @@ import {
   AbortedError,
   BlobShiftError,
   ConfigError,
+  InfrastructureError,
   InvalidKeyError,
   LogFormatError,
   PreflightError,
@@ -66,6 +67,7 @@ const USER_ERROR_CODES = new Set(['E_CONFIG', 'E_LOG_FORMAT', 'E_PREFLIGHT', 'E_
 export function exitCodeFor(err: unknown): number {
   if (isUserError(err)) return EXIT.USAGE;
   if (err instanceof AbortedError) return EXIT.INTERRUPTED;
+  if (err instanceof InfrastructureError) return EXIT.INFRA;
   return EXIT.INCOMPLETE;
 }
 

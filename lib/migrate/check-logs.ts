@@ -5,26 +5,60 @@
  * Each record of each missing-blob log is classified once (the same key in
  * several logs is checked once; the first record read gives its type), in
  * this order:
- *   1. in the new backend                → "Found in new db"
- *   2. no metadata row any more          → "Not referenced" (never copied: that
- *                                          would resurrect a deleted blob)
- *   3. in the old backend                → "Found in old db" (`migrate` copies it)
- *   4. otherwise                         → "Not found"
+ *   1. in the new backend with the row's size → "Found in new db" (also when
+ *      the row is gone: that copy is an orphan, which verify lists)
+ *   2. in the new backend with another size   → "Wrong size in new db"
+ *      (unresolved; never overwritten, `migrate` included: see below)
+ *   3. no metadata row any more               → "Not referenced" (never copied:
+ *                                               that would resurrect a deleted blob)
+ *   4. in the old backend with the row's size → "Found in old db" (`migrate`
+ *                                               copies it)
+ *   5. in the old backend with another size   → "Wrong size in old db"
+ *      (unresolved; `migrate` does not copy it: the copy path refuses bytes
+ *      that disagree with the metadata)
+ *   6. otherwise                              → "Not found"
+ * A record whose checks fail (a permission error, retries exhausted) is
+ * "Could not check", with its error; the others go on. A run of failures on
+ * the infrastructure (a backend or the database not answering) stops the
+ * run with `InfrastructureError` (exit 3; a rerun checks everything again).
+ *
+ * "Wrong size in new db" stays for the operator to decide: the copy in new may
+ * be the app's own newer write whose row was not updated yet, or a damaged
+ * copy; `blobshift verify` lists it too. When the old copy is the right one,
+ * delete the new copy and run check-blob-logs `--migrate` again.
  *
  * Logs are streamed; only the set of keys seen is held for the whole run.
- * Records are taken in chunks: one existence check per key in the new backend
- * (a HEAD; a log is small next to the bucket, so listing the bucket would cost
- * more), one metadata query per chunk for the keys not in new, then one
- * existence check (or the copy) per key in old; all bounded by `concurrency`.
+ * Records are taken in chunks; each record costs a stat in new (a HEAD on S3;
+ * a log is small next to the bucket, so listing the bucket would cost more),
+ * a metadata lookup, and where needed a stat in old (or the copy); all
+ * bounded by `concurrency`.
+ *
+ * Each invocation is recorded in the run-state table (see `ledger.ts`), so
+ * that cleanup-old asks for a verify made after it.
  */
 import { open } from 'node:fs/promises';
 import PQueue from 'p-queue';
-import { AbortedError, BackendError, errorMessage, isErrnoException, PreflightError } from '../errors.js';
+import {
+  AbortedError,
+  BlobNotFoundError,
+  errorMessage,
+  InfrastructureError,
+  isErrnoException,
+  PreflightError,
+} from '../errors.js';
 import type { MetaStore } from '../meta/types.js';
-import type { BlobDB } from '../types.js';
+import type { BlobDB, BlobInfo, BlobMeta } from '../types.js';
 import { type EngineLogger, silentLogger } from './backfill.js';
-import { type CopyOutcome, copyBlob, DEFAULT_RETRY, ReferenceChecker, type RetryPolicy } from './copy.js';
-import { shortError } from './errors.js';
+import {
+  type CopyOutcome,
+  copyBlob,
+  DEFAULT_RETRY,
+  ReferenceChecker,
+  type RetryPolicy,
+  SizeDisagreement,
+} from './copy.js';
+import { isInfrastructureError, shortError } from './errors.js';
+import { type BackendIdentity, recordCheck } from './ledger.js';
 import { compactUtc, type LogProblem, type MissingRecord, NOT_FOUND, readMissingLog } from './missing-log.js';
 import { JsonLinesFile } from './report-file.js';
 import { withRetry } from './retry.js';
@@ -39,9 +73,18 @@ export interface CheckLogsOptions {
   migrate?: boolean;
   /** Checks (and copies) at once. Default 16. */
   concurrency?: number;
-  /** Records per metadata query. Default 500. */
+  /** Records taken per chunk. Default 500. */
   chunkSize?: number;
   retry?: Partial<RetryPolicy>;
+  /** Consecutive infrastructure failures that stop the run (default: concurrency, within 3–16). */
+  infrastructureThreshold?: number;
+  /**
+   * The two backends as configured (secret-free descriptions), for the
+   * ledger in the run-state table. Default `{ old: 'old', new: 'new' }`.
+   */
+  identity?: BackendIdentity;
+  /** Record this invocation in the run-state table (default true). */
+  record?: boolean;
   /** Stops the run: rejects with `AbortedError`. */
   signal?: AbortSignal;
   onProgress?: (p: CheckLogsProgress) => void;
@@ -60,9 +103,15 @@ export interface CheckLogsProgress {
 export interface CheckCounts {
   checked: number;
   foundInNew: number;
+  /** In new, but not with the row's size: unresolved, never overwritten. */
+  wrongSizeInNew: number;
   foundInOld: number;
+  /** In old, but not with the row's size: unresolved, never copied. */
+  wrongSizeInOld: number;
   notReferenced: number;
   notFound: number;
+  /** The record could not be checked (see `errors`): unresolved. */
+  errors: number;
   /** Of `foundInOld`: copied to the new backend by this run. */
   migrated: number;
   /** Of `foundInOld`: the copy failed (see `migrateFailures`). */
@@ -85,6 +134,15 @@ export interface FailedCopy extends CheckedRecord {
   error: string;
 }
 
+/** A copy whose size disagrees with its metadata row. */
+export interface WrongSizeRecord extends CheckedRecord {
+  where: 'new' | 'old';
+  /** The row's size. */
+  expected: number;
+  /** The size the backend holds. */
+  actual: number;
+}
+
 export interface LogLineProblem {
   file: string;
   line: number;
@@ -103,6 +161,10 @@ export interface CheckLogsReport {
   totals: CheckCounts;
   /** Every "Not found" record, in log order. */
   notFound: CheckedRecord[];
+  /** Every "Wrong size in new db" / "Wrong size in old db" record, in log order. */
+  wrongSize: WrongSizeRecord[];
+  /** Every record that could not be checked, in log order, with its error. */
+  errors: FailedCopy[];
   /** Every failed copy (with `migrate`), in log order. */
   migrateFailures: FailedCopy[];
   /** Malformed lines: reported, skipped, and the run exits 1. */
@@ -110,13 +172,20 @@ export interface CheckLogsReport {
   /** Torn last lines (a writer killed mid-line): warnings only. */
   warnings: LogLineProblem[];
   /**
-   * 0 when nothing is left "Found in old db" (not migrated) or "Not found"
-   * and no line was malformed; 1 otherwise.
+   * 0 when nothing is left "Found in old db" (not migrated), "Not found",
+   * with a wrong size or unchecked, and no line was malformed; 1 otherwise.
    */
   exitCode: 0 | 1;
 }
 
-type Classification = 'foundInNew' | 'foundInOld' | 'notReferenced' | 'notFound';
+type Classification =
+  | 'foundInNew'
+  | 'wrongSizeInNew'
+  | 'foundInOld'
+  | 'wrongSizeInOld'
+  | 'notReferenced'
+  | 'notFound'
+  | 'errors';
 
 interface Pending {
   seq: number;
@@ -130,19 +199,33 @@ export function emptyCheckCounts(): CheckCounts {
   return {
     checked: 0,
     foundInNew: 0,
+    wrongSizeInNew: 0,
     foundInOld: 0,
+    wrongSizeInOld: 0,
     notReferenced: 0,
     notFound: 0,
+    errors: 0,
     migrated: 0,
     migrateFailed: 0,
   };
 }
 
+/** A check of one record failed: the record is "Could not check", unless the infrastructure is gone. */
+class RecordFailed extends Error {
+  constructor(
+    readonly what: string,
+    override readonly cause: unknown,
+  ) {
+    super(`${what} failed: ${shortError(cause)}`);
+  }
+}
+
 /**
  * Reads and classifies the logs. Rejects before anything is checked when a
  * log is missing or unreadable (`PreflightError`); malformed lines are
- * reported in the result instead. Per-key backend errors are retried when
- * transient and otherwise reject (`BackendError`, naming the key).
+ * reported in the result instead. A record whose checks fail is reported as
+ * "Could not check" and the others go on; a run of infrastructure failures
+ * rejects with `InfrastructureError`.
  */
 export async function checkBlobLogs(opts: CheckLogsOptions): Promise<CheckLogsReport> {
   const { meta, oldDb, newDb } = opts;
@@ -151,12 +234,22 @@ export async function checkBlobLogs(opts: CheckLogsOptions): Promise<CheckLogsRe
   const chunkSize = Math.max(1, opts.chunkSize ?? 500);
   const logger = opts.logger ?? silentLogger;
   const retry: RetryPolicy = { ...DEFAULT_RETRY, ...opts.retry };
+  const threshold = opts.infrastructureThreshold ?? Math.max(3, Math.min(concurrency, 16));
   const signal = opts.signal;
 
   for (const file of opts.files) await assertReadable(file);
 
+  const identity = opts.identity ?? { old: 'old', new: 'new' };
+  const startedAt = new Date();
+  const ledger = opts.record !== false;
+  const details = { migrate, files: [...opts.files] };
+  if (ledger)
+    await recordCheck(meta, identity, { startedAt, finishedAt: null }, { ...details, exitCode: null });
+
   const byType = new Map<string, CheckCounts>();
   const notFound: (CheckedRecord & { seq: number })[] = [];
+  const wrongSize: (WrongSizeRecord & { seq: number })[] = [];
+  const errors: (FailedCopy & { seq: number })[] = [];
   const failures: (FailedCopy & { seq: number })[] = [];
   const malformed: LogLineProblem[] = [];
   const warnings: LogLineProblem[] = [];
@@ -166,6 +259,7 @@ export async function checkBlobLogs(opts: CheckLogsOptions): Promise<CheckLogsRe
   let checked = 0;
   let seq = 0;
   let currentFile = '';
+  let infraStreak = 0;
 
   const queue = new PQueue({ concurrency });
   const references = new ReferenceChecker(meta);
@@ -179,7 +273,16 @@ export async function checkBlobLogs(opts: CheckLogsOptions): Promise<CheckLogsRe
     opts.onProgress({ read: records, checked, file: currentFile });
   };
 
-  const tally = (p: Pending, kind: Classification, extra?: { migrated?: boolean; failed?: string }) => {
+  const tally = (
+    p: Pending,
+    kind: Classification,
+    extra?: {
+      migrated?: boolean;
+      failed?: string;
+      error?: string;
+      size?: { where: 'new' | 'old'; expected: number; actual: number };
+    },
+  ) => {
     const r = p.record;
     let counts = byType.get(r.type);
     if (!counts) {
@@ -195,26 +298,26 @@ export async function checkBlobLogs(opts: CheckLogsOptions): Promise<CheckLogsRe
       failures.push({ seq: p.seq, ...entry, error: extra.failed });
     }
     if (kind === 'notFound') notFound.push({ seq: p.seq, ...entry });
+    if (kind === 'errors') errors.push({ seq: p.seq, ...entry, error: extra?.error ?? 'unknown error' });
+    if (extra?.size) wrongSize.push({ seq: p.seq, ...entry, ...extra.size });
+    if (kind !== 'errors') infraStreak = 0;
     checked++;
     progress();
   };
 
-  const attempt = <T>(what: string, key: string | undefined, fn: () => Promise<T>) =>
+  /** One check with retries; its final failure is the record's (`RecordFailed`). */
+  const attempt = <T>(what: string, key: string, fn: () => Promise<T>) =>
     withRetry(fn, retry, {
       what: 'check-blob-logs',
       ...(signal ? { signal } : {}),
       onRetry: (err, n) =>
         logger.warn(`${what} failed, retrying (attempt ${n + 1} of ${retry.attempts})`, {
-          ...(key !== undefined ? { key } : {}),
+          key,
           error: shortError(err),
         }),
     }).catch((err: unknown) => {
       if (err instanceof AbortedError) throw err;
-      const on = key !== undefined ? ` for ${JSON.stringify(key)}` : '';
-      throw new BackendError(`check-blob-logs: ${what} failed${on}: ${shortError(err)}`, {
-        cause: err,
-        ...(key !== undefined ? { key } : {}),
-      });
+      throw new RecordFailed(what, err);
     });
 
   // A failure anywhere stops the run: queued tasks then settle at once
@@ -232,13 +335,31 @@ export async function checkBlobLogs(opts: CheckLogsOptions): Promise<CheckLogsRe
       { throwOnTimeout: true },
     );
 
-  const copy = async (p: Pending): Promise<void> => {
-    const key = p.record.key;
-    const row = await attempt('reading the metadata row', key, () => meta.get(key));
-    if (!row) {
-      tally(p, 'notReferenced');
-      return;
+  const statOf = (db: BlobDB, side: string, key: string) =>
+    attempt(`the stat in the ${side} backend`, key, async (): Promise<BlobInfo | undefined> => {
+      try {
+        return await db.stat(key);
+      } catch (err) {
+        if (err instanceof BlobNotFoundError) return undefined;
+        throw err;
+      }
+    });
+
+  /** A copy in new: found when it has the row's size (or the row is gone), wrong size otherwise. */
+  const judgeNew = (p: Pending, info: BlobInfo, row: BlobMeta | undefined) => {
+    if (!row || info.size === row.contentLength) tally(p, 'foundInNew');
+    else {
+      logger.warn('the copy in the new backend does not have the size of its metadata row', {
+        key: row.key,
+        expected: row.contentLength,
+        actual: info.size,
+      });
+      tally(p, 'wrongSizeInNew', { size: { where: 'new', expected: row.contentLength, actual: info.size } });
     }
+  };
+
+  const copy = async (p: Pending, row: BlobMeta): Promise<void> => {
+    const key = p.record.key;
     const outcome: CopyOutcome = await copyBlob(
       {
         oldDb,
@@ -259,10 +380,13 @@ export async function checkBlobLogs(opts: CheckLogsOptions): Promise<CheckLogsRe
       case 'copied':
         tally(p, 'foundInOld', { migrated: true });
         return;
-      case 'present':
+      case 'present': {
         // The app (or another run) put it in the new backend meanwhile.
-        tally(p, 'foundInNew');
+        const info = await statOf(newDb, 'new', key);
+        if (info) judgeNew(p, info, await attempt('reading the metadata row', key, () => meta.get(key)));
+        else tally(p, 'foundInNew');
         return;
+      }
       case 'deleted':
         // The row went while copying; the copy was taken back.
         tally(p, 'notReferenced');
@@ -271,41 +395,57 @@ export async function checkBlobLogs(opts: CheckLogsOptions): Promise<CheckLogsRe
         tally(p, 'notFound');
         return;
       case 'failed':
+        if (outcome.cause instanceof SizeDisagreement) {
+          tally(p, 'wrongSizeInOld', {
+            size: { where: 'old', expected: outcome.cause.expected, actual: outcome.cause.actual },
+          });
+          return;
+        }
+        if (outcome.infrastructure) throw new RecordFailed('the copy', outcome.cause);
         logger.warn('copy failed', { key, error: outcome.error });
         tally(p, 'foundInOld', { failed: outcome.error });
         return;
     }
   };
 
-  const checkOld = async (p: Pending): Promise<void> => {
-    if (migrate) return copy(p);
+  const classify = async (p: Pending): Promise<void> => {
     const key = p.record.key;
-    const inOld = await attempt('the existence check in the old backend', key, () => oldDb.exists(key));
-    tally(p, inOld ? 'foundInOld' : 'notFound');
+    const inNew = await statOf(newDb, 'new', key);
+    const row = await attempt('reading the metadata row', key, () => meta.get(key));
+    if (inNew) {
+      judgeNew(p, inNew, row);
+      return;
+    }
+    if (!row) {
+      tally(p, 'notReferenced');
+      return;
+    }
+    if (migrate) return copy(p, row);
+    const inOld = await statOf(oldDb, 'old', key);
+    if (!inOld) tally(p, 'notFound');
+    else if (inOld.size === row.contentLength) tally(p, 'foundInOld');
+    else
+      tally(p, 'wrongSizeInOld', { size: { where: 'old', expected: row.contentLength, actual: inOld.size } });
+  };
+
+  const check = async (p: Pending): Promise<void> => {
+    try {
+      await classify(p);
+    } catch (err) {
+      if (!(err instanceof RecordFailed)) throw err;
+      logger.warn(`could not check a record: ${err.message}`, { key: p.record.key });
+      tally(p, 'errors', { error: err.message });
+      if (isInfrastructureError(err.cause) && ++infraStreak >= threshold) {
+        throw new InfrastructureError(
+          `check-blob-logs: ${infraStreak} records in a row failed on the infrastructure (${shortError(err.cause)}); nothing was lost, rerun it when the backends answer`,
+          { cause: err.cause },
+        );
+      }
+    }
   };
 
   const processChunk = async (chunk: Pending[]): Promise<void> => {
-    const inNew = await Promise.all(
-      chunk.map((p) =>
-        task(() =>
-          attempt('the existence check in the new backend', p.record.key, () => newDb.exists(p.record.key)),
-        ),
-      ),
-    );
-    const rest: Pending[] = [];
-    chunk.forEach((p, i) => {
-      if (inNew[i]) tally(p, 'foundInNew');
-      else rest.push(p);
-    });
-    if (rest.length === 0) return;
-    const keys = rest.map((p) => p.record.key);
-    const referenced = await attempt('the metadata query', undefined, () => meta.referenced(keys));
-    const toOld: Promise<void>[] = [];
-    for (const p of rest) {
-      if (!referenced.has(p.record.key)) tally(p, 'notReferenced');
-      else toOld.push(task(() => checkOld(p)));
-    }
-    await Promise.all(toOld);
+    await Promise.all(chunk.map((p) => task(() => check(p))));
   };
 
   // One chunk is read while the one before is being checked.
@@ -359,6 +499,14 @@ export async function checkBlobLogs(opts: CheckLogsOptions): Promise<CheckLogsRe
     stop(err);
     await inFlight;
     await queue.onIdle();
+    if (ledger) {
+      await recordCheck(
+        meta,
+        identity,
+        { startedAt, finishedAt: new Date() },
+        { ...details, exitCode: null },
+      ).catch(() => {});
+    }
     if (signal?.aborted && !(err instanceof AbortedError)) {
       throw new AbortedError('check-blob-logs interrupted', { cause: err });
     }
@@ -375,9 +523,18 @@ export async function checkBlobLogs(opts: CheckLogsOptions): Promise<CheckLogsRe
     for (const k of Object.keys(totals) as (keyof CheckCounts)[]) totals[k] += c[k];
     return { type, ...c };
   });
-  const leftBehind = totals.foundInOld - totals.migrated + totals.notFound;
+  const leftBehind =
+    totals.foundInOld -
+    totals.migrated +
+    totals.notFound +
+    totals.wrongSizeInNew +
+    totals.wrongSizeInOld +
+    totals.errors;
   const strip = <T extends { seq: number }>(list: T[]) =>
     list.sort((a, b) => a.seq - b.seq).map(({ seq: _seq, ...rest }) => rest);
+  const exitCode = leftBehind > 0 || malformed.length > 0 ? 1 : 0;
+  if (ledger)
+    await recordCheck(meta, identity, { startedAt, finishedAt: new Date() }, { ...details, exitCode });
   return {
     files: [...opts.files],
     migrate,
@@ -386,10 +543,12 @@ export async function checkBlobLogs(opts: CheckLogsOptions): Promise<CheckLogsRe
     byType: typeReports,
     totals,
     notFound: strip(notFound),
+    wrongSize: strip(wrongSize),
+    errors: strip(errors),
     migrateFailures: strip(failures),
     malformed,
     warnings,
-    exitCode: leftBehind > 0 || malformed.length > 0 ? 1 : 0,
+    exitCode,
   };
 }
 
@@ -450,6 +609,10 @@ export function formatCheckReport(report: CheckLogsReport, opts: { notFoundFile?
       `  Not referenced: ${t.notReferenced}`,
       `  Not found: ${t.notFound}`,
     );
+    // Classes that need the operator, shown where they occur.
+    if (t.wrongSizeInNew > 0) out.push(`  Wrong size in new db: ${t.wrongSizeInNew}`);
+    if (t.wrongSizeInOld > 0) out.push(`  Wrong size in old db: ${t.wrongSizeInOld}`);
+    if (t.errors > 0) out.push(`  Could not check: ${t.errors}`);
   }
   if (report.migrate) {
     out.push(`Migrated: ${report.totals.migrated}`);
@@ -460,6 +623,20 @@ export function formatCheckReport(report: CheckLogsReport, opts: { notFoundFile?
         out.push(`  … and ${report.migrateFailures.length - MAX_LISTED} more (see --json)`);
       }
     }
+  }
+  if (report.wrongSize.length > 0) {
+    out.push('Wrong size (never overwritten or copied; see verify, and the README on what to do):');
+    for (const w of report.wrongSize.slice(0, MAX_LISTED)) {
+      out.push(`  ${w.key}: in ${w.where} ${w.actual} bytes, the metadata says ${w.expected}`);
+    }
+    if (report.wrongSize.length > MAX_LISTED)
+      out.push(`  … and ${report.wrongSize.length - MAX_LISTED} more (see --json)`);
+  }
+  if (report.errors.length > 0) {
+    out.push('Could not check:');
+    for (const e of report.errors.slice(0, MAX_LISTED)) out.push(`  ${e.key}: ${e.error}`);
+    if (report.errors.length > MAX_LISTED)
+      out.push(`  … and ${report.errors.length - MAX_LISTED} more (see --json)`);
   }
   const n = report.notFound.length;
   if (n > 0) {

@@ -1,19 +1,28 @@
 /**
  * cleanup-old: after a clean verify and the flip, delete the old copies.
  *
- * A blob is deleted from the old backend only when verify would pass it at
- * that moment: its metadata row exists, the new backend holds it with the
- * row's size, and the old backend holds it. Everything else stays and is
- * counted as "kept" with its reason.
+ * It starts only when three things hold, and otherwise deletes nothing:
+ * - old and new are two places, proven by content, not by config text: a
+ *   probe blob written to new must not show in old (`proveDistinct`);
+ * - the latest verify of this pair of backends, recorded in the run-state
+ *   table, said SAFE TO FLIP, covered the types cleaned up, and started after
+ *   every backfill and check-blob-logs run (`requireCleanVerify`);
+ * - the operator confirmed (`yes`), unless it is a dry run.
  *
- * How "at that moment" is made true: the new and old backends are each
- * listed once into a snapshot (a pre-filter: rows the snapshots already rule
- * out cost nothing more); the metadata is walked by id in batches; right
- * before a batch is deleted, its rows are checked again (one `referenced`
- * query for the batch) and every candidate is stat'ed in the new backend
- * (concurrently, bounded): the snapshot may be stale if the app deleted or
- * rewrote a blob in new meanwhile. A stat that fails keeps the blob. Then
- * one `bulkDelete` per batch.
+ * A blob is then deleted from the old backend only when the new backend is
+ * proven to hold the same content right before the delete: its row still
+ * exists, and the new copy's bytes, streamed and hashed, have the row's size
+ * and hash to the row's sha256; where the row has no sha256, the old copy is
+ * hashed too and the two must match. Stored ETags and checksums are not taken
+ * for the bytes (they were computed at write time and miss later damage).
+ * Everything else stays and is counted as "kept" with its reason.
+ *
+ * How "right before" is made true: the new and old backends are each listed
+ * once into a snapshot (a pre-filter: rows the snapshots already rule out
+ * cost nothing more); the metadata is walked by id in batches; right before a
+ * batch is deleted, its rows are checked again (one `referenced` query for
+ * the batch) and every candidate's copies are hashed (concurrently, bounded).
+ * A read that fails keeps the blob. Then one `bulkDelete` per batch.
  *
  * The audit log (`cleanup-old-<UTC>.jsonl`, JSON lines
  * `{"key","size","at"}`, 0600 in `logDir`, 0700 when created) lists exactly
@@ -24,19 +33,23 @@
  * listed too: it is gone either way.) `size` is the old copy's size.
  *
  * Resumable by being idempotent: a rerun lists the old backend again, and
- * what is already deleted is no longer there ("not in old"). A dry run does
- * all the checks, deletes nothing, and writes the would-be deletions to
+ * what is already deleted is no longer there ("not in old"). A dry run makes
+ * the same checks (the probe included: it writes and removes one probe blob
+ * in new), deletes nothing, and writes the would-be deletions to
  * `cleanup-old-dry-run-<UTC>.jsonl` instead. Kept keys go to
  * `cleanup-old-<UTC>-kept.jsonl` (`{"id","key","type","reason"}`).
  */
 import PQueue from 'p-queue';
-import { BlobNotFoundError, PreflightError } from '../errors.js';
+import { AbortedError, PreflightError, SameLocationError } from '../errors.js';
 import type { MetaStore } from '../meta/types.js';
 import type { BlobDB, BlobMeta } from '../types.js';
 import { type EngineLogger, silentLogger } from './backfill.js';
 import { DEFAULT_RETRY, type RetryPolicy } from './copy.js';
 import { shortError } from './errors.js';
+import { type BlobDigest, hashBlob } from './hash.js';
+import { type BackendIdentity, requireCleanVerify } from './ledger.js';
 import { compactUtc } from './missing-log.js';
+import { proveDistinct } from './preflight.js';
 import { PresentIndex } from './present-index.js';
 import { JsonLinesFile, LazyJsonLinesFile } from './report-file.js';
 import { withRetry } from './retry.js';
@@ -55,14 +68,20 @@ export interface CleanupOptions {
   types?: string[];
   /** Rows per walk query and keys per bulk delete. Default 1000. */
   batchSize?: number;
-  /** Stats of the new backend at once. Default 16. */
+  /** Blobs hashed at once. Default 16. */
   concurrency?: number;
   /** Old and new are the same place (the CLI computes it from the config): refused. */
   sameLocation?: boolean;
+  /**
+   * The two backends as configured (secret-free descriptions), to find the
+   * verify of this pair in the run-state table; the same value `verify` was
+   * given. Default `{ old: 'old', new: 'new' }`, as verify's default.
+   */
+  identity?: BackendIdentity;
   retry?: Partial<RetryPolicy>;
   /** Directory for the snapshots' temporary files. */
   tempDir?: string;
-  /** Stops after the current batch; the report says `interrupted`. */
+  /** Stops after the current batch (or the listing); the report says `interrupted`. */
   signal?: AbortSignal;
   onProgress?: (p: CleanupProgress) => void;
   logger?: EngineLogger;
@@ -75,7 +94,13 @@ export interface CleanupProgress {
   deleted: number;
 }
 
-export type KeptReason = 'missing in new' | 'size differs in new' | 'no longer referenced' | 'stat failed';
+export type KeptReason =
+  | 'missing in new'
+  | 'size differs in new'
+  | 'content differs in new'
+  | 'copies differ'
+  | 'no longer referenced'
+  | 'read failed';
 
 export interface CleanupReport {
   dryRun: boolean;
@@ -95,6 +120,9 @@ export interface CleanupReport {
   /** Blobs left in old because the new backend does not hold them safely. */
   kept: number;
   keptByReason: Record<KeptReason, number>;
+  /** New copies hashed against the row's sha256, and against the old copy (rows without one). */
+  provedAgainstRow: number;
+  provedAgainstOld: number;
   /** Keys `bulkDelete` reported as not deleted. */
   failed: number;
   /** The first failures. */
@@ -108,6 +136,8 @@ export interface CleanupReport {
   /** Dry run: the first keys that would be deleted. */
   sample: string[];
   snapshot: { old: { keys: number; bytes: number }; new: { keys: number; bytes: number } };
+  /** When the verify this cleanup relied on started (ISO 8601). */
+  verifiedAt: string;
   /** 0: nothing kept or failed; 1: some blobs stay in old (or failed); 130: interrupted. */
   exitCode: 0 | 1 | 130;
   seconds: number;
@@ -118,17 +148,18 @@ const SAMPLE = 100;
 
 /**
  * Runs cleanup-old. Rejects with `PreflightError` without `yes` (unless
- * `dryRun`), when old and new are the same place, and when the metadata has no
- * rows within `types`. Backend and metadata errors that outlast the retries
- * reject; the audit log then holds everything deleted so far.
+ * `dryRun`), when old and new are the same place (config, or the write
+ * probe: `SameLocationError`), when the probe cannot be made, when no clean
+ * verify vouches for this cleanup, and when the metadata has no rows within
+ * `types`. Backend and metadata errors that outlast the retries reject; the
+ * audit log then holds everything deleted so far.
  */
 export async function cleanupOld(opts: CleanupOptions): Promise<CleanupReport> {
   const started = Date.now();
   const { meta, oldDb, newDb } = opts;
   const dryRun = opts.dryRun === true;
   if (opts.sameLocation === true || oldDb === newDb) {
-    throw new PreflightError(
-      'cleanup-old',
+    throw new SameLocationError(
       'the old and the new backend are the same place; deleting from old would delete the only copy',
     );
   }
@@ -148,6 +179,7 @@ export async function cleanupOld(opts: CleanupOptions): Promise<CleanupReport> {
   const retrying = <T>(fn: () => Promise<T>) =>
     withRetry(fn, retry, {
       what: 'cleanup-old',
+      ...(signal ? { signal } : {}),
       onRetry: (err, n) =>
         logger.warn(`cleanup-old: retrying (attempt ${n + 1} of ${retry.attempts})`, {
           error: shortError(err),
@@ -162,6 +194,12 @@ export async function cleanupOld(opts: CleanupOptions): Promise<CleanupReport> {
       `it has no rows${scope}; a mistyped database or table cannot vouch for any blob`,
     );
   }
+  const identity = opts.identity ?? { old: 'old', new: 'new' };
+  await proveDistinct(newDb, oldDb, {
+    ...(identity.old !== null ? { old: identity.old } : {}),
+    new: identity.new,
+  });
+  const verified = await requireCleanVerify(meta, identity, types.length > 0 ? types : null);
 
   const stamp = compactUtc(new Date());
   const report: CleanupReport = {
@@ -178,9 +216,13 @@ export async function cleanupOld(opts: CleanupOptions): Promise<CleanupReport> {
     keptByReason: {
       'missing in new': 0,
       'size differs in new': 0,
+      'content differs in new': 0,
+      'copies differ': 0,
       'no longer referenced': 0,
-      'stat failed': 0,
+      'read failed': 0,
     },
+    provedAgainstRow: 0,
+    provedAgainstOld: 0,
     failed: 0,
     failures: [],
     auditLog: null,
@@ -188,6 +230,7 @@ export async function cleanupOld(opts: CleanupOptions): Promise<CleanupReport> {
     keptFile: null,
     sample: [],
     snapshot: { old: { keys: 0, bytes: 0 }, new: { keys: 0, bytes: 0 } },
+    verifiedAt: verified.startedAt.toISOString(),
     exitCode: 0,
     seconds: 0,
   };
@@ -258,12 +301,21 @@ export async function cleanupOld(opts: CleanupOptions): Promise<CleanupReport> {
         else candidates.push(row);
       }
       if (candidates.length > 0) {
-        const confirmed = await recheck(candidates);
+        const confirmed = await prove(candidates);
+        if (signal?.aborted) {
+          report.interrupted = true;
+          break;
+        }
         if (confirmed.length > 0) await remove(confirmed);
       }
       progress('rows', report.rows, estimate.count);
     }
     progress('rows', report.rows, estimate.count, true);
+  } catch (err) {
+    // Stopped while listing or hashing: nothing half-done to undo (deletes
+    // happen a batch at a time, after its proofs), so it is an interruption.
+    if (!signal?.aborted) throw err;
+    report.interrupted = true;
   } finally {
     await queue.onIdle();
     await out.close().catch((err: unknown) => logger.error(`closing ${out.path} failed: ${shortError(err)}`));
@@ -272,8 +324,11 @@ export async function cleanupOld(opts: CleanupOptions): Promise<CleanupReport> {
     await oldIndex?.close().catch(() => {});
   }
 
-  /** The fresh checks right before a delete: still referenced, and in new with the row's size. */
-  async function recheck(candidates: BlobMeta[]): Promise<BlobMeta[]> {
+  /**
+   * The proofs right before a delete: still referenced, and the new copy's
+   * bytes hash to the row's sha256 (or, without one, to the old copy's).
+   */
+  async function prove(candidates: BlobMeta[]): Promise<BlobMeta[]> {
     const referenced = await retrying(() => meta.referenced(candidates.map((r) => r.key)));
     const stillReferenced: BlobMeta[] = [];
     for (const row of candidates) {
@@ -281,32 +336,65 @@ export async function cleanupOld(opts: CleanupOptions): Promise<CleanupReport> {
       else await keep(row, 'no longer referenced');
     }
     const verdicts = await Promise.all(
-      stillReferenced.map((row) =>
-        queue.add(
-          async (): Promise<KeptReason | 'ok'> => {
-            try {
-              const size = await retrying(async () => (await newDb.stat(row.key)).size);
-              return size === row.contentLength ? 'ok' : 'size differs in new';
-            } catch (err) {
-              if (err instanceof BlobNotFoundError) return 'missing in new';
-              logger.warn('cleanup-old: stat in the new backend failed; the old copy is kept', {
-                key: row.key,
-                error: shortError(err),
-              });
-              return 'stat failed';
-            }
-          },
-          { throwOnTimeout: true },
-        ),
-      ),
+      stillReferenced.map((row) => queue.add(() => sameContent(row), { throwOnTimeout: true })),
     );
     const confirmed: BlobMeta[] = [];
     for (const [i, row] of stillReferenced.entries()) {
-      const v = verdicts[i] ?? 'stat failed';
+      const v = verdicts[i] ?? 'read failed';
       if (v === 'ok') confirmed.push(row);
-      else await keep(row, v);
+      else if (v === 'gone from old') report.notInOld++;
+      else if (v !== 'stopped') await keep(row, v);
     }
-    return confirmed;
+    // Stopped midway: a batch is deleted whole or not at all.
+    return signal?.aborted ? [] : confirmed;
+  }
+
+  async function sameContent(row: BlobMeta): Promise<KeptReason | 'ok' | 'gone from old' | 'stopped'> {
+    if (signal?.aborted) return 'stopped';
+    const read = async (db: BlobDB, side: string): Promise<BlobDigest | undefined | 'failed'> => {
+      try {
+        return await retrying(() => hashBlob(db, row.key, signal));
+      } catch (err) {
+        if (!(err instanceof AbortedError) && !signal?.aborted) {
+          logger.warn(`cleanup-old: reading the ${side} copy failed; the old copy is kept`, {
+            key: row.key,
+            error: shortError(err),
+          });
+        }
+        return 'failed';
+      }
+    };
+    const inNew = await read(newDb, 'new');
+    if (signal?.aborted) return 'stopped';
+    if (inNew === 'failed') return 'read failed';
+    if (inNew === undefined) return 'missing in new';
+    if (inNew.bytes !== row.contentLength) return 'size differs in new';
+    const expected = row.sha256?.toLowerCase() ?? null;
+    if (expected !== null) {
+      if (inNew.sha256 !== expected) {
+        logger.warn('cleanup-old: the new copy does not hash to the row sha256; the old copy is kept', {
+          key: row.key,
+          expected,
+          actual: inNew.sha256,
+        });
+        return 'content differs in new';
+      }
+      report.provedAgainstRow++;
+      return 'ok';
+    }
+    const inOld = await read(oldDb, 'old');
+    if (signal?.aborted) return 'stopped';
+    if (inOld === 'failed') return 'read failed';
+    // Gone from old meanwhile: nothing left to delete.
+    if (inOld === undefined) return 'gone from old';
+    if (inOld.sha256 !== inNew.sha256 || inOld.bytes !== inNew.bytes) {
+      logger.warn('cleanup-old: the row has no sha256 and the two copies differ; the old copy is kept', {
+        key: row.key,
+      });
+      return 'copies differ';
+    }
+    report.provedAgainstOld++;
+    return 'ok';
   }
 
   async function remove(rows: BlobMeta[]): Promise<void> {
@@ -351,6 +439,8 @@ export function formatCleanupReport(report: CleanupReport): string {
   const out: string[] = [];
   const scope = report.types ? `types ${report.types.join(',')}` : 'all types';
   out.push(`cleanup-old (${scope})${report.dryRun ? ', dry run: nothing deleted' : ''}: ${report.rows} rows`);
+  out.push(`  Old and new: distinct (a probe written to new did not show in old)`);
+  out.push(`  Relying on the clean verify started ${report.verifiedAt}`);
   if (report.dryRun) {
     out.push(`  Would delete from old: ${report.wouldDelete} (${report.wouldDeleteBytes} bytes)`);
     for (const key of report.sample) out.push(`    ${key}`);
@@ -360,6 +450,9 @@ export function formatCleanupReport(report: CleanupReport): string {
     out.push(`  Deleted from old: ${report.deleted} (${report.deletedBytes} bytes)`);
     if (report.auditLog) out.push(`  Audit log: ${report.auditLog}`);
   }
+  out.push(
+    `  Content proven before each delete: ${report.provedAgainstRow} against the row's sha256, ${report.provedAgainstOld} against the old copy`,
+  );
   out.push(`  Not in old (already cleaned up, or never there): ${report.notInOld}`);
   out.push(`  Kept in old: ${report.kept}`);
   for (const [reason, n] of Object.entries(report.keptByReason)) if (n > 0) out.push(`    ${reason}: ${n}`);

@@ -263,10 +263,16 @@ async function statOrUndefined(db: BlobDB, key: string): Promise<BlobInfo | unde
 /** The old backend's blob has another size than the metadata says: not retried, logged. */
 export class SizeDisagreement extends BlobShiftError {
   readonly key: string;
+  /** The metadata's size. */
+  readonly expected: number;
+  /** What the old backend holds. */
+  readonly actual: number;
   constructor(key: string, expected: number, actual: number) {
     super(`size mismatch: the metadata says ${expected} bytes, the old backend holds ${actual}`, {
       code: 'E_SIZE_MISMATCH',
     });
     this.key = key;
+    this.expected = expected;
+    this.actual = actual;
   }
 }

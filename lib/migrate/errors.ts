@@ -115,6 +115,7 @@ export function isTransientError(err: unknown): boolean {
  */
 export function isInfrastructureError(err: unknown): boolean {
   const f = errorFacts(err);
+  if (f.code === 'E_INFRASTRUCTURE') return true;
   if (f.code && PERMANENT_CODES.has(f.code)) return false;
   if (f.errno && CONNECTION_ERRNO.has(f.errno)) return true;
   if (f.name && AUTH_NAMES.has(f.name)) return true;

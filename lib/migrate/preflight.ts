@@ -5,7 +5,7 @@
  * Every failure is a `PreflightError` naming what failed.
  */
 import { randomBytes } from 'node:crypto';
-import { PreflightError } from '../errors.js';
+import { PreflightError, SameLocationError } from '../errors.js';
 import type { MetaStore } from '../meta/types.js';
 import type { BlobDB } from '../types.js';
 import { shortError } from './errors.js';
@@ -42,8 +42,7 @@ export async function preflight(opts: PreflightOptions): Promise<void> {
     meta: opts.names?.meta ?? 'the metadata database',
   };
   if (opts.sameLocation) {
-    throw new PreflightError(
-      'old and new',
+    throw new SameLocationError(
       `${names.old} and ${names.new} are the same place (or overlap); a migration needs two distinct backends`,
     );
   }
@@ -131,8 +130,7 @@ async function probeOnce(
       throw new PreflightError(names.old, `it does not answer: ${shortError(err)}`, { cause: err });
     }
     if (seenInOld) {
-      throw new PreflightError(
-        'old and new',
+      throw new SameLocationError(
         `a blob written to ${names.new} appeared in ${names.old}: they are the same place; a migration needs two distinct backends`,
       );
     }
@@ -146,6 +144,28 @@ async function probeOnce(
     // One request (DeleteObjects on S3), not a HEAD and a DELETE.
     await newDb.bulkDelete([key]).catch(() => {});
   }
+}
+
+/**
+ * Proves that `oldDb` and `newDb` are two places, not one under two names (a
+ * bucket reached through two spellings of its endpoint, a root and a bind
+ * mount or symlink of it), by content rather than by config text: a probe
+ * blob with a random key is written to new, looked for in old, and removed.
+ * Rejects `SameLocationError` when old shows the probe, `PreflightError` when
+ * the probe cannot be written or either side does not answer. Leaves the
+ * sweep of leftover probes to the commands that write blobs.
+ */
+export async function proveDistinct(
+  newDb: BlobDB,
+  oldDb: BlobDB,
+  names: { old?: string; new?: string } = {},
+): Promise<void> {
+  await writeProbe(
+    newDb,
+    oldDb,
+    { old: names.old ?? 'the old backend', new: names.new ?? 'the new backend' },
+    false,
+  );
 }
 
 /** Deletes write probes an earlier, killed preflight left behind (one prefix listing). */

@@ -32,16 +32,18 @@
  *   verify-<UTC>-unreadable.jsonl         {"id","key","type","error"}
  *   verify-<UTC>-orphans.jsonl            {"key","size"}
  */
-import { createHash } from 'node:crypto';
 import PQueue from 'p-queue';
-import { AbortedError, BlobNotFoundError, PreflightError } from '../errors.js';
+import { AbortedError, BlobNotFoundError, PreflightError, SameLocationError } from '../errors.js';
 import { RESERVED_PREFIX } from '../keys.js';
 import type { MetaStore } from '../meta/types.js';
 import type { BlobDB, BlobMeta } from '../types.js';
 import { type EngineLogger, silentLogger } from './backfill.js';
 import { DEFAULT_RETRY, type RetryPolicy } from './copy.js';
 import { shortError } from './errors.js';
+import { hashBlob } from './hash.js';
+import { type BackendIdentity, recordVerifyEnd, recordVerifyStart } from './ledger.js';
 import { compactUtc } from './missing-log.js';
+import { PROBE_PREFIX, proveDistinct } from './preflight.js';
 import { PresentIndex } from './present-index.js';
 import { LazyJsonLinesFile } from './report-file.js';
 import { withRetry } from './retry.js';
@@ -70,6 +72,20 @@ export interface VerifyOptions {
   logger?: EngineLogger;
   /** The moment rows count as expired against (default: when the walk starts). */
   now?: Date;
+  /**
+   * The config says old and new are the same place (same root, same bucket
+   * with overlapping prefixes): the verdict is NOT SAFE at once.
+   */
+  sameLocation?: boolean;
+  /**
+   * The two backends as the operator configured them (secret-free
+   * descriptions; the CLI passes the config's). The verdict is recorded in
+   * the run-state table under them, and `cleanup-old` of the same pair looks
+   * it up. Default `{ old: 'old' (or null without oldDb), new: 'new' }`.
+   */
+  identity?: BackendIdentity;
+  /** Record the verdict in the run-state table (default true). */
+  record?: boolean;
 }
 
 export interface VerifyProgress {
@@ -84,6 +100,13 @@ export type VerifyClass = 'missing' | 'sizeMismatch' | 'checksumMismatch' | 'unv
 
 export type VerifyVerdict = 'SAFE TO FLIP' | `NOT SAFE: ${string}`;
 
+/**
+ * What verify knows of old and new being two places: `distinct` (a probe
+ * written to new did not show in old), `same place` (the config or the probe
+ * says they are one: NOT SAFE), `no old backend` (nothing to compare).
+ */
+export type BackendsCheck = 'distinct' | 'same place' | 'no old backend';
+
 export interface VerifyReport {
   safe: boolean;
   verdict: VerifyVerdict;
@@ -92,6 +115,8 @@ export interface VerifyReport {
   checksum: boolean;
   /** The type filter, or null for every type. */
   types: string[] | null;
+  /** Whether old and new were proven to be two places (see {@link BackendsCheck}). */
+  backends: BackendsCheck;
   /** Metadata rows walked. */
   rows: number;
   /** Rows skipped because they expired. */
@@ -137,21 +162,21 @@ const FILE_SUFFIX: Record<VerifyClass | 'orphans', string> = {
 
 /**
  * Runs verify. Rejects with `PreflightError` when the metadata has no rows
- * within `types` (a mistyped database is not "safe"), `AbortedError` when
- * `signal` fires; metadata errors reject too. Per-blob problems are counted.
+ * within `types` (a mistyped database is not "safe") or when the write probe
+ * that tells old and new apart cannot be made, `AbortedError` when `signal`
+ * fires; metadata errors reject too. Per-blob problems are counted.
+ *
+ * With an old backend, verify first proves that old and new are two places
+ * (`proveDistinct`: a probe blob written to new must not show in old); the
+ * same place under two names is NOT SAFE, whatever the blobs say. The verdict
+ * is recorded in the run-state table (see `ledger.ts`): `running` from the
+ * start, then the verdict, or `failed` when verify rejects.
  */
 export async function verify(opts: VerifyOptions): Promise<VerifyReport> {
   const started = Date.now();
   const { meta, newDb, oldDb } = opts;
-  const checksum = opts.checksum === true;
   const types = [...new Set(opts.types ?? [])].sort();
   const typeFilter = types.length > 0 ? { types } : {};
-  const concurrency = Math.max(1, opts.concurrency ?? 16);
-  const chunkSize = Math.max(1, opts.chunkSize ?? 1000);
-  const retry: RetryPolicy = { ...DEFAULT_RETRY, ...opts.retry };
-  const logger = opts.logger ?? silentLogger;
-  const signal = opts.signal;
-  const aborted = () => new AbortedError('verify interrupted');
 
   const estimate = await meta.estimate(typeFilter);
   if (estimate.count === 0) {
@@ -161,6 +186,95 @@ export async function verify(opts: VerifyOptions): Promise<VerifyReport> {
       `it has no rows${scope}; a mistyped database or table is not "safe" (check meta in the config${types.length > 0 ? ' and --types' : ''})`,
     );
   }
+  const identity = opts.identity ?? { old: oldDb ? 'old' : null, new: 'new' };
+  const ledger =
+    opts.record === false
+      ? undefined
+      : await recordVerifyStart(
+          meta,
+          { identity, types: types.length > 0 ? types : null, checksum: opts.checksum === true },
+          new Date(started),
+        );
+  let report: VerifyReport;
+  try {
+    let backends: BackendsCheck = 'no old backend';
+    if (oldDb) {
+      backends = 'distinct';
+      if (opts.sameLocation === true || oldDb === newDb) backends = 'same place';
+      else {
+        try {
+          await proveDistinct(newDb, oldDb, {
+            ...(identity.old !== null ? { old: identity.old } : {}),
+            new: identity.new,
+          });
+        } catch (err) {
+          if (!(err instanceof SameLocationError)) throw err;
+          (opts.logger ?? silentLogger).error(`verify: ${shortError(err)}`);
+          backends = 'same place';
+        }
+      }
+    }
+    report =
+      backends === 'same place'
+        ? samePlaceReport(opts, types, started)
+        : await judge(opts, types, estimate.count, backends, started);
+  } catch (err) {
+    if (ledger) await recordVerifyEnd(meta, ledger, { error: shortError(err) }).catch(() => {});
+    throw err;
+  }
+  if (ledger) await recordVerifyEnd(meta, ledger, report);
+  return report;
+}
+
+/** The report when old and new are one place: nothing else is looked at. */
+function samePlaceReport(opts: VerifyOptions, types: string[], started: number): VerifyReport {
+  return {
+    safe: false,
+    verdict:
+      'NOT SAFE: old and new are the same place (a probe written to new showed in old, or the config says so); deleting old copies would delete the only ones',
+    exitCode: 1,
+    checksum: opts.checksum === true,
+    types: types.length > 0 ? types : null,
+    backends: 'same place',
+    rows: 0,
+    expired: 0,
+    checked: 0,
+    ok: 0,
+    okBytes: 0,
+    missing: 0,
+    sizeMismatches: 0,
+    checksumMismatches: 0,
+    unverifiable: 0,
+    unreadable: 0,
+    deletedDuringVerify: 0,
+    hashed: 0,
+    hashedAgainstOld: 0,
+    orphans: { count: 0, bytes: 0, file: null },
+    snapshot: { keys: 0, bytes: 0 },
+    files: {},
+    samples: {},
+    seconds: Math.round((Date.now() - started) / 10) / 100,
+  };
+}
+
+/** Walks the metadata against a listing of new and judges every row. */
+async function judge(
+  opts: VerifyOptions,
+  types: string[],
+  estimatedRows: number,
+  backends: BackendsCheck,
+  started: number,
+): Promise<VerifyReport> {
+  const { meta, newDb, oldDb } = opts;
+  const checksum = opts.checksum === true;
+  const typeFilter = types.length > 0 ? { types } : {};
+  const concurrency = Math.max(1, opts.concurrency ?? 16);
+  const chunkSize = Math.max(1, opts.chunkSize ?? 1000);
+  const retry: RetryPolicy = { ...DEFAULT_RETRY, ...opts.retry };
+  const logger = opts.logger ?? silentLogger;
+  const signal = opts.signal;
+  const aborted = () => new AbortedError('verify interrupted');
+  const estimate = { count: estimatedRows };
 
   const stamp = compactUtc(new Date());
   const files = {} as Record<VerifyClass | 'orphans', LazyJsonLinesFile>;
@@ -222,25 +336,8 @@ export async function verify(opts: VerifyOptions): Promise<VerifyReport> {
   /** Hashes the blob's bytes as they stream by; undefined when the blob is not there. */
   const hashOf = async (db: BlobDB, key: string) =>
     retrying(async () => {
-      let body: Awaited<ReturnType<BlobDB['get']>>;
-      try {
-        body = await db.get(key);
-      } catch (err) {
-        if (err instanceof BlobNotFoundError) return undefined;
-        throw err;
-      }
-      const hash = createHash('sha256');
-      let bytes = 0;
-      try {
-        for await (const chunk of body) {
-          const buf = typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer);
-          bytes += buf.length;
-          hash.update(buf);
-        }
-      } finally {
-        if (!body.destroyed) body.destroy();
-      }
-      return { hash: hash.digest('hex'), bytes };
+      const got = await hashBlob(db, key, signal);
+      return got && { hash: got.sha256, bytes: got.bytes };
     });
 
   /**
@@ -456,6 +553,7 @@ export async function verify(opts: VerifyOptions): Promise<VerifyReport> {
     exitCode: unsafe === 0 ? 0 : 1,
     checksum,
     types: types.length > 0 ? types : null,
+    backends,
     rows,
     expired,
     checked: rows - expired - deletedDuringVerify,
@@ -484,6 +582,13 @@ export function formatVerifyReport(report: VerifyReport): string {
   out.push(
     `verify (${scope}${report.checksum ? ', with checksums' : ''}): ${report.rows} rows, ${report.checked} checked, ${report.expired} expired (skipped)`,
   );
+  if (report.backends === 'same place') {
+    out.push('  Old and new: THE SAME PLACE (a probe written to new showed in old, or the config says so)');
+    out.push(report.verdict);
+    return `${out.join('\n')}\n`;
+  }
+  if (report.backends === 'distinct')
+    out.push('  Old and new: distinct (a probe written to new did not show in old)');
   out.push(`  OK: ${report.ok} (${formatBytes(report.okBytes)})`);
   const line = (label: string, n: number, c: VerifyClass) => {
     const file = report.files[c];
@@ -519,6 +624,9 @@ function formatBytes(n: number): string {
   return i === 0 ? `${n} B` : `${v.toFixed(1)} ${units[i]}`;
 }
 
+/** blobshift's own keys: temporary names and write probes are never orphans. */
 function isReserved(key: string): boolean {
-  return key.split('/').some((segment) => segment.startsWith(RESERVED_PREFIX));
+  return (
+    key.startsWith(PROBE_PREFIX) || key.split('/').some((segment) => segment.startsWith(RESERVED_PREFIX))
+  );
 }

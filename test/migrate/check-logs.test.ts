@@ -1,7 +1,7 @@
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { expect } from 'chai';
-import { AbortedError, PreflightError } from '../../lib/errors.js';
+import { AbortedError, InfrastructureError, PreflightError } from '../../lib/errors.js';
 import type { MetaStore } from '../../lib/meta/types.js';
 import {
   type CheckLogsOptions,
@@ -79,9 +79,10 @@ for (const target of TARGETS) {
       const report = await run(f, [log]);
 
       const each = { checked: 4, foundInNew: 1, foundInOld: 1, notReferenced: 1, notFound: 1 };
+      const none = { wrongSizeInNew: 0, wrongSizeInOld: 0, errors: 0, migrated: 0, migrateFailed: 0 };
       expect(report.byType).to.deep.equal([
-        { type: 'attachment', ...each, migrated: 0, migrateFailed: 0 },
-        { type: 'image', ...each, migrated: 0, migrateFailed: 0 },
+        { type: 'attachment', ...each, ...none },
+        { type: 'image', ...each, ...none },
       ]);
       expect(report.totals).to.deep.equal({
         checked: 8,
@@ -89,9 +90,10 @@ for (const target of TARGETS) {
         foundInOld: 2,
         notReferenced: 2,
         notFound: 2,
-        migrated: 0,
-        migrateFailed: 0,
+        ...none,
       });
+      expect(report.wrongSize).to.deep.equal([]);
+      expect(report.errors).to.deep.equal([]);
       expect(report.records).to.equal(8);
       expect(report.duplicates).to.equal(0);
       expect(report.notFound.map((r) => r.key)).to.deep.equal([i.nowhere.key, a.nowhere.key]);
@@ -192,23 +194,117 @@ for (const target of TARGETS) {
 
     it('reports a failed copy with its error and exits 1', async () => {
       const s = await seed(f);
-      // The metadata says another size than the old copy has: the copy path refuses it.
-      await f.meta.upsert({
-        key: s.key,
-        parentId: 'case-1',
-        type: 'attachment',
-        contentLength: s.body.length + 1,
-      });
       const log = await writeLog(f, 'a.jsonl', [record(s.key, 'attachment')]);
-      const report = await run(f, [log], { migrate: true, retry: { attempts: 1 } });
+      // The old backend fails every read of it: the copy is tried and fails.
+      const oldDb = new CountingBlobDB(f.oldDb);
+      const broken = () => Promise.reject(Object.assign(new Error('unreadable'), { code: 'EIO' }));
+      oldDb.override.get = broken;
+      const report = await run(f, [log], { migrate: true, oldDb, retry: { attempts: 1 } });
       expect(report.totals).to.include({ foundInOld: 1, migrated: 0, migrateFailed: 1 });
       expect(report.migrateFailures).to.have.length(1);
       expect(report.migrateFailures[0]?.key).to.equal(s.key);
-      expect(report.migrateFailures[0]?.error).to.match(/size mismatch/);
+      expect(report.migrateFailures[0]?.error).to.match(/unreadable|too many retries/);
       expect(report.exitCode).to.equal(1);
-      expect(formatCheckReport(report)).to.contain(
-        `Migrated: 0\nMigrate failed: 1\n  ${s.key}: size mismatch`,
+      expect(formatCheckReport(report)).to.contain(`Migrated: 0\nMigrate failed: 1\n  ${s.key}: `);
+    });
+
+    it('never counts a copy of the wrong size as found: its own class, unresolved, never copied', async () => {
+      // In new with another size than the row (backfill logged it "size mismatch").
+      const wrongNew = await seed(f, { inNew: true });
+      await f.newDb.put(wrongNew.key, wrongNew.body.subarray(0, wrongNew.body.length - 3));
+      // In old with another size than the row.
+      const wrongOld = await seed(f, { type: 'image' });
+      await f.oldDb.put(wrongOld.key, Buffer.concat([wrongOld.body, Buffer.from('xx')]));
+      const fine = await seed(f, { inNew: true });
+      const log = await writeLog(f, 'a.jsonl', [
+        record(wrongNew.key, 'attachment'),
+        record(wrongOld.key, 'image'),
+        record(fine.key, 'attachment'),
+      ]);
+      for (const migrate of [false, true]) {
+        const report = await run(f, [log], { migrate, retry: { attempts: 1 } });
+        expect(report.totals).to.include({
+          checked: 3,
+          foundInNew: 1,
+          wrongSizeInNew: 1,
+          foundInOld: 0,
+          wrongSizeInOld: 1,
+          migrated: 0,
+          migrateFailed: 0,
+        });
+        expect(report.byType.map((t) => [t.type, t.wrongSizeInNew, t.wrongSizeInOld])).to.deep.equal([
+          ['attachment', 1, 0],
+          ['image', 0, 1],
+        ]);
+        expect(report.wrongSize.map((w) => [w.key, w.where, w.expected, w.actual])).to.deep.equal([
+          [wrongNew.key, 'new', wrongNew.body.length, wrongNew.body.length - 3],
+          [wrongOld.key, 'old', wrongOld.body.length, wrongOld.body.length + 2],
+        ]);
+        expect(report.exitCode).to.equal(1, 'a wrong-size copy is unresolved');
+        const text = formatCheckReport(report);
+        expect(text).to.contain('attachment: checked 2 records\n  Found in new db: 1\n');
+        expect(text).to.contain('  Wrong size in new db: 1');
+        expect(text).to.contain('  Wrong size in old db: 1');
+        expect(text).to.contain(
+          `  ${wrongNew.key}: in new ${wrongNew.body.length - 3} bytes, the metadata says ${wrongNew.body.length}`,
+        );
+        expect(JSON.parse(JSON.stringify(report))).to.deep.equal(report);
+      }
+      // Neither --migrate run copied or overwrote anything.
+      expect(await readStream(await f.newDb.get(wrongNew.key))).to.deep.equal(
+        wrongNew.body.subarray(0, wrongNew.body.length - 3),
       );
+      expect(await f.newDb.exists(wrongOld.key)).to.equal(false);
+    });
+
+    it('a record whose checks fail (EACCES) is "Could not check"; the others are classified', async () => {
+      const locked = await seed(f);
+      const others = [await seed(f), await seed(f, { inNew: true }), await seed(f, { inOld: false })];
+      const log = await writeLog(f, 'a.jsonl', [
+        record(others[0]!.key, 'attachment'),
+        record(locked.key, 'attachment'),
+        record(others[1]!.key, 'attachment'),
+        record(others[2]!.key, 'attachment'),
+      ]);
+      // Tests run as root, for whom file modes do not deny: the errno is injected.
+      const oldDb = new CountingBlobDB(f.oldDb);
+      const denied = (key: string) => {
+        const err = Object.assign(new Error(`EACCES: permission denied, open '${key}'`), { code: 'EACCES' });
+        return Promise.reject(err);
+      };
+      oldDb.override.stat = (key) => (key === locked.key ? denied(key) : f.oldDb.stat(key));
+      oldDb.override.get = (key) => (key === locked.key ? denied(key) : f.oldDb.get(key));
+      for (const migrate of [false, true]) {
+        const report = await run(f, [log], { oldDb, migrate });
+        expect(report.totals.checked).to.equal(4);
+        expect(report.totals.notFound).to.equal(1);
+        expect(report.totals.foundInNew).to.equal(1);
+        if (migrate) expect(report.totals).to.include({ foundInOld: 2, migrated: 1, migrateFailed: 1 });
+        else {
+          expect(report.totals).to.include({ foundInOld: 1, errors: 1 });
+          expect(report.errors.map((e) => e.key)).to.deep.equal([locked.key]);
+          expect(report.errors[0]?.error).to.match(/EACCES/);
+          expect(formatCheckReport(report)).to.contain(`Could not check:\n  ${locked.key}: `);
+        }
+        expect(report.exitCode).to.equal(1);
+      }
+    });
+
+    it('stops with InfrastructureError when the backend keeps failing on the infrastructure', async () => {
+      const lines: MissingRecord[] = [];
+      for (let n = 0; n < 12; n++) lines.push(record((await seed(f)).key, 'attachment'));
+      const log = await writeLog(f, 'a.jsonl', lines);
+      const newDb = new CountingBlobDB(f.newDb);
+      newDb.override.stat = () =>
+        Promise.reject(
+          Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:1'), { code: 'ECONNREFUSED' }),
+        );
+      const err = await run(f, [log], { newDb, retry: { attempts: 1 }, infrastructureThreshold: 3 }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(err).to.be.instanceOf(InfrastructureError);
+      expect(String((err as Error).message)).to.match(/in a row failed on the infrastructure/);
     });
 
     it('reports malformed lines with file and line number and processes the rest', async () => {
@@ -287,9 +383,9 @@ for (const target of TARGETS) {
       const log = await writeLog(f, 'a.jsonl', lines);
       const ac = new AbortController();
       const newDb = new CountingBlobDB(f.newDb);
-      newDb.override.exists = async (key) => {
+      newDb.override.stat = async (key) => {
         ac.abort();
-        return f.newDb.exists(key);
+        return f.newDb.stat(key);
       };
       let caught: unknown;
       try {
@@ -315,7 +411,7 @@ for (const target of TARGETS) {
         ['attachment', 1, 0, 1],
         ['image', 1, 1, 0],
       ]);
-      expect(newDb.calls.exists).to.equal(2);
+      expect(newDb.calls.stat).to.equal(2);
     });
 
     it('lists over 100 not-found keys in a file of the log directory', async () => {

@@ -275,6 +275,8 @@ export class CountingBlobDB implements BlobDB {
     list?: (opts?: ListOptions) => AsyncIterable<BlobInfo>;
     bulkDelete?: (keys: string[]) => Promise<BulkDeleteResult>;
     exists?: (key: string) => Promise<boolean>;
+    stat?: (key: string) => Promise<BlobInfo>;
+    get?: (key: string) => Promise<Readable>;
   } = {};
 
   constructor(inner: BlobDB) {
@@ -291,11 +293,11 @@ export class CountingBlobDB implements BlobDB {
   }
   get(key: string): Promise<Readable> {
     this.calls.get++;
-    return this.inner.get(key);
+    return this.override.get ? this.override.get(key) : this.inner.get(key);
   }
   stat(key: string): Promise<BlobInfo> {
     this.calls.stat++;
-    return this.inner.stat(key);
+    return this.override.stat ? this.override.stat(key) : this.inner.stat(key);
   }
   exists(key: string): Promise<boolean> {
     this.calls.exists++;

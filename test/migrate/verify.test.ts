@@ -1,6 +1,7 @@
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { expect } from 'chai';
 import { AbortedError, PreflightError } from '../../lib/errors.js';
+import { identityKey, VERIFY_RUN } from '../../lib/migrate/ledger.js';
 import {
   formatVerifyReport,
   type VerifyOptions,
@@ -9,6 +10,12 @@ import {
 } from '../../lib/migrate/verify.js';
 import type { BlobInfo } from '../../lib/types.js';
 import { CountingBlobDB, type Fixture, seed, TARGETS } from './fixture.js';
+
+async function keys(db: Fixture['newDb']): Promise<string[]> {
+  const out: string[] = [];
+  for await (const info of db.list()) out.push(info.key);
+  return out;
+}
 
 function run(f: Fixture, extra: Partial<VerifyOptions> = {}): Promise<VerifyReport> {
   return verify({ meta: f.meta, newDb: f.newDb, oldDb: f.oldDb, logDir: f.logDir, chunkSize: 3, ...extra });
@@ -69,7 +76,10 @@ for (const target of TARGETS) {
       });
       expect(report.okBytes).to.equal([...blobs, ...images].reduce((n, b) => n + b.body.length, 0));
       expect(report.orphans).to.deep.equal({ count: 0, bytes: 0, file: null });
-      expect(newDb.calls).to.include({ list: 1, stat: 0, exists: 0, get: 0, size: 0 });
+      // One listing; the write probe that tells old and new apart costs one put, one
+      // existence check and one delete; nothing per blob.
+      expect(newDb.calls).to.include({ list: 1, stat: 0, exists: 1, put: 1, bulkDelete: 1, get: 0, size: 0 });
+      expect(report.backends).to.equal('distinct');
       expect(await logFiles(f)).to.deep.equal([]);
       expect(formatVerifyReport(report).trimEnd().split('\n').pop()).to.equal('SAFE TO FLIP');
       expect(JSON.parse(JSON.stringify(report))).to.deep.equal(report);
@@ -271,6 +281,51 @@ for (const target of TARGETS) {
       }
       expect(caught).to.be.instanceOf(AbortedError);
       expect(newDb.calls.get).to.equal(0);
+    });
+
+    it('says NOT SAFE when old and new are the same place: from the config, or proven by a write probe', async () => {
+      await migrated(f, 3);
+      const byConfig = await run(f, { sameLocation: true });
+      // Two names for one place, which no config comparison sees: the probe written to "new" shows in old.
+      const alias = new CountingBlobDB(f.oldDb);
+      const byProbe = await run(f, { newDb: alias });
+      for (const report of [byConfig, byProbe]) {
+        expect(report.safe).to.equal(false);
+        expect(report.backends).to.equal('same place');
+        expect(report.exitCode).to.equal(1);
+        expect(report.verdict).to.match(/^NOT SAFE: old and new are the same place/);
+        expect(formatVerifyReport(report).trimEnd().split('\n').pop()).to.equal(report.verdict);
+      }
+      expect(alias.calls.put).to.equal(1, 'the probe');
+      expect(alias.calls.list).to.equal(0, 'nothing else was looked at');
+      // The probe is gone again.
+      expect((await keys(f.oldDb)).filter((k) => k.startsWith('blobshift-preflight-probe-'))).to.deep.equal(
+        [],
+      );
+      // Without an old backend there is nothing to compare: no probe.
+      const newOnly = new CountingBlobDB(f.newDb);
+      const alone = await verify({ meta: f.meta, newDb: newOnly, logDir: f.logDir });
+      expect(alone).to.include({ safe: true, backends: 'no old backend' });
+      expect(newOnly.calls.put).to.equal(0);
+    });
+
+    it('records each verdict in the run-state table, and a verify that did not finish as failed', async () => {
+      await migrated(f, 2);
+      const key = identityKey({ old: 'old', new: 'new' });
+      const report = await run(f);
+      const saved = await f.meta.getRun(VERIFY_RUN, key);
+      expect(saved).to.include({ status: 'completed', exitCode: 0 });
+      expect(saved?.extra).to.include({ verdict: 'SAFE TO FLIP', safe: true, rows: report.rows });
+      expect(saved?.options).to.include({ kind: 'verify', old: 'old', new: 'new', checksum: false });
+      const ac = new AbortController();
+      ac.abort();
+      await run(f, { signal: ac.signal }).catch(() => undefined);
+      expect(await f.meta.getRun(VERIFY_RUN, key)).to.include({ status: 'failed', exitCode: null });
+      await f.newDb.delete((await keys(f.newDb))[0] as string);
+      await run(f);
+      const unsafe = await f.meta.getRun(VERIFY_RUN, key);
+      expect(unsafe).to.include({ status: 'completed', exitCode: 1 });
+      expect(String(unsafe?.extra.verdict)).to.match(/^NOT SAFE: 1 missing/);
     });
 
     it('refuses metadata with zero rows (within the type filter)', async () => {
