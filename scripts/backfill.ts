@@ -9,6 +9,19 @@ import type { Shard } from '../lib/cli/args.js';
 import { exitWith, isMainModule } from '../lib/cli/run.js';
 
 export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
+  return runBackfillCommand(options, 'backfill');
+}
+
+/**
+ * A local backfill, or with `rollback` the same run in the other direction:
+ * from the config's `new` back to its `old`, replacing the copies in old
+ * that the metadata proves stale (`replaceStale`).
+ */
+export async function runBackfillCommand(
+  options: Record<string, unknown>,
+  mode: 'backfill' | 'rollback',
+): Promise<number> {
+  const rollback = mode === 'rollback';
   const [{ openContext }, { backfill }, { backfillReporter }, { trapSignals }] = await Promise.all([
     import('../lib/cli/context.js'),
     import('../lib/migrate/backfill.js'),
@@ -20,7 +33,7 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
   const concurrency = (options.concurrency as number | undefined) ?? 16;
   const shard = options.shard as Shard | undefined;
   const types = (options.types as string[] | undefined) ?? [];
-  if (options.queue !== undefined) {
+  if (options.queue !== undefined && !rollback) {
     // Scale-out over queue workers: BullMQ loads only on this path.
     const { producerCommand } = await import('../lib/queue/command.js');
     return producerCommand(options);
@@ -35,6 +48,7 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
     logFormat: options.logFormat as 'text' | 'json',
     // The listing snapshot starts before the preflight, so the two overlap.
     snapshot: existence === 'list' || dryRun,
+    reverse: rollback,
   });
   const { logger } = ctx;
   const signals = trapSignals(logger, {
@@ -48,7 +62,8 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
       meta: ctx.meta,
       oldDb: ctx.oldDb!,
       newDb: ctx.newDb!,
-      run: (options.run as string | undefined) ?? 'default',
+      run: (options.run as string | undefined) ?? (rollback ? 'rollback' : 'default'),
+      ...(rollback ? { replaceStale: true } : {}),
       ...(shard ? { shard } : {}),
       types,
       chunkSize: (options.chunkSize as number | undefined) ?? 1000,
@@ -67,7 +82,7 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
         report.onStart(info);
         if (!dryRun && !ctx.newDb!.capabilities.conditionalWrites) {
           logger.warn(
-            'the new backend does not honour conditional writes: a copy checks, then writes, so an app write landing in between could be overwritten',
+            `the ${rollback ? 'old' : 'new'} backend does not honour conditional writes: a copy checks, then writes, so an app write landing in between could be overwritten`,
           );
         }
       },

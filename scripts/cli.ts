@@ -30,6 +30,7 @@ import { registerSecret } from '../lib/redact.js';
 
 export const COMMANDS = [
   'backfill',
+  'rollback',
   'worker',
   'check-blob-logs',
   'verify',
@@ -55,6 +56,7 @@ process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 const loaders: Record<CommandName, () => Promise<{ main: SubcommandMain }>> = {
   backfill: () => import('./backfill.js'),
+  rollback: () => import('./rollback.js'),
   worker: () => import('./worker.js'),
   'check-blob-logs': () => import('./check-blob-logs.js'),
   verify: () => import('./verify.js'),
@@ -247,6 +249,43 @@ export function buildProgram(options: CliOptions = {}): Command {
   queueName(backfill);
   act(backfill, 'backfill');
 
+  const rollback = sub(
+    'rollback',
+    "after a flip, copy the app's writes from new back to old, replacing copies in old the metadata proves stale",
+  ).option(
+    '--run <name>',
+    'run name (checkpoints resume per run; default rollback)',
+    (v: string) => parseRunName(v),
+    'rollback',
+  );
+  logDir(rollback, 'directory for the missing-blob logs').option(
+    '--chunk-size <n>',
+    'metadata rows per chunk',
+    (v: string) => parseChunkSize(v),
+    DEFAULTS.chunkSize,
+  );
+  concurrency(rollback, 'blobs copied at once');
+  types(rollback)
+    .option('--shard <I/N>', 'only rows with id % N = I (0 ≤ I < N)', (v: string) => parseShard(v))
+    .option(
+      '--existence <mode>',
+      'list: one listing snapshot of the old backend; head: a HEAD per blob',
+      (v: string) => parseExistence(v),
+      DEFAULTS.existence,
+    )
+    .option('--max-rate <n>', 'at most N blobs per second', (v: string) => parseRate(v))
+    .option('--reset', 'start the run over (a new pass), forgetting its checkpoint')
+    .option('--dry-run', 'count what old lacks or holds with another size; write nothing');
+  json(rollback)
+    .option('--no-progress', 'no progress output on stderr')
+    .option(
+      '--log-format <format>',
+      'log lines on stderr: text or json',
+      (v: string) => parseLogFormat(v),
+      DEFAULTS.logFormat,
+    );
+  act(rollback, 'rollback');
+
   const worker = sub('worker', 'take backfill chunks from a Redis queue and copy them').requiredOption(
     '--queue <url>',
     'Redis queue (redis://HOST:PORT[/DB])',
@@ -272,7 +311,12 @@ export function buildProgram(options: CliOptions = {}): Command {
   const verify = sub(
     'verify',
     'check every referenced blob is in the new backend; prints SAFE TO FLIP or NOT SAFE',
-  ).option('--checksum', 'also compare content hashes (reads every blob)');
+  )
+    .option('--checksum', 'also compare content hashes (reads every blob)')
+    .option(
+      '--reverse',
+      'judge the old backend instead (after a rollback: is old ready to be the only one?)',
+    );
   types(verify);
   logDir(verify, 'directory for the report files');
   json(verify);
@@ -292,8 +336,11 @@ export function buildProgram(options: CliOptions = {}): Command {
   json(status);
   act(status, 'status');
 
-  const cleanup = sub('cleanup-old', 'after a clean verify, delete the old copies (writes an audit log)')
-    .option('--yes', 'confirm: delete from the old backend')
+  const cleanup = sub(
+    'cleanup-old',
+    'after a clean verify, delete the old copies proven equal to the new ones (writes an audit log)',
+  )
+    .option('--yes', 'confirm: delete from the old backend (not needed with --dry-run)')
     .option('--dry-run', 'list what would be deleted; delete nothing');
   logDir(cleanup, 'directory for the audit log');
   act(cleanup, 'cleanup-old', (opts) => {

@@ -12,9 +12,12 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
     import('../lib/config.js'),
   ]);
   // Old and new being one place is verify's verdict to give (NOT SAFE), not a refusal.
+  // --reverse (after a rollback): the old backend is judged, the new one is the comparison copy.
+  const reverse = options.reverse === true;
   const ctx = await openContext({
     config: options.config as string,
     requireNew: true,
+    ...(reverse ? { requireOld: true, reverse: true } : {}),
     refuseSameLocation: false,
   });
   const signals = trapSignals(ctx.logger);
@@ -33,7 +36,10 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
       logger: ctx.logger,
     });
     if (options.json === true) out.printJson(report);
-    else process.stdout.write(v.formatVerifyReport(report));
+    else {
+      if (reverse) process.stdout.write(`verify --reverse: judging the old backend ${ctx.names.new ?? ''}\n`);
+      process.stdout.write(v.formatVerifyReport(report));
+    }
     return report.exitCode;
   } finally {
     signals.dispose();

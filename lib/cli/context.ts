@@ -44,6 +44,12 @@ export interface ContextOptions {
   /** Override the new backend's socket pool size (S3). */
   maxSockets?: number;
   /**
+   * A rollback: the config's `new` is the source and its `old` the
+   * destination. `oldDb`/`newDb` (and their names, the snapshot, the write
+   * probe) come back swapped, so the engine copies new → old.
+   */
+  reverse?: boolean;
+  /**
    * Start listing the new backend into a snapshot as soon as it is built, so
    * the listing overlaps opening the metadata and the preflight (it writes
    * nothing; a failed preflight cancels it). The command passes it on to the
@@ -66,9 +72,14 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
   const config = loaded.config;
   // Taken before any client is built (SDK clients annotate the credentials object).
   const printable = redact(structuredClone(config));
+  const reverse = opts.reverse === true;
+  const sourceCfg = reverse ? config.new : config.old;
+  const destCfg = reverse ? config.old : config.new;
+  const buildSource = () => (reverse ? loaded.buildNew() : loaded.buildOld());
+  const buildDest = () => (reverse ? loaded.buildOld() : loaded.buildNew());
   const names = {
-    old: config.old ? describeBackend(config.old) : undefined,
-    new: config.new ? describeBackend(config.new) : undefined,
+    old: sourceCfg ? describeBackend(sourceCfg) : undefined,
+    new: destCfg ? describeBackend(destCfg) : undefined,
     meta: describeMeta(config),
   };
   const opened: { close(): Promise<void> }[] = [];
@@ -89,7 +100,7 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
       if (sweepAllowed && newDb && probeKeys && !sweeping) sweeping = sweepProbesFrom(newDb, probeKeys);
     };
     const openNew = async () => {
-      newDb = opts.requireNew || config.new ? await loaded.buildNew() : undefined;
+      newDb = opts.requireNew || destCfg ? await buildDest() : undefined;
       if (newDb) opened.push(newDb);
       if (newDb && opts.snapshot) {
         const { PresentIndex } = await import('../migrate/present-index.js');
@@ -132,14 +143,12 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
       throw asPreflight(names.meta, err);
     });
     opened.push(meta);
-    const oldDb = opts.requireOld || config.old ? await loaded.buildOld() : undefined;
+    const oldDb = opts.requireOld || sourceCfg ? await buildSource() : undefined;
     if (oldDb) opened.push(oldDb);
     if (!opts.snapshot) await openNew();
     if (opts.preflight !== false) {
       const same =
-        (opts.refuseSameLocation ?? true) && config.old && config.new
-          ? sameLocation(config.old, config.new)
-          : false;
+        (opts.refuseSameLocation ?? true) && sourceCfg && destCfg ? sameLocation(sourceCfg, destCfg) : false;
       await preflight({
         meta,
         ...(oldDb ? { oldDb } : {}),

@@ -12,6 +12,7 @@ export function emptyCounts(): RunCounts {
   return {
     total: 0,
     copied: 0,
+    replaced: 0,
     present: 0,
     notFound: 0,
     failed: 0,

@@ -51,6 +51,8 @@ export type RunStatus = 'running' | 'interrupted' | 'failed' | 'completed';
 export interface RunCounts {
   total: number;
   copied: number;
+  /** Of `copied`: stale copies in the destination replaced (a rollback, see `refreshStale`). */
+  replaced: number;
   present: number;
   notFound: number;
   failed: number;

@@ -12,10 +12,18 @@ import { compareKeys } from '../keys.js';
 import { emptyCounts } from '../meta/runs.js';
 import type { MetaStore, RunCounts, RunState, ShardSpec } from '../meta/types.js';
 import type { BlobDB, BlobMeta } from '../types.js';
-import { type CopyOutcome, copyBlob, DEFAULT_RETRY, ReferenceChecker, type RetryPolicy } from './copy.js';
+import {
+  type CopyOutcome,
+  copyBlob,
+  DEFAULT_RETRY,
+  ReferenceChecker,
+  type RetryPolicy,
+  refreshStale,
+} from './copy.js';
 import { isInfrastructureError, shortError } from './errors.js';
 import { MissingLogWriter, type MissingRecord, NOT_FOUND } from './missing-log.js';
 import { PresentIndex, type SnapshotBuild } from './present-index.js';
+import { withRetry } from './retry.js';
 import { ByteBudget, InFlightWindow, type WindowEntry } from './window.js';
 
 /** The few logger methods the engine uses (winston's logger fits). */
@@ -45,6 +53,14 @@ export interface BackfillOptions {
   maxRate?: number;
   /** Forget the run's saved state and start over. */
   reset?: boolean;
+  /**
+   * A rollback (`blobshift rollback`): the copy the destination already holds
+   * is compared with the metadata (its size, and the SHA-256 of its bytes
+   * where the row has one) and replaced when the metadata proves it stale and
+   * the source matches the row (see `refreshStale`). Costs a read of every
+   * destination copy that has the row's size and a row sha256.
+   */
+  replaceStale?: boolean;
   /** Report what would be done; write nothing. */
   dryRun?: boolean;
   /** Where missing-blob logs go (default `./blobshift-logs`). */
@@ -104,12 +120,16 @@ export interface BackfillProgress {
 export type BackfillStatus = 'completed' | 'interrupted' | 'infrastructure' | 'dry-run';
 
 export interface BackfillSummary {
+  /** `rollback` for a run that replaces stale destination copies (`replaceStale`). */
+  mode: 'backfill' | 'rollback';
   run: string;
   shard: string;
   status: BackfillStatus;
   exitCode: number;
   total: number;
   copied: number;
+  /** Of `copied`: stale destination copies replaced (a rollback). */
+  replaced: number;
   present: number;
   notFound: number;
   failed: number;
@@ -203,6 +223,7 @@ async function runBackfill(opts: BackfillOptions): Promise<BackfillSummary> {
     shard,
     old: opts.identity?.old ?? null,
     new: opts.identity?.new ?? null,
+    ...(opts.replaceStale ? { replaceStale: true } : {}),
   };
 
   if (opts.dryRun) return dryRun(opts, run, shard, types, chunkSize);
@@ -374,23 +395,30 @@ async function runBackfill(opts: BackfillOptions): Promise<BackfillSummary> {
     try {
       if (stopReason !== undefined) return;
       let outcome: Outcome | undefined;
-      if (checkNewFirst) outcome = await checkNew(newDb, row, meta);
-      outcome ??= await copyBlob(
-        {
-          oldDb,
-          newDb,
-          references,
-          meta,
-          retry,
+      const ctx = {
+        oldDb,
+        newDb,
+        references,
+        meta,
+        retry,
+        ...(ctxSignal ? { signal: ctxSignal } : {}),
+        onRetry: (key: string, attempt: number, err: unknown) =>
+          logger.warn(`retrying blob (attempt ${attempt + 1} of ${retry.attempts})`, {
+            key,
+            error: shortError(err),
+          }),
+      };
+      if (checkNewFirst && opts.replaceStale) {
+        outcome = await withRetry(() => refreshStale(ctx, row), retry, {
+          what: 'the check of the copy in the destination',
           ...(ctxSignal ? { signal: ctxSignal } : {}),
-          onRetry: (key, attempt, err) =>
-            logger.warn(`retrying blob (attempt ${attempt + 1} of ${retry.attempts})`, {
-              key,
-              error: shortError(err),
-            }),
-        },
-        row,
-      );
+          onRetry: (err, attempt) => ctx.onRetry(row.key, attempt, err),
+        });
+        if (outcome?.kind === 'copied' && outcome.replaced) {
+          logger.info('replaced a stale copy in the destination', { key: row.key });
+        }
+      } else if (checkNewFirst) outcome = await checkNew(newDb, row, meta);
+      outcome ??= await copyBlob(ctx, row);
       if (outcome.kind === 'failed' && isInfrastructureError(outcome.cause)) outcome.infrastructure = true;
       finish(entry, row, outcome);
     } catch (err) {
@@ -535,7 +563,9 @@ async function runBackfill(opts: BackfillOptions): Promise<BackfillSummary> {
               continue;
             }
             const size = answers.sizes.get(row.key);
-            if (size !== undefined && size === row.contentLength) {
+            // A rollback looks into a present copy whose row has a sha256: its bytes may be stale.
+            const judgeBytes = opts.replaceStale === true && row.sha256 !== null;
+            if (size !== undefined && size === row.contentLength && !judgeBytes) {
               finish(entry, row, { kind: 'present', retries: 0 });
               continue;
             }
@@ -699,6 +729,7 @@ export function tallyOutcome(counts: RunCounts, o: Outcome): void {
   switch (o.kind) {
     case 'copied':
       counts.copied++;
+      if (o.replaced) counts.replaced++;
       counts.bytes += o.bytes;
       break;
     case 'present':
@@ -736,6 +767,7 @@ export function addCounts(a: RunCounts, b: RunCounts, extraSeconds: number): Run
   return {
     total: a.total + b.total,
     copied: a.copied + b.copied,
+    replaced: a.replaced + b.replaced,
     present: a.present + b.present,
     notFound: a.notFound + b.notFound,
     failed: a.failed + b.failed,
@@ -759,12 +791,14 @@ export function summaryFromState(
     state.exitCode ??
     (status === 'completed' ? (c.notFound + c.failed > 0 ? EXIT_INCOMPLETE : EXIT_OK) : EXIT_INFRA);
   return {
+    mode: state.options.replaceStale === true ? 'rollback' : 'backfill',
     run: state.name,
     shard: state.shard,
     status,
     exitCode,
     total: c.total,
     copied: c.copied,
+    replaced: c.replaced,
     present: c.present,
     notFound: c.notFound,
     failed: c.failed,
@@ -793,6 +827,11 @@ export function refuseChangedOptions(run: string, state: RunState, wanted: Recor
   const problems: string[] = [];
   if (!sameList(saved.types, wanted.types)) {
     problems.push(`--types ${label(saved.types)} then, ${label(wanted.types)} now`);
+  }
+  if ((saved.replaceStale === true) !== (wanted.replaceStale === true)) {
+    problems.push(
+      `it was ${saved.replaceStale ? 'a rollback' : 'a backfill'} then, ${wanted.replaceStale ? 'a rollback' : 'a backfill'} now`,
+    );
   }
   if ((saved.shard ?? '') !== wanted.shard)
     problems.push(`--shard ${label(saved.shard)} then, ${label(wanted.shard)} now`);
@@ -872,12 +911,14 @@ async function dryRun(
   }
   const seconds = (Date.now() - started) / 1000;
   return {
+    mode: opts.replaceStale ? 'rollback' : 'backfill',
     run,
     shard,
     status: 'dry-run',
     exitCode: EXIT_OK,
     total: counts.total,
     copied: 0,
+    replaced: 0,
     present: counts.present,
     notFound: 0,
     failed: 0,

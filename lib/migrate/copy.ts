@@ -14,21 +14,24 @@
  */
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { getWithInfo } from '../body.js';
+import { ByteCounter, getWithInfo } from '../body.js';
 import { AbortedError, BlobExistsError, BlobNotFoundError, BlobShiftError } from '../errors.js';
 import type { MetaStore } from '../meta/types.js';
 import type { BlobDB, BlobInfo } from '../types.js';
 import { isInfrastructureError, isTransientError, shortError } from './errors.js';
+import { hashBlob } from './hash.js';
 import { TOO_MANY_RETRIES } from './missing-log.js';
 
 export interface CopyRow {
   key: string;
   contentLength: number;
   contentType?: string | null;
+  /** The row's hash, where it has one: what proves a destination copy stale (see `refreshStale`). */
+  sha256?: string | null;
 }
 
 export type CopyOutcome =
-  | { kind: 'copied'; bytes: number; retries: number }
+  | { kind: 'copied'; bytes: number; retries: number; replaced?: boolean }
   | { kind: 'present'; retries: number }
   | { kind: 'notFound'; retries: number }
   | { kind: 'deleted'; retries: number }
@@ -258,6 +261,120 @@ async function statOrUndefined(db: BlobDB, key: string): Promise<BlobInfo | unde
     if (err instanceof BlobNotFoundError) return undefined;
     throw err;
   }
+}
+
+/**
+ * A rollback's look at a copy the destination (`ctx.newDb`) already holds:
+ * it is replaced only when the metadata proves it stale (its size, or the
+ * SHA-256 of its bytes, differs from the row) while the source
+ * (`ctx.oldDb`) matches the row (size, and sha256 where the row has one).
+ * A copy that matches the row is `present`; one the row cannot judge (same
+ * size, no sha256 in the row) is `present` too: nothing proves the source
+ * newer. A stale copy whose source does not match the row either is a
+ * failure, never replaced: either may be the newer one.
+ *
+ * The replacement streams the source with the row's size enforced and its
+ * hash taken on the way; right before it, the row is read again and the
+ * destination stat'ed again (the copy judged stale must still be there, the
+ * row unchanged), so a write landing in that check-then-write window is the
+ * only one that could be overwritten: keep the app writing to the source
+ * while a rollback runs (README, Rollback).
+ *
+ * Resolves `undefined` when the destination holds no copy (the caller copies
+ * as usual, with `overwrite: false`).
+ */
+export async function refreshStale(
+  ctx: CopyContext,
+  row: CopyRow,
+  rereads = 0,
+): Promise<CopyOutcome | undefined> {
+  const { oldDb: source, newDb: dest } = ctx;
+  const key = row.key;
+  const judged = await statOrUndefined(dest, key);
+  if (!judged) return undefined;
+  let stale: string | undefined;
+  const expected = row.sha256?.toLowerCase() ?? null;
+  if (judged.size !== row.contentLength) {
+    stale = `it holds ${judged.size} bytes, the metadata says ${row.contentLength}`;
+  } else if (expected !== null) {
+    const digest = await hashBlob(dest, key, ctx.signal);
+    if (!digest) return undefined;
+    if (digest.bytes !== row.contentLength)
+      stale = `it holds ${digest.bytes} bytes, the metadata says ${row.contentLength}`;
+    else if (digest.sha256 !== expected) stale = 'its bytes do not hash to the metadata sha256';
+  }
+  if (stale === undefined) return { kind: 'present', retries: 0 };
+
+  // The row as it is now: the app may have moved on since the walk read it.
+  const fresh = ctx.meta ? await ctx.meta.get(key) : undefined;
+  if (ctx.meta && !fresh) return { kind: 'deleted', retries: 0 };
+  if (
+    fresh &&
+    (fresh.contentLength !== row.contentLength || (fresh.sha256 ?? null) !== (row.sha256 ?? null))
+  ) {
+    if (rereads >= MAX_ROW_REFRESHES)
+      return staleFailure('its metadata row kept changing; not replaced (run again)');
+    return refreshStale(
+      ctx,
+      {
+        ...row,
+        contentLength: fresh.contentLength,
+        sha256: fresh.sha256,
+        contentType: fresh.contentType,
+      },
+      rereads + 1,
+    );
+  }
+  const src = await hashBlob(source, key, ctx.signal);
+  if (!src) return { kind: 'notFound', retries: 0 };
+  if (src.bytes !== row.contentLength || (expected !== null && src.sha256 !== expected)) {
+    return staleFailure(
+      `the copy in the destination is stale (${stale}), but the source does not match the metadata either (${src.bytes} bytes${expected !== null && src.sha256 !== expected ? ', another sha256' : ''}); not replaced: either may be the newer one`,
+    );
+  }
+
+  // Check, then write: the copy judged stale must still be the one there.
+  const now = await statOrUndefined(dest, key);
+  if (
+    !now ||
+    now.size !== judged.size ||
+    now.etag !== judged.etag ||
+    now.lastModified?.getTime() !== judged.lastModified?.getTime()
+  ) {
+    return staleFailure(
+      'the copy in the destination changed while it was being checked; not replaced (run again)',
+    );
+  }
+  const { info, body } = await getWithInfo(source, key);
+  const counter = new ByteCounter(key, row.contentLength, { hash: 'sha256' });
+  body.on('error', (err) => counter.destroy(err));
+  body.pipe(counter);
+  const contentType = info.contentType ?? row.contentType ?? undefined;
+  try {
+    await dest.put(key, counter, {
+      overwrite: true,
+      size: row.contentLength,
+      ...(contentType !== undefined ? { contentType } : {}),
+      ...(info.httpMeta !== undefined ? { httpMeta: info.httpMeta } : {}),
+    });
+  } finally {
+    if (!body.destroyed) body.destroy();
+  }
+  const wrote = counter.digest();
+  if (expected !== null && wrote !== expected) {
+    // The source changed between its check and the copy: the app rewrote it.
+    return staleFailure(
+      'the source changed during the replacement; run the rollback again to bring over its latest version',
+    );
+  }
+  const after = await afterCopy(ctx, key, { kind: 'copied', bytes: row.contentLength });
+  return after.kind === 'copied'
+    ? { kind: 'copied', bytes: row.contentLength, retries: 0, replaced: true }
+    : { kind: after.kind, retries: 0 };
+}
+
+function staleFailure(error: string): CopyOutcome {
+  return { kind: 'failed', error, cause: undefined, infrastructure: false, retries: 0 };
 }
 
 /** The old backend's blob has another size than the metadata says: not retried, logged. */

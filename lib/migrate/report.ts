@@ -8,12 +8,14 @@ import type { BackfillSummary } from './backfill.js';
 /** The `--json` object of a backfill. */
 export function backfillJson(s: BackfillSummary): Record<string, unknown> {
   return {
+    mode: s.mode,
     run: s.run,
     shard: s.shard || null,
     status: s.status,
     exitCode: s.exitCode,
     total: s.total,
     copied: s.copied,
+    replaced: s.replaced,
     present: s.present,
     notFound: s.notFound,
     failed: s.failed,
@@ -35,11 +37,14 @@ export function backfillJson(s: BackfillSummary): Record<string, unknown> {
 /** The text summary of a backfill, one fact a line. */
 export function formatBackfillSummary(s: BackfillSummary): string[] {
   const run = s.shard ? `${s.run} (shard ${s.shard})` : s.run;
+  const rollback = s.mode === 'rollback';
   if (s.status === 'dry-run') {
     return [
-      `backfill ${run}: dry run, nothing written`,
+      `${s.mode} ${run}: dry run, nothing written`,
       `  blobs in metadata: ${s.total}`,
-      `  already in new:    ${s.present}`,
+      rollback
+        ? `  already in old:    ${s.present} (judged by size only: a rollback also reads copies of the right size)`
+        : `  already in new:    ${s.present}`,
       `  expired (skipped): ${s.expired}`,
       `  to copy:           ${s.toCopy ?? 0} (${humanBytes(s.toCopyBytes ?? 0)})`,
     ];
@@ -54,10 +59,11 @@ export function formatBackfillSummary(s: BackfillSummary): string[] {
     'dry-run': 'dry run',
   }[s.status];
   const lines = [
-    `backfill ${run}: ${head}`,
+    `${s.mode} ${run}: ${head}`,
     ...(s.reason ? [`  reason: ${s.reason}`] : []),
     `  total:                    ${s.total}`,
     `  copied:                   ${s.copied}`,
+    ...(rollback ? [`  of which stale replaced:  ${s.replaced}`] : []),
     `  already present:          ${s.present}`,
     `  not found:                ${s.notFound}`,
     `  failed:                   ${s.failed}`,
@@ -71,7 +77,9 @@ export function formatBackfillSummary(s: BackfillSummary): string[] {
   if (s.notFound + s.failed > 0) {
     const logs = s.logs.map((l) => quoteArg(l)).join(' ');
     lines.push(`  ${s.notFound + s.failed} blobs could not be copied; they are listed in: ${logs}`);
-    lines.push(`  next: blobshift check-blob-logs ${logs}`);
+    if (rollback) {
+      lines.push('  next: read each record: "not found" is in neither backend, any other error says why it was not brought back');
+    } else lines.push(`  next: blobshift check-blob-logs ${logs}`);
   }
   return lines;
 }

@@ -1,6 +1,7 @@
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { expect } from 'chai';
 import { BackendError, PreflightError, SameLocationError } from '../../lib/errors.js';
+import { emptyCounts } from '../../lib/meta/runs.js';
 import {
   type CleanupOptions,
   type CleanupReport,
@@ -278,18 +279,7 @@ for (const target of TARGETS) {
         shard: '',
         status: 'completed' as const,
         lowWaterMark: 0,
-        counts: {
-          total: 0,
-          copied: 0,
-          present: 0,
-          notFound: 0,
-          failed: 0,
-          deletedDuringMigration: 0,
-          expired: 0,
-          bytes: 0,
-          retries: 0,
-          seconds: 0,
-        },
+        counts: emptyCounts(),
         logs: [],
         options: {},
         attempts: 1,
