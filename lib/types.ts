@@ -192,4 +192,14 @@ export interface BlobMeta {
   sha256: string | null;
   createdOn: Date;
   expiresOn: Date | null;
+  /**
+   * Set (by `MetaStore.walk` and `get`, on an app's own mapped table) when the
+   * row cannot be used as it is, saying why in words: `the key is NULL`,
+   * `the key is empty`, `the size is NULL`, `the size "0x5" is not a
+   * non-negative integer`, a size beyond 2^53. `key` is then `''` for a NULL
+   * key and `contentLength` NaN for an unusable size. Absent on usable rows
+   * (a key that fails the key validator is not marked: that is judged per row
+   * where the key is used).
+   */
+  invalid?: string;
 }

@@ -8,6 +8,14 @@ import type { Knex } from 'knex';
 import { BlobShiftError, ConfigError, errorMessage, PreflightError, ReadOnlyError } from '../errors.js';
 import { validateKey } from '../keys.js';
 import type { BlobMeta } from '../types.js';
+import {
+  type ColumnFacts,
+  checkIdColumn,
+  exactKeyExpr,
+  isIntegerType,
+  type SizeColumnKind,
+  sizeSum,
+} from './columns.js';
 import { rowToRun, runToRow } from './runs.js';
 import {
   checkOwnColumns,
@@ -24,6 +32,8 @@ import {
 } from './schema.js';
 import type {
   ColumnMap,
+  DuplicateKeys,
+  DuplicateKeysOptions,
   Estimate,
   MetaOpenOptions,
   MetaStore,
@@ -33,7 +43,7 @@ import type {
   TypeTotals,
   WalkOptions,
 } from './types.js';
-import { toDate, toKey, toNullableText, toSafeNumber, toSizeOrNaN, toText } from './values.js';
+import { keyProblem, readSize, toDate, toKey, toNullableText, toSafeNumber, toText } from './values.js';
 
 export { emptyCounts } from './runs.js';
 export type { Dialect } from './schema.js';
@@ -280,6 +290,10 @@ export class MetaDB implements MetaStore {
   readonly #owned: boolean;
   readonly #cols: ColumnMap;
   readonly #binaryKeys: boolean;
+  /** The id column can hold NULL (an app table): such rows are counted, never walked. */
+  readonly #idNullable: boolean;
+  /** How far `estimate` may trust the size column's values. */
+  readonly #sizeKind: SizeColumnKind;
   readonly #select: Record<string, string>;
   #closed = false;
 
@@ -292,6 +306,8 @@ export class MetaDB implements MetaStore {
     cols: ColumnMap;
     readOnly: boolean;
     binaryKeys: boolean;
+    idNullable: boolean;
+    sizeKind: SizeColumnKind;
   }) {
     this.#knex = init.knex;
     this.#owned = init.owned;
@@ -301,6 +317,8 @@ export class MetaDB implements MetaStore {
     this.#cols = init.cols;
     this.readOnly = init.readOnly;
     this.#binaryKeys = init.binaryKeys;
+    this.#idNullable = init.idNullable;
+    this.#sizeKind = init.sizeKind;
     const select: Record<string, string> = {};
     for (const field of COLUMN_FIELDS) {
       const col = init.cols[field];
@@ -334,7 +352,7 @@ export class MetaDB implements MetaStore {
         throw new PreflightError(target, `the database is unreachable: ${errorMessage(err)}`, { cause: err });
       }
       if (opts.columns) {
-        const cols = await MetaDB.#mapColumns(knex, table, opts.columns);
+        const cols = await MetaDB.#mapColumns(knex, dialect, table, opts.columns);
         const runsTable = validateIdentifier(
           'meta.runsTable',
           opts.runsTable ?? DEFAULT_RUNS_TABLE,
@@ -356,6 +374,8 @@ export class MetaDB implements MetaStore {
           cols: cols.map,
           readOnly: true,
           binaryKeys: cols.binaryKeys,
+          idNullable: cols.idNullable,
+          sizeKind: cols.sizeKind,
         });
       }
       const names = ownTableNames(table);
@@ -372,6 +392,8 @@ export class MetaDB implements MetaStore {
         cols: OWN_COLUMNS,
         readOnly: false,
         binaryKeys: dialect === 'mysql',
+        idNullable: false,
+        sizeKind: 'own',
       });
     } catch (err) {
       if (owned) await knex.destroy().catch(() => undefined);
@@ -381,9 +403,10 @@ export class MetaDB implements MetaStore {
 
   static async #mapColumns(
     knex: Knex,
+    dialect: Dialect,
     table: string,
     columns: ColumnMap,
-  ): Promise<{ map: ColumnMap; binaryKeys: boolean }> {
+  ): Promise<{ map: ColumnMap; binaryKeys: boolean; idNullable: boolean; sizeKind: SizeColumnKind }> {
     const map: Partial<ColumnMap> = {};
     for (const field of COLUMN_FIELDS) {
       const col = (columns as unknown as Record<string, unknown>)[field];
@@ -406,7 +429,7 @@ export class MetaDB implements MetaStore {
     if (!(await knex.schema.hasTable(table))) {
       throw new ConfigError('meta.table', `the app table ${table} does not exist in this database`);
     }
-    const info = (await knex(table).columnInfo()) as unknown as Record<string, { type?: string }>;
+    const info = (await knex(table).columnInfo()) as unknown as Record<string, Partial<ColumnFacts>>;
     const present = Object.keys(info);
     for (const field of COLUMN_FIELDS) {
       const col = map[field];
@@ -421,8 +444,34 @@ export class MetaDB implements MetaStore {
       }
       map[field] = found;
     }
-    const keyType = String(info[map.key as string]?.type ?? '');
-    return { map: map as ColumnMap, binaryKeys: /binary|blob/i.test(keyType) };
+    const facts = (column: string): ColumnFacts => {
+      const f = info[column] ?? {};
+      return { type: String(f.type ?? ''), maxLength: f.maxLength, nullable: f.nullable !== false };
+    };
+    const idCol = map.id as string;
+    const idFacts = facts(idCol);
+    await checkIdColumn(knex, dialect, table, idCol, idFacts);
+    let idNullable = idFacts.nullable;
+    if (dialect === 'sqlite' && idNullable) {
+      // An INTEGER PRIMARY KEY is the rowid: never NULL, though table_info says nullable.
+      const pk = (await knex.raw('SELECT name, pk, type FROM pragma_table_info(?) WHERE pk > 0', [
+        table,
+      ])) as {
+        name: string;
+        type: string;
+      }[];
+      if (pk.length === 1 && pk[0]?.name === idCol && /^integer$/i.test(pk[0].type.trim()))
+        idNullable = false;
+    }
+    const keyType = facts(map.key as string).type;
+    return {
+      map: map as ColumnMap,
+      binaryKeys: /binary|blob/i.test(keyType),
+      idNullable,
+      // SQLite keeps whatever it is given in any column: its declared type is no guarantee.
+      sizeKind:
+        dialect !== 'sqlite' && isIntegerType(dialect, facts(map.size as string).type) ? 'integer' : 'any',
+    };
   }
 
   /** The knex instance (shared with the app when one was passed to `open`). */
@@ -444,20 +493,31 @@ export class MetaDB implements MetaStore {
   }
 
   #toMeta(row: Record<string, unknown>): BlobMeta {
-    return {
-      id: toSafeNumber(row.id, `${this.table} id`),
+    // A row that cannot be used as it is (an app's messy table) must not fail
+    // the whole chunk: it is handed over marked `invalid`, with NaN for an
+    // unusable size and '' for a NULL key, and the engine reports that row.
+    const problems: string[] = [];
+    let id = 0;
+    if (row.id === null || row.id === undefined) problems.push('the id is NULL');
+    else id = toSafeNumber(row.id, `${this.table} id`);
+    const keyIssue = keyProblem(row.key);
+    if (keyIssue !== undefined) problems.push(keyIssue);
+    const size = readSize(row.size);
+    if (size.invalid !== undefined) problems.push(size.invalid);
+    const meta: BlobMeta = {
+      id,
       key: toKey(row.key),
       parentId: toText(row.parentId),
       type: toText(row.type),
       name: toText(row.name),
-      // An absurd size (beyond 2^53) must not fail the whole chunk: the row is
-      // handed over with NaN and the engine fails that one blob.
-      contentLength: toSizeOrNaN(row.size),
+      contentLength: size.size,
       contentType: toNullableText(row.contentType),
       sha256: toNullableText(row.sha256),
       createdOn: toDate(row.createdOn) ?? new Date(0),
       expiresOn: toDate(row.expiresOn),
     };
+    if (problems.length > 0) meta.invalid = problems.join('; ');
+    return meta;
   }
 
   #toRow(m: NewBlobMeta, createdOn: Date): Record<string, unknown> {
@@ -676,7 +736,9 @@ export class MetaDB implements MetaStore {
     const typeCol = this.#typeColumn(opts.types);
     const byType: Record<string, TypeTotals> = {};
     for (const t of uniq(opts.types ?? [])) byType[t] = { count: 0, bytes: 0 };
-    const q = this.#knex(this.table).count({ count: '*' }).sum({ bytes: this.#cols.size });
+    const q = this.#knex(this.table)
+      .count({ count: '*' })
+      .select({ bytes: sizeSum(this.#knex, this.dialect, this.#cols.size, this.#sizeKind) });
     if (this.#cols.type !== undefined) q.select({ type: this.#cols.type }).groupBy(this.#cols.type);
     if (typeCol !== undefined) q.whereIn(typeCol, uniq(opts.types ?? []));
     const rows = (await q) as Record<string, unknown>[];
@@ -720,6 +782,86 @@ export class MetaDB implements MetaStore {
     if (typeCol !== undefined) q.whereIn(typeCol, uniq(opts.types ?? []));
     const row = (await q.first()) as Record<string, unknown> | undefined;
     return toSafeNumber(row?.max ?? 0, `${this.table} max id`);
+  }
+
+  /** Rows within `types` and `id <= upToId` (NULL-id rows included), all of them: see `MetaStore.count`. */
+  async count(opts: { types?: string[]; upToId?: number } = {}): Promise<number> {
+    const typeCol = this.#typeColumn(opts.types);
+    const { upToId } = opts;
+    if (upToId !== undefined && !Number.isSafeInteger(upToId)) {
+      throw new ConfigError('upToId', `must be an integer, got ${upToId}`);
+    }
+    const counted = async (filter: (q: Knex.QueryBuilder) => void): Promise<number> => {
+      const q = this.#knex(this.table).count({ n: '*' });
+      if (typeCol !== undefined) q.whereIn(typeCol, uniq(opts.types ?? []));
+      filter(q);
+      const row = (await q.first()) as Record<string, unknown> | undefined;
+      return toSafeNumber(row?.n ?? 0, 'row count');
+    };
+    if (upToId === undefined) return counted(() => {});
+    let n = await counted((q) => q.where(this.#cols.id, '<=', upToId));
+    if (this.#idNullable) n += await counted((q) => q.whereNull(this.#cols.id));
+    return n;
+  }
+
+  /**
+   * Keys held by more than one row, compared byte for byte: see
+   * `MetaStore.duplicateKeys`. Two grouping scans of the table (a count and
+   * the samples) plus one lookup of the samples' ids. blobshift's own table
+   * has a unique key and is not queried.
+   */
+  async duplicateKeys(opts: DuplicateKeysOptions = {}): Promise<DuplicateKeys> {
+    const limit = opts.limit ?? 10;
+    if (!Number.isSafeInteger(limit) || limit < 0) {
+      throw new ConfigError('limit', `must be a non-negative integer, got ${limit}`);
+    }
+    if (!this.readOnly) return { count: 0, samples: [] };
+    const typeCol = this.#typeColumn(opts.types);
+    const types = uniq(opts.types ?? []);
+    const keyCol = this.#cols.key;
+    const idCol = this.#cols.id;
+    const exact = exactKeyExpr(this.dialect);
+    const groups = (columns: (Knex.Raw | string)[]) => {
+      const q = this.#knex(this.table)
+        .select(columns)
+        .whereNotNull(keyCol)
+        .groupByRaw(exact, [keyCol])
+        .havingRaw('COUNT(*) > 1');
+      if (typeCol !== undefined) q.whereIn(typeCol, types);
+      return q;
+    };
+    const counted = (await this.#knex
+      .count({ n: '*' })
+      .from(groups([this.#knex.raw(`${exact} AS k`, [keyCol])]).as('dups'))
+      .first()) as Record<string, unknown> | undefined;
+    const count = toSafeNumber(counted?.n ?? 0, 'duplicate key count');
+    if (count === 0 || limit === 0) return { count, samples: [] };
+    const first = (await groups([
+      this.#knex.raw(`${exact} AS k`, [keyCol]),
+      this.#knex.raw('MIN(??) AS first_id', [idCol]),
+    ])
+      .orderBy('first_id', 'asc')
+      .limit(limit)) as { k: unknown }[];
+    const keys = first.map((r) => toKey(r.k));
+    const ids = new Map<string, number[]>(keys.map((k) => [k, []]));
+    const lookup = this.#knex(this.table)
+      .select({ id: idCol, key: keyCol })
+      .whereIn(
+        keyCol,
+        keys.map((k) => this.#keyParam(k)),
+      );
+    if (typeCol !== undefined) lookup.whereIn(typeCol, types);
+    for (const r of (await lookup) as Record<string, unknown>[]) {
+      // A case-insensitive column answers for other spellings too: keep the exact key's rows.
+      const list = ids.get(toKey(r.key));
+      if (list !== undefined && r.id !== null && r.id !== undefined) {
+        list.push(toSafeNumber(r.id, `${this.table} id`));
+      }
+    }
+    return {
+      count,
+      samples: keys.map((key) => ({ key, ids: (ids.get(key) ?? []).sort((a, b) => a - b) })),
+    };
   }
 
   async getRun(name: string, shard: string): Promise<RunState | undefined> {

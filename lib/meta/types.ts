@@ -110,6 +110,18 @@ export interface MetaOpenOptions {
   runsTable?: string;
 }
 
+export interface DuplicateKeysOptions {
+  types?: string[];
+  /** Samples to return, default 10. */
+  limit?: number;
+}
+
+export interface DuplicateKeys {
+  /** Distinct keys that have more than one row. */
+  count: number;
+  samples: { key: string; ids: number[] }[];
+}
+
 export interface MetaStore {
   readonly table: string;
   /** True for an app's own mapped table: writes are refused with `ReadOnlyError`. */
@@ -128,6 +140,22 @@ export interface MetaStore {
   referenced(keys: string[]): Promise<Set<string>>;
   /** Highest id present (0 when empty), within the filters. */
   maxId(opts?: { types?: string[] }): Promise<number>;
+  /**
+   * Rows, all of them (NULL keys and invalid rows included), within `types`
+   * and, when `upToId` is given, with `id <= upToId`; rows whose id is NULL
+   * (which no walk can reach) are counted too. A walk's rows checked against
+   * this count show rows it never visited.
+   */
+  count(opts?: { types?: string[]; upToId?: number }): Promise<number>;
+  /**
+   * Keys held by more than one row: how many distinct non-NULL keys (compared
+   * byte for byte: `A` and `a`, `a` and `a `, are different keys) have two or
+   * more rows, in the whole table or among `types`, with up to `limit`
+   * (default 10) samples, smallest first id first, each with its ids in
+   * ascending order. blobshift's own table has a unique key: `{ count: 0,
+   * samples: [] }` without a query.
+   */
+  duplicateKeys(opts?: DuplicateKeysOptions): Promise<DuplicateKeys>;
 
   getRun(name: string, shard: string): Promise<RunState | undefined>;
   /** Inserts or replaces the run's state row. */

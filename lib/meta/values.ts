@@ -30,11 +30,69 @@ export function toDate(value: unknown): Date | null {
   return new Date(text);
 }
 
-/** A key column's value (a Buffer from VARBINARY, or text) as a string. */
+/** A key column's value (a Buffer from VARBINARY or bytea, or text) as a string; `''` for NULL. */
 export function toKey(value: unknown): string {
+  if (value === null || value === undefined) return '';
   if (Buffer.isBuffer(value)) return value.toString('utf8');
   if (value instanceof Uint8Array) return Buffer.from(value).toString('utf8');
   return String(value);
+}
+
+/** A value as it may appear in a message: strings quoted, long ones cut. */
+function shown(value: unknown): string {
+  let text: string;
+  if (typeof value === 'string') text = JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value);
+  else if (typeof value === 'bigint') text = `${value}`;
+  else text = String(value);
+  return text;
+}
+
+/** Why a key column's value cannot be used as a key, or undefined (bad keys are judged by `validateKey`). */
+export function keyProblem(value: unknown): string | undefined {
+  if (value === null || value === undefined) return 'the key is NULL';
+  if (toKey(value) === '') return 'the key is empty';
+  return undefined;
+}
+
+/** A size column's value read strictly: `size` is NaN when `invalid` says why it cannot be used. */
+export interface SizeReading {
+  size: number;
+  invalid?: string;
+}
+
+const DIGITS = /^[0-9]+$/;
+
+/**
+ * Reads a size column strictly: a JS number that is a safe non-negative
+ * integer, a bigint in that range, or text of decimal digits only. NULL,
+ * empty text, `0x5`, `5e0`, ` 5`, `-1`, `5.5` and anything beyond 2^53 are
+ * invalid (NaN, with the reason in words).
+ */
+export function readSize(value: unknown): SizeReading {
+  if (value === null || value === undefined) return { size: Number.NaN, invalid: 'the size is NULL' };
+  let v = value;
+  if (Buffer.isBuffer(v) || v instanceof Uint8Array) v = Buffer.from(v).toString('utf8');
+  const beyond = {
+    size: Number.NaN,
+    invalid: `the size ${shown(v)} is beyond the safe integer range (2^53)`,
+  };
+  const notInteger = { size: Number.NaN, invalid: `the size ${shown(v)} is not a non-negative integer` };
+  if (typeof v === 'number') {
+    if (!Number.isInteger(v) || v < 0) return notInteger;
+    return Number.isSafeInteger(v) ? { size: v } : beyond;
+  }
+  if (typeof v === 'bigint') {
+    if (v < 0n) return notInteger;
+    return v <= BigInt(Number.MAX_SAFE_INTEGER) ? { size: Number(v) } : beyond;
+  }
+  if (typeof v === 'string') {
+    if (v.trim() === '')
+      return { size: Number.NaN, invalid: v === '' ? 'the size is empty' : 'the size is blank' };
+    if (!DIGITS.test(v)) return notInteger;
+    const n = Number(v);
+    return Number.isSafeInteger(n) ? { size: n } : beyond;
+  }
+  return { size: Number.NaN, invalid: `the size ${shown(v)} (${typeof v}) is not a non-negative integer` };
 }
 
 /** A text column's value as a string, `''` for null. */
@@ -59,10 +117,4 @@ export function parseJson<T>(value: unknown, fallback: T, what: string): T {
   } catch (err) {
     throw new BlobShiftError(`${what} holds invalid JSON`, { cause: err, code: 'E_RUN_STATE' });
   }
-}
-
-/** A size column as a number; NaN when it is not a safe integer (the caller fails that row alone). */
-export function toSizeOrNaN(value: unknown): number {
-  const n = typeof value === 'number' ? value : Number(value as string | bigint);
-  return Number.isSafeInteger(n) ? n : Number.NaN;
 }
