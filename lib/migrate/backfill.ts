@@ -552,10 +552,10 @@ async function runBackfill(opts: BackfillOptions): Promise<BackfillSummary> {
               finish(entry, row, { kind: 'expired', retries: 0 });
               continue;
             }
-            if (!Number.isSafeInteger(row.contentLength) || row.contentLength < 0) {
+            if (row.invalid !== undefined || !Number.isSafeInteger(row.contentLength) || row.contentLength < 0) {
               finish(entry, row, {
                 kind: 'failed',
-                error: `the metadata row has an invalid size (${row.contentLength})`,
+                error: `invalid metadata row: ${row.invalid ?? `the size ${row.contentLength} is not a non-negative integer`}`,
                 cause: undefined,
                 infrastructure: false,
                 retries: 0,
@@ -753,6 +753,9 @@ export function tallyOutcome(counts: RunCounts, o: Outcome): void {
 function missingRecord(slot: Slot): MissingRecord | undefined {
   const o = slot.outcome;
   if (o.kind !== 'notFound' && o.kind !== 'failed') return undefined;
+  // A row without a key (NULL in an app's table) has nothing to look up later:
+  // it is counted as failed and logged on stderr with its id, not in the log.
+  if (slot.row.key === '') return undefined;
   return {
     id: slot.row.id,
     key: slot.row.key,

@@ -100,6 +100,7 @@ export type KeptReason =
   | 'content differs in new'
   | 'copies differ'
   | 'no longer referenced'
+  | 'invalid metadata row'
   | 'read failed';
 
 export interface CleanupReport {
@@ -219,6 +220,7 @@ export async function cleanupOld(opts: CleanupOptions): Promise<CleanupReport> {
       'content differs in new': 0,
       'copies differ': 0,
       'no longer referenced': 0,
+      'invalid metadata row': 0,
       'read failed': 0,
     },
     provedAgainstRow: 0,
@@ -291,6 +293,12 @@ export async function cleanupOld(opts: CleanupOptions): Promise<CleanupReport> {
       const inNew = newIndex.lookup(keys);
       const candidates: BlobMeta[] = [];
       for (const row of chunk) {
+        if (row.invalid !== undefined) {
+          // Nothing about such a row proves anything: whatever old holds under it stays.
+          if (row.key !== '' && inOld.has(row.key)) await keep(row, 'invalid metadata row');
+          else report.notInOld++;
+          continue;
+        }
         if (!inOld.has(row.key)) {
           report.notInOld++;
           continue;

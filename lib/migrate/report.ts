@@ -78,7 +78,9 @@ export function formatBackfillSummary(s: BackfillSummary): string[] {
     const logs = s.logs.map((l) => quoteArg(l)).join(' ');
     lines.push(`  ${s.notFound + s.failed} blobs could not be copied; they are listed in: ${logs}`);
     if (rollback) {
-      lines.push('  next: read each record: "not found" is in neither backend, any other error says why it was not brought back');
+      lines.push(
+        '  next: read each record: "not found" is in neither backend, any other error says why it was not brought back',
+      );
     } else lines.push(`  next: blobshift check-blob-logs ${logs}`);
   }
   return lines;

@@ -96,7 +96,14 @@ export interface VerifyProgress {
   total?: number;
 }
 
-export type VerifyClass = 'missing' | 'sizeMismatch' | 'checksumMismatch' | 'unverifiable' | 'unreadable';
+export type VerifyClass =
+  | 'missing'
+  | 'sizeMismatch'
+  | 'checksumMismatch'
+  | 'unverifiable'
+  | 'unreadable'
+  | 'invalidRow'
+  | 'duplicateKey';
 
 export type VerifyVerdict = 'SAFE TO FLIP' | `NOT SAFE: ${string}`;
 
@@ -134,6 +141,21 @@ export interface VerifyReport {
   unverifiable: number;
   /** The new backend failed to stat or read the blob (after retries). Unsafe. */
   unreadable: number;
+  /**
+   * Rows that cannot be judged: a NULL or empty key, a size that is NULL,
+   * blank or not a non-negative integer (`BlobMeta.invalid`). Unsafe.
+   */
+  invalidRows: number;
+  /** Keys held by more than one row (within the types): one blob cannot match two rows. Unsafe. */
+  duplicateKeys: number;
+  /**
+   * The table's own count of rows (within the types, up to the highest id
+   * when the walk began), taken again after the walk, and how many of them
+   * the walk never visited (rows with a NULL id, an id order the walk cannot
+   * follow, rows written behind it). Any unvisited row is unsafe.
+   */
+  tableRows: number;
+  unvisitedRows: number;
   /** Rows that failed against the snapshot but were gone when re-checked: the app deleted them. */
   deletedDuringVerify: number;
   /** With `checksum`: blobs whose bytes were hashed, and of those, compared to the old copy. */
@@ -157,6 +179,8 @@ const FILE_SUFFIX: Record<VerifyClass | 'orphans', string> = {
   checksumMismatch: 'checksum-mismatch',
   unverifiable: 'unverifiable',
   unreadable: 'unreadable',
+  invalidRow: 'invalid-rows',
+  duplicateKey: 'duplicate-keys',
   orphans: 'orphans',
 };
 
@@ -246,6 +270,10 @@ function samePlaceReport(opts: VerifyOptions, types: string[], started: number):
     checksumMismatches: 0,
     unverifiable: 0,
     unreadable: 0,
+    invalidRows: 0,
+    duplicateKeys: 0,
+    tableRows: 0,
+    unvisitedRows: 0,
     deletedDuringVerify: 0,
     hashed: 0,
     hashedAgainstOld: 0,
@@ -288,6 +316,8 @@ async function judge(
     checksumMismatch: 0,
     unverifiable: 0,
     unreadable: 0,
+    invalidRow: 0,
+    duplicateKey: 0,
   };
   let rows = 0;
   let expired = 0;
@@ -297,6 +327,9 @@ async function judge(
   let hashed = 0;
   let hashedAgainstOld = 0;
   let judged = 0;
+  let tableRows = 0;
+  let unvisitedRows = 0;
+  let duplicateKeys = 0;
 
   const record = async (c: VerifyClass | 'orphans', key: string, line: Record<string, unknown>) => {
     const list = samples[c] ?? [];
@@ -304,11 +337,11 @@ async function judge(
     if (list.length < SAMPLE) list.push(key);
     await files[c].write(line);
   };
-  const fail = async (c: VerifyClass, row: BlobMeta, extra: Record<string, unknown>) => {
+  const fail = async (c: VerifyClass, row: BlobMeta, extra: Record<string, unknown>, sample = row.key) => {
     counts[c]++;
     judged++;
     logger.warn(`verify: ${FILE_SUFFIX[c]}`, { key: row.key, id: row.id, ...extra });
-    await record(c, row.key, { id: row.id, key: row.key, type: row.type, ...extra });
+    await record(c, sample, { id: row.id, key: row.key, type: row.type, ...extra });
   };
   const pass = (row: BlobMeta) => {
     ok++;
@@ -465,12 +498,20 @@ async function judge(
     progress('snapshot', index.count, undefined, true);
 
     const nowMs = (opts.now ?? new Date()).getTime();
+    // What the walk must visit: every row up to the highest id when it begins.
+    const maxId = await retrying(() => meta.maxId(typeFilter));
+    let walkedUpToMax = 0;
     for await (const chunk of meta.walk({ chunkSize, ...typeFilter })) {
       if (signal?.aborted) throw aborted();
       if (stopped) throw stopped.error;
       const sizes = index.lookup(chunk.map((r) => r.key));
       for (const row of chunk) {
         rows++;
+        if (row.id <= maxId) walkedUpToMax++;
+        if (row.invalid !== undefined) {
+          await fail('invalidRow', row, { why: row.invalid }, `id ${row.id}: ${row.invalid}`);
+          continue;
+        }
         if (row.expiresOn && row.expiresOn.getTime() <= nowMs) {
           expired++;
           continue;
@@ -490,6 +531,22 @@ async function judge(
     await queue.onIdle();
     if (stopped) throw stopped.error;
     progress('rows', judged, estimate.count, true);
+
+    // The table's own count, after the walk: rows it never visited are unsafe,
+    // whatever the reason (a NULL id, an order the walk cannot follow).
+    tableRows = await retrying(() => meta.count({ ...typeFilter, upToId: maxId }));
+    unvisitedRows = Math.max(0, tableRows - walkedUpToMax);
+    if (unvisitedRows > 0) {
+      logger.error(
+        `verify: the table holds ${tableRows} rows up to id ${maxId}, the walk visited ${walkedUpToMax}: ${unvisitedRows} rows were never checked`,
+      );
+    }
+    const dups = await retrying(() => meta.duplicateKeys({ ...typeFilter, limit: SAMPLE }));
+    duplicateKeys = dups.count;
+    for (const d of dups.samples) {
+      await record('duplicateKey', `${d.key} (ids ${d.ids.join(', ')})`, { key: d.key, ids: d.ids });
+    }
+    if (dups.count > 0) logger.error(`verify: ${dups.count} keys are held by more than one row`);
 
     // Orphans: the snapshot's keys in byte order, checked against the metadata in batches.
     let batch: { key: string; size: number }[] = [];
@@ -539,12 +596,22 @@ async function judge(
   }
 
   const unsafe =
-    counts.missing + counts.sizeMismatch + counts.checksumMismatch + counts.unverifiable + counts.unreadable;
+    counts.missing +
+    counts.sizeMismatch +
+    counts.checksumMismatch +
+    counts.unverifiable +
+    counts.unreadable +
+    counts.invalidRow +
+    duplicateKeys +
+    unvisitedRows;
   let verdict: VerifyVerdict = 'SAFE TO FLIP';
   if (unsafe > 0) {
     let text = `${counts.missing} missing, ${counts.sizeMismatch} size mismatches, ${counts.checksumMismatch} checksum mismatches`;
     if (counts.unverifiable > 0) text += `, ${counts.unverifiable} unverifiable`;
     if (counts.unreadable > 0) text += `, ${counts.unreadable} unreadable`;
+    if (counts.invalidRow > 0) text += `, ${counts.invalidRow} invalid rows`;
+    if (duplicateKeys > 0) text += `, ${duplicateKeys} keys held by more than one row`;
+    if (unvisitedRows > 0) text += `, ${unvisitedRows} rows never visited by the walk`;
     verdict = `NOT SAFE: ${text}`;
   }
   return {
@@ -564,6 +631,10 @@ async function judge(
     checksumMismatches: counts.checksumMismatch,
     unverifiable: counts.unverifiable,
     unreadable: counts.unreadable,
+    invalidRows: counts.invalidRow,
+    duplicateKeys,
+    tableRows,
+    unvisitedRows,
     deletedDuringVerify,
     hashed,
     hashedAgainstOld,
@@ -603,6 +674,14 @@ export function formatVerifyReport(report: VerifyReport): string {
     line('Unverifiable (no sha256 in the row, no old copy)', report.unverifiable, 'unverifiable');
   }
   if (report.unreadable > 0) line('Unreadable', report.unreadable, 'unreadable');
+  if (report.invalidRows > 0)
+    line('Invalid rows (NULL or empty key, unusable size)', report.invalidRows, 'invalidRow');
+  if (report.duplicateKeys > 0) line('Keys held by more than one row', report.duplicateKeys, 'duplicateKey');
+  if (report.unvisitedRows > 0) {
+    out.push(
+      `  Rows never visited by the walk: ${report.unvisitedRows} (the table counts ${report.tableRows}; a NULL id, or ids the walk cannot order)`,
+    );
+  }
   if (report.deletedDuringVerify > 0)
     out.push(`  Deleted by the app during verify: ${report.deletedDuringVerify}`);
   const o = report.orphans;

@@ -96,6 +96,7 @@ for (const target of TARGETS) {
         'content differs in new': 0,
         'copies differ': 0,
         'no longer referenced': 0,
+        'invalid metadata row': 0,
         'read failed': 0,
       });
       expect(report).to.include({ provedAgainstRow: 2, provedAgainstOld: 0 });
