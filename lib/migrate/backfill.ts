@@ -552,7 +552,11 @@ async function runBackfill(opts: BackfillOptions): Promise<BackfillSummary> {
               finish(entry, row, { kind: 'expired', retries: 0 });
               continue;
             }
-            if (row.invalid !== undefined || !Number.isSafeInteger(row.contentLength) || row.contentLength < 0) {
+            if (
+              row.invalid !== undefined ||
+              !Number.isSafeInteger(row.contentLength) ||
+              row.contentLength < 0
+            ) {
               finish(entry, row, {
                 kind: 'failed',
                 error: `invalid metadata row: ${row.invalid ?? `the size ${row.contentLength} is not a non-negative integer`}`,
