@@ -3,8 +3,12 @@
  * else installed. It seeds blobs of mixed sizes and types into a filesystem
  * "old" backend with SQLite metadata, removes the bytes of a few (so some are
  * really missing), starts an S3-compatible server (s3rver) on 127.0.0.1 as
- * the "new" backend, and runs the real CLI: backfill, check-blob-logs and
- * verify. Everything lives in ./.demo (recreated on each run).
+ * the "new" backend, and runs the real CLI through a whole migration:
+ * backfill, check-blob-logs, verify (NOT SAFE, then SAFE once the lost blobs
+ * are written off), the flip with the app writing to new, a rollback
+ * rehearsal that brings those writes back to old, and cleanup-old (refused
+ * until a fresh verify, then deleting every old copy it proves identical).
+ * Everything lives in ./.demo (recreated on each run).
  *
  * Needs Node's legacy OpenSSL provider for s3rver's listing tokens: the npm
  * script passes --openssl-legacy-provider.
@@ -18,6 +22,7 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { FilesystemBlobDB } from '../lib/backends/fs.js';
+import { S3BlobDB } from '../lib/backends/s3.js';
 import { MetaDB } from '../lib/meta/index.js';
 import { BlobStore } from '../lib/store.js';
 
@@ -167,20 +172,81 @@ async function main(): Promise<void> {
     say('step 4: verify (NOT SAFE expected: the lost blobs are gone for good)');
     const verifyCode = await blobshift(['verify', ...common]);
 
+    // The operator writes the really lost blobs off (no backup has them): the app deletes their rows.
+    const appMeta2 = await MetaDB.open({
+      client: 'better-sqlite3',
+      connection: { filename: join(demoDir, 'blobs.sqlite') },
+    });
+    for (const key of lost.slice(2)) await appMeta2.delete(key);
+    say(`step 5: the ${lost.length - 2} lost blobs written off (rows deleted); verify --checksum again`);
+    const verify2Code = await blobshift(['verify', ...common, '--checksum']);
+
+    // The flip: the app now uses the new backend alone. It overwrites one blob in
+    // place with the same length and adds one.
+    const newDb = new S3BlobDB({
+      bucket: 'blobs',
+      clientConfig: {
+        endpoint: s3.endpoint,
+        region: 'us-east-1',
+        forcePathStyle: true,
+        credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+        requestChecksumCalculation: 'WHEN_REQUIRED',
+        responseChecksumValidation: 'WHEN_REQUIRED',
+      },
+    });
+    const app = new BlobStore({ db: newDb, meta: appMeta2 });
+    const rewritten = keys.find((k) => !lost.includes(k)) as string;
+    const old = await appMeta2.get(rewritten);
+    await app.put(randomBytes(old?.contentLength ?? 1000), {
+      key: rewritten,
+      parentId: 'case-1',
+      type: old?.type ?? 'attachment',
+    });
+    await app.put(randomBytes(4096), { parentId: 'case-1', type: 'attachment', name: 'after-the-flip.bin' });
+    await newDb.close();
+    await appMeta2.close();
+    say('step 6: flipped; the app rewrote one blob in new (same length) and added one. Rollback rehearsal:');
+    const rollbackCode = await blobshift(['rollback', ...common, '--no-progress']);
+    say('step 7: verify --reverse --checksum: is old complete again?');
+    const reverseCode = await blobshift(['verify', ...common, '--reverse', '--checksum']);
+
+    say('step 8: we stay on new after all. cleanup-old (refused: the rollback ran after the last verify)');
+    const refusedCode = await blobshift(['cleanup-old', ...common, '--yes']);
+    say('step 9: verify, then cleanup-old --yes (every old copy proven identical before it goes)');
+    const verify3Code = await blobshift(['verify', ...common]);
+    const cleanupCode = await blobshift(['cleanup-old', ...common, '--yes']);
+
     say('what happened');
+    const codes = {
+      backfill: backfillCode,
+      'check-blob-logs': checkCode,
+      verify: verifyCode,
+      'verify --checksum': verify2Code,
+      rollback: rollbackCode,
+      'verify --reverse': reverseCode,
+      'cleanup-old (refused)': refusedCode,
+      'verify (again)': verify3Code,
+      'cleanup-old': cleanupCode,
+    };
+    const expected = [1, 1, 1, 0, 0, 0, 2, 0, 0];
     process.stdout.write(
       [
-        `backfill exited ${backfillCode}, check-blob-logs ${checkCode}, verify ${verifyCode}`,
+        `exit codes: ${Object.entries(codes)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(', ')}`,
         `${BLOBS - lost.length} blobs were copied to S3; the ${lost.length} whose bytes were removed were logged`,
-        `"not found" by backfill; check-blob-logs then tells the 2 the app deleted ("Not referenced") from the`,
-        `${lost.length - 2} really lost ("Not found"), which verify reports too: data loss, never exit 0.`,
+        `"not found" by backfill; check-blob-logs told the 2 the app deleted ("Not referenced") from the`,
+        `${lost.length - 2} really lost ("Not found"), which verify reported too: data loss, never exit 0.`,
+        "Once written off, verify said SAFE TO FLIP; the rollback brought the app's two writes after the flip",
+        'back to old (one of them replacing a stale copy of the same length); cleanup-old refused to run on a',
+        'verify older than that rollback, then deleted only old copies whose new copy hashed to the row.',
         `everything is in ${rel(demoDir)} (the config, logs, metadata and both backends).`,
         `demo took ${((Date.now() - started) / 1000).toFixed(1)} s`,
       ].join('\n') + '\n',
     );
-    const ok = backfillCode === 1 && checkCode === 1 && verifyCode === 1;
-    if (!ok) {
-      process.stderr.write('demo: unexpected exit codes (expected 1, 1, 1)\n');
+    const got = Object.values(codes);
+    if (got.some((c, i) => c !== expected[i])) {
+      process.stderr.write(`demo: unexpected exit codes (expected ${expected.join(', ')})\n`);
       process.exitCode = 1;
     }
   } finally {

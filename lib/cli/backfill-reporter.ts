@@ -27,12 +27,14 @@ export function backfillReporter(
     onStart(info) {
       const queued = info.queue ? `, chunks queued on ${info.queue} (migration ${info.migrationId})` : '';
       logger.info(
-        `backfill run "${info.run}"${info.shard ? ` shard ${info.shard}` : ''}, attempt ${info.attempt}${queued}` +
+        `${info.mode ?? 'backfill'} run "${info.run}"${info.shard ? ` shard ${info.shard}` : ''}, attempt ${info.attempt}${queued}` +
           (info.resumedFrom > 0 ? `, resuming after id ${info.resumedFrom}` : ''),
         {
           log: info.log,
           estimate: info.estimate,
-          ...(info.snapshot ? { newBackendHolds: info.snapshot } : {}),
+          ...(info.snapshot
+            ? { [info.mode === 'rollback' ? 'oldBackendHolds' : 'newBackendHolds']: info.snapshot }
+            : {}),
         },
       );
       progress = createProgress({

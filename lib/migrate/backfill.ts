@@ -98,6 +98,7 @@ export interface BackfillOptions {
 }
 
 export interface BackfillStartInfo {
+  mode: 'backfill' | 'rollback';
   run: string;
   shard: string;
   log: string | undefined;
@@ -217,6 +218,8 @@ async function runBackfill(opts: BackfillOptions): Promise<BackfillSummary> {
   const chunkSize = Math.max(1, opts.chunkSize ?? 1000);
   const logger = opts.logger ?? silentLogger;
   const { meta, oldDb, newDb } = opts;
+  // Where blobs go, for messages: a rollback writes into the old backend.
+  const dest = opts.replaceStale ? 'the old backend (the destination of the rollback)' : 'the new backend';
 
   const runOptions: Record<string, unknown> = {
     types,
@@ -415,7 +418,7 @@ async function runBackfill(opts: BackfillOptions): Promise<BackfillSummary> {
           onRetry: (err, attempt) => ctx.onRetry(row.key, attempt, err),
         });
         if (outcome?.kind === 'copied' && outcome.replaced) {
-          logger.info('replaced a stale copy in the destination', { key: row.key });
+          logger.info('replaced a copy the metadata proves stale', { key: row.key });
         }
       } else if (checkNewFirst) outcome = await checkNew(newDb, row, meta);
       outcome ??= await copyBlob(ctx, row);
@@ -456,7 +459,7 @@ async function runBackfill(opts: BackfillOptions): Promise<BackfillSummary> {
     // What the new backend can do decides how each copy keeps no-overwrite,
     // and whether S3 → S3 copies server-side (the CLI's preflight asked already).
     await newDb.probeCapabilities?.({ copyFrom: oldDb }).catch((err: unknown) => {
-      throw new InfrastructureLost(`probing the new backend failed: ${shortError(err)}`, { cause: err });
+      throw new InfrastructureLost(`probing ${dest} failed: ${shortError(err)}`, { cause: err });
     });
     // The estimate only sizes the progress bar: a row with an absurd size must
     // not stop the run (that row fails on its own, the rest are copied).
@@ -479,7 +482,7 @@ async function runBackfill(opts: BackfillOptions): Promise<BackfillSummary> {
         index = listing.index;
         listing.ready.then(
           (done) =>
-            logger.info('the listing snapshot of the new backend is complete', {
+            logger.info(`the listing snapshot of ${dest} is complete`, {
               keys: done.count,
               bytes: done.bytes,
             }),
@@ -488,12 +491,13 @@ async function runBackfill(opts: BackfillOptions): Promise<BackfillSummary> {
       } catch (err) {
         if (opts.signal?.aborted) throw err;
         logger.warn(
-          `the listing snapshot of the new backend could not be started; using a HEAD per blob instead: ${shortError(err)}`,
+          `the listing snapshot of ${dest} could not be started; using a HEAD per blob instead: ${shortError(err)}`,
         );
         existence = 'head';
       }
     }
     opts.onStart?.({
+      mode: opts.replaceStale ? 'rollback' : 'backfill',
       run,
       shard,
       log: log.path,
@@ -535,11 +539,11 @@ async function runBackfill(opts: BackfillOptions): Promise<BackfillSummary> {
               } catch (err) {
                 if (interrupted || opts.signal?.aborted) break;
                 if (isInfrastructureError(err))
-                  throw new InfrastructureLost(`listing the new backend failed: ${shortError(err)}`, {
+                  throw new InfrastructureLost(`listing ${dest} failed: ${shortError(err)}`, {
                     cause: err,
                   });
                 logger.warn(
-                  `the listing of the new backend failed; blobs it had not reached get a HEAD each instead: ${shortError(err)}`,
+                  `the listing of ${dest} failed; blobs it had not reached get a HEAD each instead: ${shortError(err)}`,
                 );
                 existence = 'head';
                 index = undefined;

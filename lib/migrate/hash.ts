@@ -5,7 +5,7 @@
  * says nothing of bytes that changed later (bit rot, a restore, a buggy proxy).
  */
 import { createHash } from 'node:crypto';
-import { BlobNotFoundError } from '../errors.js';
+import { AbortedError, BlobNotFoundError } from '../errors.js';
 import type { BlobDB } from '../types.js';
 
 export interface BlobDigest {
@@ -30,16 +30,15 @@ export async function hashBlob(
   }
   const hash = createHash('sha256');
   let bytes = 0;
-  const onAbort = () => body.destroy(signal?.reason instanceof Error ? signal.reason : new Error('aborted'));
-  signal?.addEventListener('abort', onAbort, { once: true });
   try {
     for await (const chunk of body) {
+      // Checked per chunk rather than through a listener on a signal shared by every read.
+      if (signal?.aborted) throw new AbortedError('read interrupted');
       const buf = typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer);
       bytes += buf.length;
       hash.update(buf);
     }
   } finally {
-    signal?.removeEventListener('abort', onAbort);
     if (!body.destroyed) body.destroy();
   }
   return { sha256: hash.digest('hex'), bytes };

@@ -467,6 +467,7 @@ export async function queuedBackfill(opts: QueuedBackfillOptions): Promise<Backf
       }
     }
     opts.onStart?.({
+      mode: 'backfill',
       run,
       shard,
       log: log.path,
