@@ -21,10 +21,19 @@ export {
   DEFAULT_RETRY,
   ReferenceChecker,
   type RetryPolicy,
+  refreshStale,
 } from './migrate/copy.js';
 export { isInfrastructureError, isTransientError } from './migrate/errors.js';
+export { type BlobDigest, hashBlob } from './migrate/hash.js';
+export {
+  type BackendIdentity,
+  CHECK_RUN,
+  identityKey,
+  requireCleanVerify,
+  VERIFY_RUN,
+} from './migrate/ledger.js';
 export * from './migrate/missing-log.js';
-export { type PreflightOptions, preflight } from './migrate/preflight.js';
+export { type PreflightOptions, preflight, proveDistinct } from './migrate/preflight.js';
 export { PresentIndex } from './migrate/present-index.js';
 export { backfillJson, formatBackfillSummary } from './migrate/report.js';
 export * from './migrate/verify.js';
