@@ -239,10 +239,26 @@ const BACKEND_TYPES = ['fs', 's3', 'memory'];
 
 const backendSchema = z.discriminatedUnion('type', [fsBackend, s3Backend, memoryBackend]);
 
+/**
+ * The Redis queue of `--queue` (scale-out over workers): its URL, and its
+ * password kept out of the command line (where `ps` shows it), usually as
+ * `"$REDIS_PASSWORD"`.
+ */
+const queueSchema = strict({
+  url: z
+    .string()
+    .refine((v) => /^rediss?:\/\/[^/]/.test(v), {
+      error: 'must be a redis://HOST[:PORT][/DB] or rediss:// URL',
+    })
+    .optional(),
+  password: nonEmpty.optional(),
+});
+
 const configSchema = strict({
   meta: z.unknown(),
   old: backendSchema.optional(),
   new: backendSchema.optional(),
+  queue: queueSchema.optional(),
 });
 
 // ---------------------------------------------------------------------------
@@ -267,10 +283,14 @@ export type MetaConfig = {
   | { client: 'mysql2'; connection: string | MysqlConnectionConfig }
 );
 
+export type QueueConfig = z.output<typeof queueSchema>;
+
 export interface BlobShiftConfig {
   meta: MetaConfig;
   old?: BackendConfig;
   new?: BackendConfig;
+  /** The Redis queue of `--queue`: URL and password (see the README, Scaling out). */
+  queue?: QueueConfig;
 }
 
 export interface ConfigOptions {
@@ -468,7 +488,9 @@ export function substituteEnv(
   return value;
 }
 
-const SECRET_KEY = /^(secretaccesskey|sessiontoken|password|passwd|pass|secret|token|apikey|api_key)$/i;
+// The access key id is not a secret by itself, but it names the account: redacted like one.
+const SECRET_KEY =
+  /^(accesskeyid|secretaccesskey|sessiontoken|password|passwd|pass|secret|token|apikey|api_key)$/i;
 const URL_PASSWORD = /[a-z][a-z0-9+.-]*:\/\/[^:/?#@\s]*:([^@/?#\s]+)@/gi;
 
 /** Registers every secret-looking value (by field name, or a password inside a URL) with the redactor. */
@@ -606,6 +628,7 @@ export function parseConfig(
   const newCfg = normalizeBackend(top.data.new, baseDir, 'new');
   if (oldCfg !== undefined) config.old = oldCfg;
   if (newCfg !== undefined) config.new = newCfg;
+  if (top.data.queue !== undefined) config.queue = top.data.queue;
   if (opts.requireOld && config.old === undefined) {
     throw new ConfigError('old', 'is required for this command (the backend blobs are copied from)');
   }

@@ -9,7 +9,7 @@ const secrets = new Set<string>();
 
 /** Field names whose values are always secret, whatever they hold. */
 const SECRET_FIELD =
-  /^(secretaccesskey|sessiontoken|password|passwd|pass|secret|token|apikey|api_key|authorization)$/i;
+  /^(accesskeyid|secretaccesskey|sessiontoken|password|passwd|pass|secret|token|apikey|api_key|authorization)$/i;
 
 /** Registers a value to scrub from everything printed from now on. Short values (< 4 chars) are ignored. */
 export function registerSecret(value: unknown): void {

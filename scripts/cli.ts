@@ -26,6 +26,7 @@ import {
   urlPassword,
 } from '../lib/cli/args.js';
 import { EXIT, exitWith, isMainModule, reportError, runCommand } from '../lib/cli/run.js';
+import { pendingSignal, trapEarlySignals } from '../lib/cli/signals.js';
 import { registerSecret } from '../lib/redact.js';
 
 export const COMMANDS = [
@@ -245,7 +246,11 @@ export function buildProgram(options: CliOptions = {}): Command {
       (v: string) => parseLogFormat(v),
       DEFAULTS.logFormat,
     )
-    .option('--queue <url>', 'spread the work over workers through Redis (redis://HOST:PORT[/DB])', queueUrl);
+    .option(
+      '--queue [url]',
+      "spread the work over workers through Redis (redis://HOST:PORT[/DB]; without a value, the config's queue.url)",
+      queueUrl,
+    );
   queueName(backfill);
   act(backfill, 'backfill');
 
@@ -286,9 +291,9 @@ export function buildProgram(options: CliOptions = {}): Command {
     );
   act(rollback, 'rollback');
 
-  const worker = sub('worker', 'take backfill chunks from a Redis queue and copy them').requiredOption(
-    '--queue <url>',
-    'Redis queue (redis://HOST:PORT[/DB])',
+  const worker = sub('worker', 'take backfill chunks from a Redis queue and copy them').option(
+    '--queue [url]',
+    "Redis queue (redis://HOST:PORT[/DB]; without the flag or a value, the config's queue.url)",
     queueUrl,
   );
   queueName(worker);
@@ -378,6 +383,8 @@ function reportCommanderError(err: TaggedCommanderError, stderr: NodeJS.Writable
  * and returns the exit code. Errors are reported on stderr as one line.
  */
 export async function runCli(argv: readonly string[], options: CliOptions = {}): Promise<number> {
+  // Before anything slow: a signal during the setup becomes exit 130, not a kill.
+  trapEarlySignals(options.stderr);
   const dispatch = options.dispatch ?? runSubcommand;
   let result: number = EXIT.OK;
   const program = buildProgram({
@@ -395,6 +402,8 @@ export async function runCli(argv: readonly string[], options: CliOptions = {}):
         if (err instanceof CommanderError) return reportCommanderError(err, options.stderr);
         throw err;
       }
+      // A command that traps no signals (estimate, status) ran to its end: the signal still counts.
+      if (pendingSignal() !== undefined) return EXIT.INTERRUPTED;
       return Number.isInteger(result) && result >= 0 && result <= 255 ? result : EXIT.INCOMPLETE;
     },
     { stderr: options.stderr },

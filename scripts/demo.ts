@@ -109,7 +109,7 @@ async function main(): Promise<void> {
   await meta.close();
   await oldDb.close();
   process.stdout.write(
-    `seeded ${BLOBS} blobs, ${(bytes / 1e6).toFixed(1)} MB; removed the bytes of ${lost.length}\n`,
+    `seeded ${BLOBS} blobs, ${(bytes / 1048576).toFixed(1)} MiB; removed the bytes of ${lost.length}\n`,
   );
 
   say('starting an S3-compatible server (s3rver) on 127.0.0.1 as the new backend');

@@ -3,12 +3,15 @@
  * (no backend is contacted).
  */
 export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
-  const [{ loadConfig }, out] = await Promise.all([
+  const [{ loadConfig }, out, { openQuietMeta }, { createLogger }] = await Promise.all([
     import('../lib/config.js'),
     import('../lib/cli/output.js'),
+    import('../lib/cli/context.js'),
+    import('../lib/log.js'),
   ]);
   const loaded = await loadConfig(options.config as string, { sqliteMustExist: true });
-  const meta = await loaded.openMeta();
+  // knex's own printout of a failed connection goes: the error comes back as one line.
+  const meta = await openQuietMeta(loaded, createLogger({ format: 'text' }));
   try {
     const types = options.types as string[] | undefined;
     const estimate = await meta.estimate(types ? { types } : {});

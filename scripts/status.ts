@@ -5,15 +5,24 @@
 import { UsageError } from '../lib/cli/args.js';
 
 export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
-  const [{ loadConfig }, out, { summaryFromState }, { backfillJson, formatBackfillSummary }] =
-    await Promise.all([
-      import('../lib/config.js'),
-      import('../lib/cli/output.js'),
-      import('../lib/migrate/backfill.js'),
-      import('../lib/migrate/report.js'),
-    ]);
+  const [
+    { loadConfig },
+    out,
+    { summaryFromState },
+    { backfillJson, formatBackfillSummary },
+    { openQuietMeta },
+    { createLogger },
+  ] = await Promise.all([
+    import('../lib/config.js'),
+    import('../lib/cli/output.js'),
+    import('../lib/migrate/backfill.js'),
+    import('../lib/migrate/report.js'),
+    import('../lib/cli/context.js'),
+    import('../lib/log.js'),
+  ]);
   const loaded = await loadConfig(options.config as string, { sqliteMustExist: true });
-  const meta = await loaded.openMeta();
+  // knex's own printout of a failed connection goes: the error comes back as one line.
+  const meta = await openQuietMeta(loaded, createLogger({ format: 'text' }));
   try {
     const name = (options.run as string | undefined) ?? 'default';
     const runs = (await meta.listRuns()).filter((r) => r.name === name);

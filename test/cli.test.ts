@@ -212,7 +212,9 @@ describe('scripts/cli.ts startup', () => {
     expect(files).to.include.members(['scripts/cli.ts', 'lib/cli/args.ts', 'lib/cli/run.ts']);
     // Nothing of the engine, the backends, the metadata layer or the other subcommands.
     for (const f of files) {
-      expect(f).to.match(/^(scripts\/cli\.ts|lib\/cli\/(args|run)\.ts|lib\/(errors|redact|keys)\.ts)$/);
+      expect(f).to.match(
+        /^(scripts\/cli\.ts|lib\/cli\/(args|run|signals)\.ts|lib\/(errors|redact|keys)\.ts)$/,
+      );
     }
   });
 
@@ -359,11 +361,13 @@ describe('runCli (in process)', () => {
     expect(r.err.text).to.include('--yes');
   });
 
-  it('worker without --queue exits 2 naming --queue', async () => {
+  it("worker without --queue is dispatched: the URL may come from the config's queue.url", async () => {
     const r = await run(['worker']);
-    expect(r.code).to.equal(2);
-    expect(r.calls).to.have.length(0);
-    expect(r.err.text).to.include('--queue');
+    expect(r.code).to.equal(0);
+    expect(r.calls).to.have.length(1);
+    expect(r.calls[0]?.options.queue).to.equal(undefined);
+    const bare = await run(['backfill', '--queue']);
+    expect(bare.calls[0]?.options.queue).to.equal(true, '--queue without a value: the config says where');
   });
 
   it("returns the subcommand's exit code", async () => {
@@ -695,7 +699,7 @@ describe('lib/cli/progress', () => {
         rate: 350,
         etaSeconds: 48,
       }),
-    ).to.equal('progress: 1200/20000 blobs (6.0%), 4.7 MB, 350 blobs/s, eta 48s');
+    ).to.equal('progress: 1200/20000 blobs (6.0%), 4.5 MiB, 350 blobs/s, eta 48s');
     expect(
       formatProgressLine({
         done: 7,
@@ -715,7 +719,7 @@ describe('lib/cli/progress', () => {
         rate: 0,
         etaSeconds: undefined,
       }),
-    ).to.equal('progress: 1/4 blobs (25.0%), 1.5 kB of 6.0 kB, 0.0 blobs/s, eta ?');
+    ).to.equal('progress: 1/4 blobs (25.0%), 1.5 KiB of 5.9 KiB, 0.0 blobs/s, eta ?');
   });
 
   it('off a TTY: periodic lines, then a final one at stop', async () => {
@@ -730,7 +734,7 @@ describe('lib/cli/progress', () => {
     p.stop();
     expect(sink.lines).to.have.length(periodic + 1);
     // 1200 blobs in 4 s: 300 blobs/s; 18800 left: 62.7 s.
-    expect(sink.lines.at(-1)).to.equal('progress: 1200/20000 blobs (6.0%), 4.7 MB, 300 blobs/s, eta 1m03s');
+    expect(sink.lines.at(-1)).to.equal('progress: 1200/20000 blobs (6.0%), 4.5 MiB, 300 blobs/s, eta 1m03s');
     p.update(5000, 0);
     p.stop();
     await new Promise((r) => setTimeout(r, 50));
@@ -755,7 +759,7 @@ describe('lib/cli/progress', () => {
     t = 2000;
     p.update(40, 2048);
     p.stop();
-    expect(sink.lines).to.deep.equal(['progress: 40/40 blobs (100.0%), 2.0 kB, 20 blobs/s, eta 0s']);
+    expect(sink.lines).to.deep.equal(['progress: 40/40 blobs (100.0%), 2.0 KiB, 20 blobs/s, eta 0s']);
   });
 
   it('disabled: writes nothing', async () => {
@@ -775,20 +779,21 @@ describe('lib/cli/progress', () => {
     t = 1000;
     p.update(50, 1_000_000);
     p.stop();
-    expect(sink.text).to.include('50/100 blobs (50.0%), 1.0 MB, 50 blobs/s, eta 1s');
+    expect(sink.text).to.include('50/100 blobs (50.0%), 976.6 KiB, 50 blobs/s, eta 1s');
     expect(sink.text).to.include('█');
   });
 });
 
 describe('lib/cli/output', () => {
-  it('humanBytes uses decimal units with one decimal', () => {
+  it('humanBytes uses binary units (the one byte formatter) with one decimal', () => {
     expect(humanBytes(0)).to.equal('0 B');
-    expect(humanBytes(999)).to.equal('999 B');
-    expect(humanBytes(1000)).to.equal('1.0 kB');
-    expect(humanBytes(4_700_000)).to.equal('4.7 MB');
-    expect(humanBytes(999_960)).to.equal('1.0 MB');
-    expect(humanBytes(8 * 1024 ** 3)).to.equal('8.6 GB');
-    expect(humanBytes(2e15)).to.equal('2.0 PB');
+    expect(humanBytes(1023)).to.equal('1023 B');
+    expect(humanBytes(1024)).to.equal('1.0 KiB');
+    expect(humanBytes(1500)).to.equal('1.5 KiB');
+    expect(humanBytes(4.7 * 1024 ** 2)).to.equal('4.7 MiB');
+    expect(humanBytes(1024 ** 2 - 20)).to.equal('1.0 MiB');
+    expect(humanBytes(8 * 1024 ** 3)).to.equal('8.0 GiB');
+    expect(humanBytes(2 * 1024 ** 5)).to.equal('2.0 PiB');
   });
 
   it('humanDuration is short and readable', () => {

@@ -4,7 +4,7 @@
  * closes everything. The subcommand scripts stay thin on top of it.
  */
 import type { BlobShiftConfig, LoadedConfig } from '../config.js';
-import { ConfigError, PreflightError } from '../errors.js';
+import { AbortedError, ConfigError, PreflightError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { MetaStore } from '../meta/types.js';
 import { shortError } from '../migrate/errors.js';
@@ -12,6 +12,7 @@ import type { SnapshotBuild } from '../migrate/present-index.js';
 import { redact, redactString } from '../redact.js';
 import type { BlobDB } from '../types.js';
 import { oneLine } from './run.js';
+import { pendingSignal, throwIfInterrupted } from './signals.js';
 
 export interface CommandContext {
   loaded: LoadedConfig;
@@ -135,6 +136,7 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
         });
       }
     };
+    throwIfInterrupted();
     // The listing is the long part of a run's setup: start it first.
     if (opts.snapshot) await openNew();
     const { createLogger } = await import('../log.js');
@@ -143,9 +145,11 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
       throw asPreflight(names.meta, err);
     });
     opened.push(meta);
+    throwIfInterrupted();
     const oldDb = opts.requireOld || sourceCfg ? await buildSource() : undefined;
     if (oldDb) opened.push(oldDb);
     if (!opts.snapshot) await openNew();
+    throwIfInterrupted();
     if (opts.preflight !== false) {
       const same =
         (opts.refuseSameLocation ?? true) && sourceCfg && destCfg ? sameLocation(sourceCfg, destCfg) : false;
@@ -165,9 +169,17 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
       sweepAllowed = opts.write === true;
       sweepFromSnapshot();
     }
+    throwIfInterrupted();
     return { loaded, config, printable, meta, oldDb, newDb, snapshot, names, logger, close };
   } catch (err) {
     await close();
+    // A signal during the setup: whatever the step in progress said, the operator asked to stop.
+    const signal = pendingSignal();
+    if (signal !== undefined && !(err instanceof AbortedError)) {
+      throw new AbortedError(`interrupted (${signal}) during setup, before any blob was touched`, {
+        cause: err,
+      });
+    }
     throw err;
   }
 }
@@ -178,7 +190,7 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
  * not answer, though the error also reaches us (and becomes one preflight
  * line). Those go; other warnings go to the logger, redacted.
  */
-async function openQuietMeta(loaded: LoadedConfig, logger: Logger): Promise<MetaStore> {
+export async function openQuietMeta(loaded: LoadedConfig, logger: Pick<Logger, 'warn'>): Promise<MetaStore> {
   const { MetaDB } = await import('../meta/index.js');
   const m = loaded.config.meta;
   const say = (message: unknown) => {

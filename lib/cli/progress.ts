@@ -2,7 +2,7 @@
  * Progress on stderr for long commands (backfill, check-blob-logs, verify).
  * On a TTY: a redrawn bar (done/total blobs, bytes, rate, ETA). Elsewhere
  * (logs, CI): a plain line every `intervalMs`, and one at the end:
- *   `progress: 1200/20000 blobs (6.0%), 4.7 MB, 350 blobs/s, eta 48s`
+ *   `progress: 1200/20000 blobs (6.0%), 4.7 MiB, 350 blobs/s, eta 48s`
  * Counts are finished blobs, as the caller reports them; the rate is measured
  * over the last 30 seconds, so a resumed run's earlier work does not inflate it.
  */

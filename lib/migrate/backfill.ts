@@ -233,6 +233,8 @@ async function runBackfill(opts: BackfillOptions): Promise<BackfillSummary> {
 
   let state = await meta.getRun(run, shard);
   if (state && opts.reset) {
+    // --reset forgets a run, never one that is being run right now.
+    refuseLiveOwner(run, state);
     await meta.deleteRun(run, shard);
     state = undefined;
   }
@@ -318,7 +320,7 @@ async function runBackfill(opts: BackfillOptions): Promise<BackfillSummary> {
       logger.warn(`blob failed: ${outcome.error}`, {
         key: row.key,
         id: row.id,
-        error: shortError(outcome.cause),
+        ...(outcome.cause !== undefined ? { error: shortError(outcome.cause) } : {}),
       });
       if (infraStreak >= threshold) {
         stop(`${infraStreak} blobs in a row failed on the infrastructure: ${shortError(outcome.cause)}`);
@@ -332,7 +334,7 @@ async function runBackfill(opts: BackfillOptions): Promise<BackfillSummary> {
       logger.warn(`blob failed: ${outcome.error}`, {
         key: row.key,
         id: row.id,
-        error: shortError(outcome.cause),
+        ...(outcome.cause !== undefined ? { error: shortError(outcome.cause) } : {}),
       });
     }
     tally(live, slot);

@@ -41,6 +41,7 @@
  */
 import PQueue from 'p-queue';
 import { AbortedError, PreflightError, SameLocationError } from '../errors.js';
+import { humanBytes } from '../format.js';
 import type { MetaStore } from '../meta/types.js';
 import type { BlobDB, BlobMeta } from '../types.js';
 import { type EngineLogger, silentLogger } from './backfill.js';
@@ -450,12 +451,16 @@ export function formatCleanupReport(report: CleanupReport): string {
   out.push(`  Old and new: distinct (a probe written to new did not show in old)`);
   out.push(`  Relying on the clean verify started ${report.verifiedAt}`);
   if (report.dryRun) {
-    out.push(`  Would delete from old: ${report.wouldDelete} (${report.wouldDeleteBytes} bytes)`);
+    out.push(
+      `  Would delete from old: ${report.wouldDelete} (${humanBytes(report.wouldDeleteBytes)}, ${report.wouldDeleteBytes} bytes)`,
+    );
     for (const key of report.sample) out.push(`    ${key}`);
     if (report.wouldDelete > report.sample.length) out.push('    …');
     if (report.planFile) out.push(`  Listed in ${report.planFile}`);
   } else {
-    out.push(`  Deleted from old: ${report.deleted} (${report.deletedBytes} bytes)`);
+    out.push(
+      `  Deleted from old: ${report.deleted} (${humanBytes(report.deletedBytes)}, ${report.deletedBytes} bytes)`,
+    );
     if (report.auditLog) out.push(`  Audit log: ${report.auditLog}`);
   }
   out.push(

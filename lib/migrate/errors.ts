@@ -17,17 +17,16 @@ const PERMANENT_CODES = new Set([
   'E_ABORTED',
 ]);
 
+/**
+ * A filesystem that takes no more writes: no blob after this one will fare
+ * better, and retrying each blob only delays the stop. Not retried; a run
+ * of them stops the run as infrastructure lost (exit 3, checkpoint saved),
+ * and a rerun resumes once space is freed or the mount is writable again.
+ */
+const FULL_ERRNO = new Set(['ENOSPC', 'EDQUOT', 'EROFS']);
+
 /** Local conditions a retry will not fix: the blob fails, the run goes on. */
-const PERMANENT_ERRNO = new Set([
-  'EACCES',
-  'EPERM',
-  'EROFS',
-  'ENOTDIR',
-  'EISDIR',
-  'ENAMETOOLONG',
-  'ELOOP',
-  'EINVAL',
-]);
+const PERMANENT_ERRNO = new Set(['EACCES', 'EPERM', 'ENOTDIR', 'EISDIR', 'ENAMETOOLONG', 'ELOOP', 'EINVAL']);
 
 /** The network or the server is not there: retried, and a run of them means the infrastructure is lost. */
 const CONNECTION_ERRNO = new Set([
@@ -99,7 +98,7 @@ export function errorFacts(err: unknown): ErrorFacts {
 export function isTransientError(err: unknown): boolean {
   const f = errorFacts(err);
   if (f.code && PERMANENT_CODES.has(f.code)) return false;
-  if (f.errno && PERMANENT_ERRNO.has(f.errno)) return false;
+  if (f.errno && (PERMANENT_ERRNO.has(f.errno) || FULL_ERRNO.has(f.errno))) return false;
   if (f.errno && CONNECTION_ERRNO.has(f.errno)) return true;
   if (f.name && TRANSIENT_NAMES.has(f.name)) return true;
   if (f.name && AUTH_NAMES.has(f.name)) return false;
@@ -116,6 +115,7 @@ export function isTransientError(err: unknown): boolean {
 export function isInfrastructureError(err: unknown): boolean {
   const f = errorFacts(err);
   if (f.code === 'E_INFRASTRUCTURE') return true;
+  if (f.errno && FULL_ERRNO.has(f.errno)) return true;
   if (f.code && PERMANENT_CODES.has(f.code)) return false;
   if (f.errno && CONNECTION_ERRNO.has(f.errno)) return true;
   if (f.name && AUTH_NAMES.has(f.name)) return true;

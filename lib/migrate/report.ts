@@ -2,7 +2,7 @@
  * How a backfill's result is shown: the text summary on stdout, and the
  * `--json` object (the same fields).
  */
-import { humanBytes, humanDuration } from '../cli/output.js';
+import { humanBytes, humanDuration } from '../format.js';
 import type { BackfillSummary } from './backfill.js';
 
 /** The `--json` object of a backfill. */

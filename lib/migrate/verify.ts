@@ -34,6 +34,7 @@
  */
 import PQueue from 'p-queue';
 import { AbortedError, BlobNotFoundError, PreflightError, SameLocationError } from '../errors.js';
+import { humanBytes } from '../format.js';
 import { RESERVED_PREFIX } from '../keys.js';
 import type { MetaStore } from '../meta/types.js';
 import type { BlobDB, BlobMeta } from '../types.js';
@@ -660,7 +661,7 @@ export function formatVerifyReport(report: VerifyReport): string {
   }
   if (report.backends === 'distinct')
     out.push('  Old and new: distinct (a probe written to new did not show in old)');
-  out.push(`  OK: ${report.ok} (${formatBytes(report.okBytes)})`);
+  out.push(`  OK: ${report.ok} (${humanBytes(report.okBytes)})`);
   const line = (label: string, n: number, c: VerifyClass) => {
     const file = report.files[c];
     out.push(`  ${label}: ${n}${file ? `, listed in ${file}` : ''}`);
@@ -686,21 +687,10 @@ export function formatVerifyReport(report: VerifyReport): string {
     out.push(`  Deleted by the app during verify: ${report.deletedDuringVerify}`);
   const o = report.orphans;
   out.push(
-    `Orphans in new (no metadata row; not a reason for NOT SAFE): ${o.count} (${formatBytes(o.bytes)})${o.file ? `, listed in ${o.file}` : ''}`,
+    `Orphans in new (no metadata row; not a reason for NOT SAFE): ${o.count} (${humanBytes(o.bytes)})${o.file ? `, listed in ${o.file}` : ''}`,
   );
   out.push(report.verdict);
   return `${out.join('\n')}\n`;
-}
-
-function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-  let v = n;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return i === 0 ? `${n} B` : `${v.toFixed(1)} ${units[i]}`;
 }
 
 /** blobshift's own keys: temporary names and write probes are never orphans. */

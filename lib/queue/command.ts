@@ -15,16 +15,43 @@ export function migrationNames(ctx: Pick<CommandContext, 'names'>): MigrationNam
   return { meta: ctx.names.meta, old: ctx.names.old ?? 'old', new: ctx.names.new ?? 'new' };
 }
 
-/** Refused before anything is opened or probed: other hosts cannot share a SQLite file. */
-async function refuseSqlite(configFile: string, command: string): Promise<void> {
-  const { loadConfig } = await import('../config.js');
-  const loaded = await loadConfig(configFile, { sqliteMustExist: true });
+/** The environment variable the Redis password may come from. */
+export const REDIS_PASSWORD_ENV = 'BLOBSHIFT_REDIS_PASSWORD';
+
+/**
+ * Refused before anything is opened or probed: other hosts cannot share a
+ * SQLite file. Resolves the queue's URL with its password: the URL from
+ * `--queue URL` or the config's `queue.url`; the password from the URL, else
+ * the config's `queue.password`, else `BLOBSHIFT_REDIS_PASSWORD`, so it need
+ * never be on the command line. The password is registered for redaction.
+ */
+async function queueSetup(options: Record<string, unknown>, command: string): Promise<string> {
+  const [{ loadConfig }, { registerSecret }] = await Promise.all([
+    import('../config.js'),
+    import('../redact.js'),
+  ]);
+  const loaded = await loadConfig(options.config as string, { sqliteMustExist: true });
   if (loaded.config.meta.client === 'better-sqlite3') {
     throw new ConfigError(
       'meta',
       `${command} with --queue needs a metadata database every worker host can reach (MySQL/MariaDB); a SQLite file cannot be shared with other hosts: run the backfill without --queue`,
     );
   }
+  const given = typeof options.queue === 'string' ? options.queue : undefined;
+  const raw = given ?? loaded.config.queue?.url;
+  if (raw === undefined) {
+    throw new ConfigError(
+      'queue.url',
+      `${command} --queue needs the Redis URL: give it as --queue redis://HOST:PORT[/DB], or as queue.url in the config`,
+    );
+  }
+  const url = new URL(raw);
+  const password = loaded.config.queue?.password ?? process.env[REDIS_PASSWORD_ENV];
+  if (url.password === '' && password !== undefined && password !== '') {
+    registerSecret(password);
+    url.password = encodeURIComponent(password);
+  }
+  return url.toString().replace(/\/$/, '');
 }
 
 /** `blobshift backfill --queue URL [--queue-name NAME]`: the producer. */
@@ -36,7 +63,7 @@ export async function producerCommand(options: Record<string, unknown>): Promise
   ]);
   const json = options.json === true;
   const shard = options.shard as Shard | undefined;
-  await refuseSqlite(options.config as string, 'backfill');
+  const queueUrl = await queueSetup(options, 'backfill');
   const ctx = await openContext({
     config: options.config as string,
     requireOld: true,
@@ -72,7 +99,7 @@ export async function producerCommand(options: Record<string, unknown>): Promise
       const summary = await queuedBackfill({
         meta: ctx.meta,
         newDb: ctx.newDb!,
-        queueUrl: options.queue as string,
+        queueUrl,
         queueName: (options.queueName as string | undefined) ?? 'blobshift',
         migration: migrationNames(ctx),
         run: (options.run as string | undefined) ?? 'default',
@@ -117,7 +144,7 @@ export async function workerCommand(options: Record<string, unknown>): Promise<n
   );
   const lockDurationMs = envMs('BLOBSHIFT_WORKER_LOCK_MS');
   const stalledIntervalMs = envMs('BLOBSHIFT_WORKER_STALL_CHECK_MS');
-  await refuseSqlite(options.config as string, 'worker');
+  const queueUrl = await queueSetup(options, 'worker');
   const ctx = await openContext({
     config: options.config as string,
     requireOld: true,
@@ -127,7 +154,6 @@ export async function workerCommand(options: Record<string, unknown>): Promise<n
   });
   const { logger } = ctx;
   try {
-    const queueUrl = options.queue as string;
     const queueName = (options.queueName as string | undefined) ?? 'blobshift';
     await checkRedis(queueUrl, queueName);
     const migration = migrationNames(ctx);

@@ -163,12 +163,18 @@ export async function checkRedis(url: string, name: string): Promise<void> {
     connectTimeout: 5000,
     retryStrategy: () => null,
   });
-  client.on('error', () => {});
+  // The cause (a refused password, a refused connection) comes as an 'error'
+  // event; the rejection itself often only says the connection closed.
+  let cause: unknown;
+  client.on('error', (err: unknown) => {
+    cause ??= err;
+  });
   try {
     await client.connect();
     await client.ping();
   } catch (err) {
-    const why = err instanceof Error ? err.message : String(err);
+    const reason = cause ?? err;
+    const why = reason instanceof Error ? reason.message : String(reason);
     throw new PreflightError(
       `Redis ${describeQueue(url, name)}`,
       `it cannot be reached: ${redactString(why)}`,

@@ -140,6 +140,8 @@ export async function queuedBackfill(opts: QueuedBackfillOptions): Promise<Backf
   let state = await meta.getRun(run, shard);
   const resetting = state !== undefined && opts.reset === true;
   if (state && opts.reset) {
+    // --reset forgets a run, never one that is being run right now.
+    refuseLiveOwner(run, state);
     await meta.deleteRun(run, shard);
   }
   if (resetting && state) {
@@ -342,11 +344,28 @@ export async function queuedBackfill(opts: QueuedBackfillOptions): Promise<Backf
     queue = new QueueClass<ChunkJobData, ChunkJobResult>(opts.queueName, {
       connection: redisConnection(opts.queueUrl, { blocking: false }),
     });
-    queue.on('error', (err) => logger.warn(`queue: ${shortError(err)}`));
+    // Redis errors come once per reconnect attempt: one warning in 20 s, naming Redis.
+    let redisError: { message: string; at: number; warnedAt: number; count: number } | undefined;
+    const onRedisError = (err: unknown) => {
+      const now = Date.now();
+      redisError = {
+        message: shortError(err),
+        at: now,
+        warnedAt: redisError?.warnedAt ?? 0,
+        count: (redisError?.count ?? 0) + 1,
+      };
+      if (now - redisError.warnedAt >= 20_000) {
+        redisError.warnedAt = now;
+        logger.warn(
+          `Redis (${describeQueue(opts.queueUrl, opts.queueName)}) does not answer: ${redisError.message}; queued chunks wait for it (${redisError.count} errors so far)`,
+        );
+      }
+    };
+    queue.on('error', onRedisError);
     events = new EventsClass(opts.queueName, {
       connection: redisConnection(opts.queueUrl, { blocking: true }),
     });
-    events.on('error', (err) => logger.warn(`queue events: ${shortError(err)}`));
+    events.on('error', onRedisError);
     await Promise.all([queue.waitUntilReady(), events.waitUntilReady()]);
     const q = queue;
     const lookup = async (jobId: string) => {
@@ -425,6 +444,7 @@ export async function queuedBackfill(opts: QueuedBackfillOptions): Promise<Backf
           })
           .catch((err: unknown) => {
             pollFailures++;
+            onRedisError(err);
             if (pollFailures >= 10 && stopReason === undefined) {
               stopReason = `the queue's Redis cannot be reached: ${shortError(err)}`;
               poke();
@@ -445,9 +465,16 @@ export async function queuedBackfill(opts: QueuedBackfillOptions): Promise<Backf
         }
         if (pending.size > 0 && Date.now() - lastChunkAt > 60_000) {
           lastChunkAt = Date.now();
-          logger.warn(
-            `no chunk finished for a minute with ${pending.size} queued; are workers running? (blobshift worker --queue … --queue-name ${opts.queueName}, with the same config)`,
-          );
+          if (pollFailures > 0 || (redisError !== undefined && Date.now() - redisError.at < 60_000)) {
+            // Not the workers: Redis itself is gone (its errors are warned about as they come).
+            logger.warn(
+              `no chunk finished for a minute with ${pending.size} queued: Redis (${describeQueue(opts.queueUrl, opts.queueName)}) does not answer${redisError ? ` (${redisError.message})` : ''}; the run stops if it stays away`,
+            );
+          } else {
+            logger.warn(
+              `no chunk finished for a minute with ${pending.size} queued; are workers running? (blobshift worker --queue … --queue-name ${opts.queueName}, with the same config)`,
+            );
+          }
         }
       }, 250),
     );
