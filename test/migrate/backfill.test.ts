@@ -335,7 +335,7 @@ describe('backfill (engine)', function () {
     expect(summary.copied).to.equal(3);
     const records = await logRecords(summary.logs);
     expect(records.map((r) => r.key)).to.deep.equal(['bad/size']);
-    expect(records[0]?.error).to.match(/invalid size/);
+    expect(records[0]?.error).to.match(/invalid metadata row: the size -5/);
   });
 
   it('logs a blob whose old copy disagrees with the metadata size, never copying it', async () => {
