@@ -7,6 +7,7 @@ import { access } from 'node:fs/promises';
 import type { Knex } from 'knex';
 import { BlobShiftError, ConfigError, errorMessage, PreflightError, ReadOnlyError } from '../errors.js';
 import { validateKey } from '../keys.js';
+import { redactString } from '../redact.js';
 import type { BlobMeta } from '../types.js';
 import {
   type ColumnFacts,
@@ -144,11 +145,28 @@ export function parseMysqlUrl(url: string): Record<string, unknown> {
   return out;
 }
 
+/** One knex warning as one redacted line on stderr; the printout of an error the caller also gets is dropped. */
+function warnOnStderr(message: unknown): void {
+  const text = typeof message === 'string' ? message : String(message);
+  // "Acquire connection error: <stack>": the same error rejects the query.
+  if (text.startsWith('Acquire connection error')) return;
+  const line = redactString(text.split('\n')[0] ?? text);
+  process.stderr.write(`blobshift: database: ${line}\n`);
+}
+
 /**
- * knex prints failed migrations to the console before rejecting; blobshift
- * rethrows them as typed errors, so the printout is dropped (warnings stay).
+ * knex's printouts when the config brings no `log`. knex writes them to
+ * stdout (`console.log`), where `--json` output goes. Failed migrations and
+ * failed connections are rethrown as typed errors, so their printouts are
+ * dropped; other warnings (a pool connection the server ended) go to stderr
+ * as one redacted line.
  */
-const QUIET_ERRORS: Knex.Logger = { error() {} };
+const QUIET_ERRORS: Knex.Logger = {
+  error() {},
+  debug() {},
+  warn: warnOnStderr,
+  deprecate: (method, alternative) => warnOnStderr(`${method} is deprecated; use ${alternative}`),
+};
 
 type AfterCreate = (conn: unknown, done: (err: Error | null, conn: unknown) => void) => void;
 

@@ -5,12 +5,19 @@
  * and as worth a retry, never as a problem of one blob. PostgreSQL ends them
  * with `pg_terminate_backend` (SQLSTATE 57P01 for the query, then the pg
  * driver's own "Connection terminated unexpectedly", without a code, for
- * the next query on that connection); MariaDB with `KILL`.
+ * the next query on that connection); MariaDB with `KILL`. And a server
+ * that does not answer: the error is thrown, and knex's own printout of it
+ * never reaches stdout (where `--json` goes).
  */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { expect } from 'chai';
 import type { Knex } from 'knex';
-import { createKnex } from '../../lib/meta/index.js';
+import { PreflightError } from '../../lib/errors.js';
+import { createKnex, MetaDB } from '../../lib/meta/index.js';
 import { isInfrastructureError, isTransientError } from '../../lib/migrate/errors.js';
+import { runCli, writeConfig } from '../support/cli.js';
 import { announce, MYSQL_URL, PG_URL, uniqueName } from '../support/env.js';
 
 async function rejection(p: Promise<unknown>): Promise<unknown> {
@@ -123,3 +130,45 @@ if (MYSQL_URL) {
     });
   });
 }
+
+describe('metadata connection errors: nothing on stdout', function () {
+  this.timeout(60_000);
+  const unreachable: [string, Knex.Config][] = [
+    ['PostgreSQL', { client: 'pg', connection: 'postgres://app@127.0.0.1:1/test' }],
+    ['MariaDB', { client: 'mysql2', connection: 'mysql://app@127.0.0.1:1/test' }],
+  ];
+
+  for (const [name, config] of unreachable) {
+    it(`MetaDB.open of a ${name} server that does not answer writes nothing to stdout (the error is thrown)`, async () => {
+      const written: string[] = [];
+      const write = process.stdout.write;
+      process.stdout.write = ((chunk: unknown, ...rest: unknown[]) => {
+        written.push(String(chunk));
+        return (write as (...a: unknown[]) => boolean).call(process.stdout, chunk, ...rest);
+      }) as typeof process.stdout.write;
+      let err: unknown;
+      try {
+        err = await rejection(MetaDB.open({ ...config, acquireConnectionTimeout: 3000 }));
+      } finally {
+        process.stdout.write = write;
+      }
+      expect(err).to.be.instanceOf(PreflightError);
+      expect((err as Error).message).to.include('ECONNREFUSED');
+      expect(written.join('')).to.equal('');
+    });
+
+    it(`blobshift estimate --json on a ${name} server that does not answer: stdout empty, one line on stderr, exit 2`, async () => {
+      const dir = await mkdtemp(join(tmpdir(), 'blobshift-conn-'));
+      try {
+        const cfg = await writeConfig(join(dir, 'c.json'), { meta: config });
+        const r = await runCli(['estimate', '--json', '-c', cfg], { cwd: dir });
+        expect(r.code, r.stderr).to.equal(2);
+        expect(r.stdout).to.equal('');
+        expect(r.stderr.trim().split('\n'), r.stderr).to.have.length(1);
+        expect(r.stderr).to.include('ECONNREFUSED');
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
+    });
+  }
+});
