@@ -229,6 +229,26 @@ async function lockHeld(knex: Knex, lock: string, schema: string | undefined): P
 }
 
 /**
+ * Two processes that start on a fresh database at once may each find knex's
+ * lock table empty and each insert its row. knex then takes the lock only
+ * where exactly one row flips to locked, so with two rows every migration,
+ * now and later, fails as "already locked". This keeps the first row (the
+ * one any lock taken was taken on: later rows only come from that race) and
+ * deletes the others.
+ */
+async function keepOneLockRow(knex: Knex, lock: string, schema: string | undefined): Promise<void> {
+  if (!(await schemaBuilder(knex, schema).hasTable(lock))) return;
+  const rows = (await tableQuery(knex, lock, schema).select('index').orderBy('index')) as {
+    index: unknown;
+  }[];
+  const first = rows[0];
+  if (first === undefined || rows.length === 1) return;
+  await tableQuery(knex, lock, schema)
+    .where('index', '>', first.index as number)
+    .del();
+}
+
+/**
  * Two processes creating the same table at once: MySQL and SQLite say it
  * already exists; PostgreSQL may instead trip on the unique index of its
  * catalogue of types.
@@ -275,6 +295,7 @@ export async function ensureSchema(
       );
     }
     if (pending.length === 0) return;
+    await keepOneLockRow(knex, names.lock, names.schema);
     if (await lockHeld(knex, names.lock, names.schema)) {
       if (Date.now() >= deadline) throw staleLockError(lock, target);
       await new Promise((r) => setTimeout(r, 200));

@@ -452,6 +452,31 @@ function describeMetaDB(name: string, target: Target): void {
       expect(lock.map((r: { is_locked: unknown }) => Number(r.is_locked))).to.deep.equal([0]);
     });
 
+    const serverIt = target.dialect === 'sqlite' ? () => undefined : it;
+    // Server databases only: better-sqlite3 is synchronous, so one SQLite
+    // connection's busy wait would block every other connection of this test
+    // process (separate processes wait on each other, not on themselves).
+    serverIt(
+      'several processes opening a fresh table at once all open it; the migration lock keeps one row',
+      async () => {
+        const table = uniqueName('bmr');
+        track(table);
+        const results = await Promise.allSettled(
+          Array.from({ length: 6 }, () => MetaDB.open(target.config(), { table })),
+        );
+        for (const r of results) if (r.status === 'fulfilled') opened.push(r.value);
+        const failed = results.flatMap((r) => (r.status === 'rejected' ? [String(r.reason)] : []));
+        expect(failed).to.deep.equal([]);
+        const lock = (await raw(`${table}_migrations_lock`).select('is_locked')) as { is_locked: unknown }[];
+        expect(lock.map((r) => Number(r.is_locked))).to.deep.equal([0]);
+        expect(
+          ((await raw(`${table}_migrations`).select('name')) as { name: string }[]).map((r) => r.name),
+        ).to.deep.equal(['001_blob_meta']);
+        // And a later open still works (two lock rows made every later migration fail).
+        await open({ table });
+      },
+    );
+
     it('create: false refuses a missing schema', async () => {
       const err = await MetaDB.open(target.config(), { table: uniqueName('none'), create: false }).catch(
         (e: unknown) => e,
