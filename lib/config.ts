@@ -29,7 +29,7 @@ import { ConfigError, isErrnoException } from './errors.js';
 import { keyProblem } from './keys.js';
 import { MetaDB } from './meta/index.js';
 import { IDENTIFIER, MAX_TABLE_NAME } from './meta/schema.js';
-import type { ColumnMap } from './meta/types.js';
+import type { ColumnMap, MetaOpenOptions } from './meta/types.js';
 import { MigratingBlobDB } from './migrating.js';
 import { redactString, registerSecret } from './redact.js';
 import type { BlobDB } from './types.js';
@@ -145,12 +145,17 @@ const columnsSchema = strict({
   expiresOn: identifier(64).optional(),
 });
 
+/** knex's pool options (tarn). */
 const poolSchema = strict({
   min: int(0).optional(),
   max: int(1).optional(),
   acquireTimeoutMillis: int(1).optional(),
   createTimeoutMillis: int(1).optional(),
+  destroyTimeoutMillis: int(1).optional(),
   idleTimeoutMillis: int(1).optional(),
+  reapIntervalMillis: int(1).optional(),
+  createRetryIntervalMillis: int(1).optional(),
+  propagateCreateError: bool.optional(),
 });
 
 const sqliteConnection = strict({ filename: nonEmpty });
@@ -171,17 +176,57 @@ const mysqlUrl = z.string().refine((s) => /^(mysql2?|mariadb):\/\/./.test(s), {
   error: 'must be a mysql://user:password@host:port/database URL or a connection object',
 });
 
+/** TLS for PostgreSQL: `true`, or node's TLS options (PEM text for ca, cert and key). */
+const pgSsl = z.union([
+  bool,
+  strict({
+    rejectUnauthorized: bool.optional(),
+    ca: nonEmpty.optional(),
+    cert: nonEmpty.optional(),
+    key: nonEmpty.optional(),
+    passphrase: z.string().optional(),
+    servername: nonEmpty.optional(),
+  }),
+]);
+
+/** The pg driver's connection options (`PGPASSWORD` and the other PG* variables fill what is left out). */
+const pgConnection = strict({
+  host: nonEmpty.optional(),
+  port: int(1, 65535).optional(),
+  user: z.string().optional(),
+  password: z.string().optional(),
+  database: nonEmpty.optional(),
+  ssl: pgSsl.optional(),
+  application_name: z.string().optional(),
+  options: z.string().optional(),
+  connectionTimeoutMillis: int(0).optional(),
+  statement_timeout: int(0).optional(),
+  query_timeout: int(0).optional(),
+  lock_timeout: int(0).optional(),
+  idle_in_transaction_session_timeout: int(0).optional(),
+  keepAlive: bool.optional(),
+  keepAliveInitialDelayMillis: int(0).optional(),
+});
+
+const pgUrl = z.string().refine((s) => /^postgres(ql)?:\/\/./.test(s), {
+  error:
+    'must be a postgres://user@host:port/database URL (a password goes after the user, or in PGPASSWORD) or a connection object',
+});
+
 const metaCommon = {
   table: identifier(MAX_TABLE_NAME).optional(),
   columns: columnsSchema.optional(),
   runsTable: identifier(MAX_TABLE_NAME).optional(),
   pool: poolSchema.optional(),
   acquireConnectionTimeout: int(1).optional(),
+  useNullAsDefault: bool.optional(),
+  asyncStackTraces: bool.optional(),
 };
 
 const SQLITE_CLIENTS = ['better-sqlite3', 'sqlite3'] as const;
 const MYSQL_CLIENTS = ['mysql2', 'mysql'] as const;
-const CLIENTS = [...SQLITE_CLIENTS, ...MYSQL_CLIENTS];
+const PG_CLIENTS = ['pg', 'postgres', 'postgresql'] as const;
+const CLIENTS = [...SQLITE_CLIENTS, ...MYSQL_CLIENTS, ...PG_CLIENTS];
 
 const sqliteMeta = strict({
   client: z.enum(SQLITE_CLIENTS),
@@ -191,6 +236,15 @@ const sqliteMeta = strict({
 const mysqlMeta = strict({
   client: z.enum(MYSQL_CLIENTS),
   connection: z.union([mysqlUrl, mysqlConnection]),
+  ...metaCommon,
+});
+const pgMeta = strict({
+  client: z.enum(PG_CLIENTS),
+  connection: z.union([pgUrl, pgConnection]),
+  /** The schema that holds blobshift's tables (or the mapped app table). */
+  schema: identifier(63).optional(),
+  /** knex's: the search_path set on every connection. */
+  searchPath: z.union([nonEmpty, z.array(nonEmpty).min(1)]).optional(),
   ...metaCommon,
 });
 
@@ -270,17 +324,26 @@ export type MemoryBackendConfig = { type: 'memory' };
 export type BackendConfig = FsBackendConfig | S3BackendConfig | MemoryBackendConfig;
 
 export type MysqlConnectionConfig = z.output<typeof mysqlConnection>;
+export type PgConnectionConfig = z.output<typeof pgConnection>;
 
-/** The `meta` section, validated: clients normalised to `better-sqlite3` / `mysql2`, paths absolute. */
+/** The `meta` section, validated: clients normalised to `better-sqlite3` / `mysql2` / `pg`, paths absolute. */
 export type MetaConfig = {
   table: string;
   columns?: ColumnMap;
   runsTable?: string;
   pool?: z.output<typeof poolSchema>;
   acquireConnectionTimeout?: number;
+  useNullAsDefault?: boolean;
+  asyncStackTraces?: boolean;
 } & (
   | { client: 'better-sqlite3'; connection: { filename: string } }
   | { client: 'mysql2'; connection: string | MysqlConnectionConfig }
+  | {
+      client: 'pg';
+      connection: string | PgConnectionConfig;
+      schema?: string;
+      searchPath?: string | string[];
+    }
 );
 
 export type QueueConfig = z.output<typeof queueSchema>;
@@ -506,6 +569,19 @@ export function registerConfigSecrets(value: unknown, key = ''): void {
         // not percent-encoded
       }
     }
+    if (URL_START.test(value)) {
+      // A password may also ride in the query (postgres://app@db/app?password=…).
+      try {
+        for (const [k, v] of new URL(value).searchParams) {
+          if (SECRET_KEY.test(k) || /^ssl(password|key)$/i.test(k)) {
+            registerSecret(v);
+            registerSecret(encodeURIComponent(v));
+          }
+        }
+      } catch {
+        // not a URL after all
+      }
+    }
     return;
   }
   if (Array.isArray(value)) {
@@ -537,7 +613,7 @@ function parseMeta(raw: unknown, baseDir: string): MetaConfig {
   if (client === undefined) {
     throw new ConfigError('meta.client', `is required: one of ${CLIENTS.join(', ')}`);
   }
-  let parsed: z.output<typeof sqliteMeta> | z.output<typeof mysqlMeta>;
+  let parsed: z.output<typeof sqliteMeta> | z.output<typeof mysqlMeta> | z.output<typeof pgMeta>;
   if ((SQLITE_CLIENTS as readonly unknown[]).includes(client)) {
     const r = sqliteMeta.safeParse(raw);
     if (!r.success) throw zodToConfigError(r.error, raw, ['meta']);
@@ -546,6 +622,12 @@ function parseMeta(raw: unknown, baseDir: string): MetaConfig {
     const r = mysqlMeta.safeParse(raw);
     if (!r.success) throw zodToConfigError(r.error, raw, ['meta']);
     parsed = r.data;
+  } else if ((PG_CLIENTS as readonly unknown[]).includes(client)) {
+    const r = pgMeta.safeParse(raw);
+    if (!r.success) throw zodToConfigError(r.error, raw, ['meta']);
+    parsed = r.data;
+    // The pg driver reads the password from PGPASSWORD when the config has none.
+    registerSecret(process.env.PGPASSWORD);
   } else {
     const guess = typeof client === 'string' ? didYouMean(client, CLIENTS) : undefined;
     throw new ConfigError(
@@ -563,6 +645,8 @@ function parseMeta(raw: unknown, baseDir: string): MetaConfig {
     ...(parsed.acquireConnectionTimeout !== undefined
       ? { acquireConnectionTimeout: parsed.acquireConnectionTimeout }
       : {}),
+    ...(parsed.useNullAsDefault !== undefined ? { useNullAsDefault: parsed.useNullAsDefault } : {}),
+    ...(parsed.asyncStackTraces !== undefined ? { asyncStackTraces: parsed.asyncStackTraces } : {}),
   };
   if (parsed.runsTable !== undefined && parsed.columns === undefined) {
     throw new ConfigError(
@@ -575,6 +659,16 @@ function parseMeta(raw: unknown, baseDir: string): MetaConfig {
     const resolved =
       filename === ':memory:' || filename.startsWith('file:') ? filename : resolve(baseDir, filename);
     return { ...common, client: 'better-sqlite3', connection: { filename: resolved } };
+  }
+  if (parsed.client === 'pg' || parsed.client === 'postgres' || parsed.client === 'postgresql') {
+    const pg = parsed as z.output<typeof pgMeta>;
+    return {
+      ...common,
+      client: 'pg',
+      connection: pg.connection,
+      ...(pg.schema !== undefined ? { schema: pg.schema } : {}),
+      ...(pg.searchPath !== undefined ? { searchPath: pg.searchPath } : {}),
+    };
   }
   return { ...common, client: 'mysql2', connection: parsed.connection as string | MysqlConnectionConfig };
 }
@@ -829,6 +923,16 @@ async function buildBackend(cfg: BackendConfig): Promise<BlobDB> {
   return new MemoryBlobDB();
 }
 
+/** What `MetaDB.open` takes from the `meta` section besides the knex config. */
+export function metaOpenOptions(m: MetaConfig): MetaOpenOptions {
+  return {
+    table: m.table,
+    ...(m.columns !== undefined ? { columns: m.columns } : {}),
+    ...(m.runsTable !== undefined ? { runsTable: m.runsTable } : {}),
+    ...(m.client === 'pg' && m.schema !== undefined ? { schema: m.schema } : {}),
+  };
+}
+
 class Loaded implements LoadedConfig {
   readonly file: string | undefined;
   readonly baseDir: string;
@@ -856,18 +960,17 @@ class Loaded implements LoadedConfig {
     } else {
       out.connection = typeof m.connection === 'string' ? m.connection : { ...m.connection };
     }
+    if (m.client === 'pg' && m.searchPath !== undefined) out.searchPath = m.searchPath;
     if (m.pool !== undefined) out.pool = { ...m.pool };
     if (m.acquireConnectionTimeout !== undefined) out.acquireConnectionTimeout = m.acquireConnectionTimeout;
+    if (m.useNullAsDefault !== undefined) out.useNullAsDefault = m.useNullAsDefault;
+    if (m.asyncStackTraces !== undefined) out.asyncStackTraces = m.asyncStackTraces;
     return out;
   }
 
   async openMeta(): Promise<MetaDB> {
     const m = this.config.meta;
-    return MetaDB.open(this.knexConfig(), {
-      table: m.table,
-      ...(m.columns !== undefined ? { columns: m.columns } : {}),
-      ...(m.runsTable !== undefined ? { runsTable: m.runsTable } : {}),
-    });
+    return MetaDB.open(this.knexConfig(), metaOpenOptions(m));
   }
 
   buildOld(): Promise<BlobDB | undefined> {

@@ -2,6 +2,7 @@ import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
+import { describeMeta } from '../lib/cli/context.js';
 import {
   type BackendConfig,
   describeBackend,
@@ -12,9 +13,9 @@ import {
   sameLocation,
 } from '../lib/config.js';
 import { ConfigError } from '../lib/errors.js';
-import { parseMysqlUrl } from '../lib/meta/index.js';
+import { createKnex, parseMysqlUrl } from '../lib/meta/index.js';
 import { redact, redactString } from '../lib/redact.js';
-import { announce, MYSQL_URL, uniqueName } from './support/env.js';
+import { announce, MYSQL_URL, PG_URL, uniqueName } from './support/env.js';
 
 const SECRET = 'wJalrXUtnFEMI-literal-secret-K7MDENG';
 const ENV_SECRET = 'env-secret-9f8e7d6c5b4a';
@@ -237,7 +238,7 @@ describe('config', () => {
       ['meta missing', 'meta', undefined, 'meta', /required/],
       ['meta not an object', 'meta', 'sqlite', 'meta', /must be an object/],
       ['client missing', 'meta.client', undefined, 'meta.client', /required.*better-sqlite3/],
-      ['unknown client', 'meta.client', 'postgres', 'meta.client', /unknown database client "postgres"/],
+      ['unknown client', 'meta.client', 'mssql', 'meta.client', /unknown database client "mssql"/],
       ['client typo', 'meta.client', 'mysq2', 'meta.client', /did you mean "mysql2"/],
       ['connection missing', 'meta.connection', undefined, 'meta.connection', /required/],
       [
@@ -258,7 +259,7 @@ describe('config', () => {
       ],
       ['table typo', 'meta.tabel', 'x', 'meta.tabel', /unknown key "tabel"; did you mean "table"\?/],
       ['table not an identifier', 'meta.table', 'blob-meta', 'meta.table', /plain SQL name/],
-      ['table too long', 'meta.table', 'a'.repeat(49), 'meta.table', /at most 48/],
+      ['table too long', 'meta.table', 'a'.repeat(48), 'meta.table', /at most 47/],
       ['table a number', 'meta.table', 7, 'meta.table', /must be a string, got a number/],
       ['columns without size', 'meta.columns', { id: 'id', key: 'k' }, 'meta.columns.size', /required/],
       [
@@ -596,6 +597,158 @@ describe('config', () => {
         pool: { max: 2 },
       });
     });
+  });
+
+  describe('PostgreSQL metadata', () => {
+    const PG_PASSWORD = 'pg-pa$$-w0rd/s3cret';
+
+    it("takes a postgres:// URL or a connection object with knex's own options; postgres and postgresql mean pg", () => {
+      const viaUrl = parseConfig(
+        withValue(base(), 'meta', {
+          client: 'postgresql',
+          connection: 'postgres://app@db.internal:5433/app?sslmode=require',
+          schema: 'media',
+          searchPath: ['media', 'public'],
+          pool: { min: 0, max: 8, idleTimeoutMillis: 1000, propagateCreateError: false },
+          acquireConnectionTimeout: 5000,
+        }),
+        dir,
+      );
+      expect(viaUrl.config.meta).to.deep.include({ client: 'pg', schema: 'media', table: 'blob_meta' });
+      expect(viaUrl.knexConfig()).to.deep.equal({
+        client: 'pg',
+        connection: 'postgres://app@db.internal:5433/app?sslmode=require',
+        searchPath: ['media', 'public'],
+        pool: { min: 0, max: 8, idleTimeoutMillis: 1000, propagateCreateError: false },
+        acquireConnectionTimeout: 5000,
+      });
+      expect(describeMeta(viaUrl.config)).to.equal('PostgreSQL db.internal:5433/app (table media.blob_meta)');
+      const viaObject = parseConfig(
+        withValue(base(), 'meta', {
+          client: 'postgres',
+          connection: {
+            host: '$BS_TEST_DB_HOST',
+            port: '5432',
+            user: 'app',
+            database: 'app',
+            ssl: { rejectUnauthorized: 'true', ca: '-----BEGIN CERTIFICATE-----' },
+            application_name: 'media-backfill',
+            statement_timeout: 60000,
+            keepAlive: true,
+          },
+          searchPath: 'media',
+        }),
+        dir,
+      );
+      expect(viaObject.config.meta.connection).to.deep.equal({
+        host: 'db.internal',
+        port: 5432,
+        user: 'app',
+        database: 'app',
+        ssl: { rejectUnauthorized: true, ca: '-----BEGIN CERTIFICATE-----' },
+        application_name: 'media-backfill',
+        statement_timeout: 60000,
+        keepAlive: true,
+      });
+      expect(describeMeta(viaObject.config)).to.equal('PostgreSQL db.internal:5432/app (table blob_meta)');
+      // knex's own options are accepted on the other clients too.
+      const sqlite = parseConfig(
+        withValue(withValue(base(), 'meta.useNullAsDefault', true), 'meta.pool', { max: 1 }),
+        dir,
+      );
+      expect(sqlite.knexConfig()).to.deep.include({ useNullAsDefault: true, pool: { max: 1 } });
+    });
+
+    it('names the field of a bad PostgreSQL setting', () => {
+      const pg = (over: Record<string, unknown>) =>
+        withValue(base(), 'meta', { client: 'pg', connection: 'postgres://app@db/app', ...over });
+      for (const [cfg, path, message] of [
+        [
+          pg({ connection: 'mysql://app@db/app' }),
+          'meta.connection',
+          /postgres:\/\/user@host:port\/database URL/,
+        ],
+        [
+          pg({ connection: { host: 'db', aplication_name: 'x' } }),
+          'meta.connection.aplication_name',
+          /did you mean "application_name"/,
+        ],
+        [pg({ connection: { host: 'db', ssl: 'yes' } }), 'meta.connection.ssl', /boolean|object/],
+        [pg({ schema: 'my-schema' }), 'meta.schema', /plain SQL name/],
+        [pg({ searchPath: [] }), 'meta.searchPath', /at least 1/],
+        [pg({ shema: 'x' }), 'meta.shema', /did you mean "schema"/],
+        [
+          withValue(base(), 'meta', { client: 'mysql2', connection: 'mysql://app@db/app', schema: 'x' }),
+          'meta.schema',
+          /unknown key "schema"/,
+        ],
+      ] as [Record<string, unknown>, string, RegExp][]) {
+        const err = configError(() => parseConfig(cfg, dir));
+        expect(err.path, JSON.stringify(cfg.meta)).to.equal(path);
+        expect(err.message, JSON.stringify(cfg.meta)).to.match(message);
+      }
+    });
+
+    it('never shows the password of a URL, of its query, of the object, or of PGPASSWORD', () => {
+      const saved = process.env.PGPASSWORD;
+      process.env.PGPASSWORD = 'from-the-env-Pg55word';
+      try {
+        const configs = [
+          { client: 'pg', connection: `postgres://app:${encodeURIComponent(PG_PASSWORD)}@db/app` },
+          { client: 'pg', connection: `postgresql://app@db/app?password=${encodeURIComponent(PG_PASSWORD)}` },
+          { client: 'pg', connection: { host: 'db', user: 'app', password: PG_PASSWORD } },
+          {
+            client: 'pg',
+            connection: { host: 'db', ssl: { key: PG_PASSWORD, passphrase: 'pass-phrase-123' } },
+          },
+          { client: 'pg', connection: 'postgres://app@db/app' },
+        ];
+        for (const meta of configs) {
+          const loaded = parseConfig(withValue(base(), 'meta', meta), dir);
+          const text =
+            JSON.stringify(redact(loaded.config)) +
+            describeMeta(loaded.config) +
+            redactString(`connecting with ${PG_PASSWORD} and ${process.env.PGPASSWORD}`);
+          expect(text, JSON.stringify(meta)).to.not.include(PG_PASSWORD);
+          expect(text, JSON.stringify(meta)).to.not.include(encodeURIComponent(PG_PASSWORD));
+          expect(text, JSON.stringify(meta)).to.not.include('from-the-env-Pg55word');
+          expect(text).to.not.include('pass-phrase-123');
+        }
+      } finally {
+        if (saved === undefined) delete process.env.PGPASSWORD;
+        else process.env.PGPASSWORD = saved;
+      }
+    });
+
+    if (PG_URL) {
+      it('openMeta on PostgreSQL from a URL, in a named schema', async () => {
+        const schema = uniqueName('cfg_');
+        const loaded = parseConfig(
+          withValue(base(), 'meta', { client: 'pg', connection: PG_URL, schema }),
+          dir,
+        );
+        const meta0 = await configErrorAsync(loaded.openMeta());
+        expect(meta0.path).to.equal('meta.schema');
+        const admin = await createKnex({ client: 'pg', connection: PG_URL });
+        try {
+          await admin.raw('CREATE SCHEMA ??', [schema]);
+          const meta = await loaded.openMeta();
+          try {
+            expect(meta.dialect).to.equal('pg');
+            expect(meta.schema).to.equal(schema);
+            await meta.add({ key: 'k', parentId: 'p', type: 't', contentLength: 1 });
+            expect((await meta.get('k'))?.contentLength).to.equal(1);
+          } finally {
+            await meta.close();
+          }
+        } finally {
+          await admin.raw('DROP SCHEMA IF EXISTS ?? CASCADE', [schema]);
+          await admin.destroy();
+        }
+      });
+    } else {
+      announce('BLOBSHIFT_TEST_PG', 'config openMeta on PostgreSQL');
+    }
   });
 
   describe('describeBackend and sameLocation', () => {

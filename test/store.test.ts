@@ -12,6 +12,7 @@ import type { MetaStore } from '../lib/meta/types.js';
 import { MigratingBlobDB } from '../lib/migrating.js';
 import { BlobStore, randomKey } from '../lib/store.js';
 import type { BlobDB } from '../lib/types.js';
+import { announceDatabases, META_DATABASES, type MetaDatabase, SQLITE } from './support/databases.js';
 import { uniqueName } from './support/env.js';
 
 const sha = (data: Buffer | string) => createHash('sha256').update(data).digest('hex');
@@ -42,10 +43,15 @@ function chunked(parts: string[]): Readable {
   return Readable.from(parts.map((p) => Buffer.from(p)));
 }
 
-function describeBlobStore(name: string, makeDb: () => Promise<BlobDB>): void {
-  describe(`BlobStore on ${name}`, () => {
+function describeBlobStore(
+  name: string,
+  makeDb: () => Promise<BlobDB>,
+  database: MetaDatabase = SQLITE,
+): void {
+  describe(`BlobStore on ${name}${database === SQLITE ? '' : `, ${database.name} metadata`}`, () => {
     let dir: string;
     let meta: MetaDB;
+    let dropMeta: () => Promise<void>;
     let db: BlobDB;
     let store: BlobStore;
 
@@ -56,15 +62,12 @@ function describeBlobStore(name: string, makeDb: () => Promise<BlobDB>): void {
       await rm(dir, { recursive: true, force: true });
     });
     beforeEach(async () => {
-      meta = await MetaDB.open(
-        { client: 'better-sqlite3', connection: { filename: join(dir, 'meta.sqlite') } },
-        { table: uniqueName('bs') },
-      );
+      ({ meta, drop: dropMeta } = await database.open(dir, { table: uniqueName('bs') }));
       db = await makeDb();
       store = new BlobStore({ db, meta });
     });
     afterEach(async () => {
-      await meta.close();
+      await dropMeta();
       await db.close();
     });
 
@@ -242,6 +245,10 @@ function describeBlobStore(name: string, makeDb: () => Promise<BlobDB>): void {
 }
 
 describeBlobStore('MemoryBlobDB', async () => new MemoryBlobDB());
+for (const database of META_DATABASES.filter((d) => d !== SQLITE)) {
+  describeBlobStore('MemoryBlobDB', async () => new MemoryBlobDB(), database);
+}
+announceDatabases('BlobStore');
 
 {
   const roots: string[] = [];

@@ -191,8 +191,10 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
  * line). Those go; other warnings go to the logger, redacted.
  */
 export async function openQuietMeta(loaded: LoadedConfig, logger: Pick<Logger, 'warn'>): Promise<MetaStore> {
-  const { MetaDB } = await import('../meta/index.js');
-  const m = loaded.config.meta;
+  const [{ MetaDB }, { metaOpenOptions }] = await Promise.all([
+    import('../meta/index.js'),
+    import('../config.js'),
+  ]);
   const say = (message: unknown) => {
     const text = typeof message === 'string' ? message : String(message);
     if (text.startsWith('Acquire connection error')) return;
@@ -200,28 +202,28 @@ export async function openQuietMeta(loaded: LoadedConfig, logger: Pick<Logger, '
   };
   return MetaDB.open(
     { ...loaded.knexConfig(), log: { warn: say, error() {}, deprecate: say, debug() {} } },
-    {
-      table: m.table,
-      ...(m.columns !== undefined ? { columns: m.columns } : {}),
-      ...(m.runsTable !== undefined ? { runsTable: m.runsTable } : {}),
-    },
+    metaOpenOptions(loaded.config.meta),
   );
 }
 
-function describeMeta(config: BlobShiftConfig): string {
+/** The database and table, for messages: no user, no password, no query string. */
+export function describeMeta(config: BlobShiftConfig): string {
   const m = config.meta;
   if (m.client === 'better-sqlite3') return `SQLite ${m.connection.filename} (table ${m.table})`;
+  const [kind, port] = m.client === 'pg' ? ['PostgreSQL', 5432] : ['MySQL', 3306];
+  const table =
+    m.client === 'pg' && m.schema !== undefined ? `table ${m.schema}.${m.table}` : `table ${m.table}`;
   const c = m.connection;
   if (typeof c === 'string') {
     try {
       const u = new URL(c);
-      return `MySQL ${u.hostname}:${u.port || 3306}${u.pathname} (table ${m.table})`;
+      return `${kind} ${u.hostname}:${u.port || port}${u.pathname} (${table})`;
     } catch {
-      return `MySQL (table ${m.table})`;
+      return `${kind} (${table})`;
     }
   }
   const conn = c as { host?: string; port?: number; database?: string };
-  return `MySQL ${conn.host ?? 'localhost'}:${conn.port ?? 3306}/${conn.database ?? ''} (table ${m.table})`;
+  return `${kind} ${conn.host ?? 'localhost'}:${conn.port ?? port}/${conn.database ?? ''} (${table})`;
 }
 
 function asPreflight(target: string, err: unknown): unknown {

@@ -1,12 +1,13 @@
 /**
- * `MetaDB`: blob metadata and run state over knex, on SQLite (better-sqlite3)
- * and MySQL/MariaDB (mysql2). knex is loaded lazily, on the first `open` that
- * is given a config rather than a ready instance.
+ * `MetaDB`: blob metadata and run state over knex, on SQLite (better-sqlite3),
+ * MySQL/MariaDB (mysql2) and PostgreSQL (pg). knex is loaded lazily, on the
+ * first `open` that is given a config rather than a ready instance.
  */
 import { access } from 'node:fs/promises';
 import type { Knex } from 'knex';
 import { BlobShiftError, ConfigError, errorMessage, PreflightError, ReadOnlyError } from '../errors.js';
 import { validateKey } from '../keys.js';
+import { redactString } from '../redact.js';
 import type { BlobMeta } from '../types.js';
 import {
   type ColumnFacts,
@@ -26,8 +27,12 @@ import {
   MAX_TABLE_NAME,
   ownMigrations,
   ownTableNames,
+  qualified,
   runsOnlyMigrations,
   runsOnlyTableNames,
+  SUPPORTED_CLIENTS,
+  schemaBuilder,
+  tableQuery,
   validateIdentifier,
 } from './schema.js';
 import type {
@@ -101,6 +106,13 @@ function isMysqlClient(client: unknown): boolean {
   return client === 'mysql2' || client === 'mysql';
 }
 
+function isPgClient(client: unknown): boolean {
+  return client === 'pg' || client === 'postgres' || client === 'postgresql';
+}
+
+/** How blobshift's connections show in `pg_stat_activity` unless the config names them otherwise. */
+export const PG_APPLICATION_NAME = 'blobshift';
+
 /** Percent-decodes, leaving text that is not valid percent-encoding as it is. */
 function decodeLoosely(text: string): string {
   try {
@@ -133,11 +145,28 @@ export function parseMysqlUrl(url: string): Record<string, unknown> {
   return out;
 }
 
+/** One knex warning as one redacted line on stderr; the printout of an error the caller also gets is dropped. */
+function warnOnStderr(message: unknown): void {
+  const text = typeof message === 'string' ? message : String(message);
+  // "Acquire connection error: <stack>": the same error rejects the query.
+  if (text.startsWith('Acquire connection error')) return;
+  const line = redactString(text.split('\n')[0] ?? text);
+  process.stderr.write(`blobshift: database: ${line}\n`);
+}
+
 /**
- * knex prints failed migrations to the console before rejecting; blobshift
- * rethrows them as typed errors, so the printout is dropped (warnings stay).
+ * knex's printouts when the config brings no `log`. knex writes them to
+ * stdout (`console.log`), where `--json` output goes. Failed migrations and
+ * failed connections are rethrown as typed errors, so their printouts are
+ * dropped; other warnings (a pool connection the server ended) go to stderr
+ * as one redacted line.
  */
-const QUIET_ERRORS: Knex.Logger = { error() {} };
+const QUIET_ERRORS: Knex.Logger = {
+  error() {},
+  debug() {},
+  warn: warnOnStderr,
+  deprecate: (method, alternative) => warnOnStderr(`${method} is deprecated; use ${alternative}`),
+};
 
 type AfterCreate = (conn: unknown, done: (err: Error | null, conn: unknown) => void) => void;
 
@@ -160,8 +189,11 @@ function sqliteAfterCreate(userHook: AfterCreate | undefined): AfterCreate {
 /**
  * The knex config blobshift opens: SQLite through better-sqlite3 with WAL, a
  * busy timeout and foreign keys on every connection; MySQL through mysql2 with
- * UTC dates and safe big numbers. `connection.options.fileMustExist` (SQLite)
- * is checked here, since knex does not pass it on.
+ * UTC dates and safe big numbers; PostgreSQL through pg (a `postgres://` URL
+ * or a connection object; `application_name` `blobshift` unless given).
+ * `connection.options.fileMustExist` (SQLite) is checked here, since knex
+ * does not pass it on. knex's own options (`pool`, `searchPath`,
+ * `acquireConnectionTimeout`, …) pass through.
  */
 export async function normalizeKnexConfig(config: Knex.Config): Promise<Knex.Config> {
   const client = config.client;
@@ -199,10 +231,52 @@ export async function normalizeKnexConfig(config: Knex.Config): Promise<Knex.Con
       log: QUIET_ERRORS,
       ...config,
       client: 'better-sqlite3',
-      useNullAsDefault: true,
+      useNullAsDefault: config.useNullAsDefault ?? true,
       connection: conn,
       pool,
     };
+  }
+  if (isPgClient(client)) {
+    let connection = config.connection as unknown;
+    if (typeof connection === 'string') {
+      if (!/^postgres(ql)?:\/\//i.test(connection)) {
+        throw new ConfigError(
+          'meta.connection',
+          'a PostgreSQL URL must start with postgres:// or postgresql://',
+        );
+      }
+      connection = { connectionString: connection };
+    }
+    if (typeof connection === 'function') return { log: QUIET_ERRORS, ...config, client: 'pg' };
+    if (connection === null || typeof connection !== 'object') {
+      throw new ConfigError('meta.connection', 'PostgreSQL needs a connection object or a postgres:// URL');
+    }
+    // A URL's own application_name wins over this default (pg reads the URL last).
+    const conn: Record<string, unknown> = {
+      application_name: PG_APPLICATION_NAME,
+      ...(connection as Record<string, unknown>),
+    };
+    if (conn.types === undefined) {
+      // For these connections only (the pg module's global parsers stay as
+      // they are): BIGINT and COUNT() come back as numbers while they are
+      // safe, as from mysql2, and as text beyond; a `timestamp` without time
+      // zone (an app's column) is read as UTC, as on MySQL, not in this
+      // process's zone (its text goes to `toDate`).
+      const { default: pg } = await import('pg');
+      const { INT8, TIMESTAMP } = pg.types.builtins;
+      const int8 = (text: string) => {
+        const n = Number(text);
+        return Number.isSafeInteger(n) ? n : text;
+      };
+      conn.types = {
+        getTypeParser: (oid: number, format?: 'text' | 'binary') => {
+          if (format !== 'binary' && oid === INT8) return int8;
+          if (format !== 'binary' && oid === TIMESTAMP) return (text: string) => text;
+          return pg.types.getTypeParser(oid, format as 'text');
+        },
+      };
+    }
+    return { log: QUIET_ERRORS, ...config, client: 'pg', connection: conn };
   }
   if (isMysqlClient(client)) {
     let connection = config.connection as unknown;
@@ -222,7 +296,7 @@ export async function normalizeKnexConfig(config: Knex.Config): Promise<Knex.Con
   }
   throw new ConfigError(
     'meta.client',
-    `the database client ${JSON.stringify(client)} is not supported; use better-sqlite3 (SQLite) or mysql2 (MySQL/MariaDB)`,
+    `the database client ${JSON.stringify(client)} is not supported; use ${SUPPORTED_CLIENTS}`,
   );
 }
 
@@ -236,7 +310,11 @@ export async function createKnex(config: Knex.Config): Promise<Knex> {
 function uniqueViolation(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
   return (
-    code === 'ER_DUP_ENTRY' || code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY'
+    code === 'ER_DUP_ENTRY' ||
+    code === 'SQLITE_CONSTRAINT_UNIQUE' ||
+    code === 'SQLITE_CONSTRAINT_PRIMARYKEY' ||
+    // PostgreSQL's unique_violation
+    code === '23505'
   );
 }
 
@@ -276,20 +354,26 @@ function uniq(values: Iterable<string>): string[] {
  * Blob metadata rows and run state, over knex. Open with {@link MetaDB.open}.
  *
  * blobshift's own table `<table>` (default `blob_meta`) has `key` as
- * `VARBINARY(1024)` on MySQL (byte order, no case folding) and TEXT on SQLite
- * (BINARY collation); `<table>_runs` holds run state; `<table>_migrations`
- * the schema version. An app's own table mapped with `columns` is read-only.
+ * `VARBINARY(1024)` on MySQL (byte order, no case folding), `text COLLATE "C"`
+ * on PostgreSQL and TEXT on SQLite (BINARY collation); `<table>_runs` holds
+ * run state; `<table>_migrations` the schema version. On PostgreSQL all of
+ * them may live in a named schema (`schema`). An app's own table mapped with
+ * `columns` is read-only.
  */
 export class MetaDB implements MetaStore {
   readonly table: string;
   readonly readOnly: boolean;
   readonly dialect: Dialect;
+  /** The PostgreSQL schema that holds the tables, when one was named; else the connection's own. */
+  readonly schema: string | undefined;
   /** Where run state lives: `<table>_runs`, or `runsTable` beside a mapped app table. */
   readonly runsTable: string;
   readonly #knex: Knex;
   readonly #owned: boolean;
   readonly #cols: ColumnMap;
   readonly #binaryKeys: boolean;
+  /** The key column's SQL type, as the database names it. */
+  readonly #keyType: string;
   /** The id column can hold NULL (an app table): such rows are counted, never walked. */
   readonly #idNullable: boolean;
   /** How far `estimate` may trust the size column's values. */
@@ -301,22 +385,26 @@ export class MetaDB implements MetaStore {
     knex: Knex;
     owned: boolean;
     dialect: Dialect;
+    schema: string | undefined;
     table: string;
     runsTable: string;
     cols: ColumnMap;
     readOnly: boolean;
     binaryKeys: boolean;
+    keyType: string;
     idNullable: boolean;
     sizeKind: SizeColumnKind;
   }) {
     this.#knex = init.knex;
     this.#owned = init.owned;
     this.dialect = init.dialect;
+    this.schema = init.schema;
     this.table = init.table;
     this.runsTable = init.runsTable;
     this.#cols = init.cols;
     this.readOnly = init.readOnly;
     this.#binaryKeys = init.binaryKeys;
+    this.#keyType = init.keyType;
     this.#idNullable = init.idNullable;
     this.#sizeKind = init.sizeKind;
     const select: Record<string, string> = {};
@@ -334,25 +422,36 @@ export class MetaDB implements MetaStore {
    * WAL and a busy timeout itself, as {@link normalizeKnexConfig} does).
    * Creates or migrates the schema unless `create: false` (then it must exist
    * and be current). With `columns`, maps the app's own table read-only and
-   * keeps run state in `runsTable` (default `blobshift_meta_runs`).
-   * Rejects `ConfigError` for bad names or a missing SQLite file, and
+   * keeps run state in `runsTable` (default `blobshift_meta_runs`). On
+   * PostgreSQL, `schema` names the schema that holds every table (it must
+   * exist; default: the connection's current schema, the first of its
+   * search_path), and blobshift's own table needs a UTF8 database.
+   * Rejects `ConfigError` for bad names, a missing SQLite file or schema, and
    * `PreflightError` when the database cannot be reached or its schema is
    * unusable (a stale migration lock is reported with the SQL that clears it).
    */
   static async open(knexConfigOrInstance: Knex.Config | Knex, opts: MetaOpenOptions = {}): Promise<MetaDB> {
     const table = validateIdentifier('meta.table', opts.table ?? 'blob_meta', MAX_TABLE_NAME);
+    const schema = opts.schema === undefined ? undefined : validateIdentifier('meta.schema', opts.schema, 63);
     const owned = !isKnex(knexConfigOrInstance);
     const knex = isKnex(knexConfigOrInstance) ? knexConfigOrInstance : await createKnex(knexConfigOrInstance);
     try {
       const dialect = dialectOf(knex);
-      const target = `metadata table ${table}`;
+      if (schema !== undefined && dialect !== 'pg') {
+        throw new ConfigError(
+          'meta.schema',
+          'applies to PostgreSQL only (on MySQL the database is the schema)',
+        );
+      }
+      const target = `metadata table ${qualified(table, schema)}`;
       try {
         await knex.raw('select 1');
       } catch (err) {
         throw new PreflightError(target, `the database is unreachable: ${errorMessage(err)}`, { cause: err });
       }
+      if (dialect === 'pg') await MetaDB.#checkPg(knex, schema, opts.columns === undefined);
       if (opts.columns) {
-        const cols = await MetaDB.#mapColumns(knex, dialect, table, opts.columns);
+        const cols = await MetaDB.#mapColumns(knex, dialect, schema, table, opts.columns);
         const runsTable = validateIdentifier(
           'meta.runsTable',
           opts.runsTable ?? DEFAULT_RUNS_TABLE,
@@ -361,37 +460,42 @@ export class MetaDB implements MetaStore {
         if (runsTable === table) {
           throw new ConfigError('meta.runsTable', `must differ from the mapped app table ${table}`);
         }
-        const names = runsOnlyTableNames(runsTable);
+        const names = runsOnlyTableNames(runsTable, schema);
         const migrations = runsOnlyMigrations(names, dialect);
-        if (opts.create === false) await checkSchema(knex, names, migrations, `run-state table ${runsTable}`);
-        else await ensureSchema(knex, names, migrations, `run-state table ${runsTable}`);
+        const runsTarget = `run-state table ${qualified(runsTable, schema)}`;
+        if (opts.create === false) await checkSchema(knex, names, migrations, runsTarget);
+        else await ensureSchema(knex, names, migrations, runsTarget);
         return new MetaDB({
           knex,
           owned,
           dialect,
+          schema,
           table,
           runsTable,
           cols: cols.map,
           readOnly: true,
           binaryKeys: cols.binaryKeys,
+          keyType: cols.keyType,
           idNullable: cols.idNullable,
           sizeKind: cols.sizeKind,
         });
       }
-      const names = ownTableNames(table);
+      const names = ownTableNames(table, schema);
       const migrations = ownMigrations(names, dialect);
       if (opts.create === false) await checkSchema(knex, names, migrations, target);
       else await ensureSchema(knex, names, migrations, target);
-      await checkOwnColumns(knex, table, target);
+      await checkOwnColumns(knex, table, target, schema);
       return new MetaDB({
         knex,
         owned,
         dialect,
+        schema,
         table,
         runsTable: names.runs,
         cols: OWN_COLUMNS,
         readOnly: false,
         binaryKeys: dialect === 'mysql',
+        keyType: dialect === 'mysql' ? 'varbinary' : 'text',
         idNullable: false,
         sizeKind: 'own',
       });
@@ -401,12 +505,48 @@ export class MetaDB implements MetaStore {
     }
   }
 
+  /**
+   * PostgreSQL: the named schema exists (a typo must not become an empty
+   * migration), and blobshift's own table, whose keys are UTF-8 text in the
+   * "C" collation, lives in a UTF8 database.
+   */
+  static async #checkPg(knex: Knex, schema: string | undefined, ownTable: boolean): Promise<void> {
+    if (schema !== undefined) {
+      const found = (await knex.raw('SELECT 1 FROM pg_namespace WHERE nspname = ?', [schema])) as {
+        rows: unknown[];
+      };
+      if (found.rows.length === 0) {
+        throw new ConfigError(
+          'meta.schema',
+          `the schema "${schema}" does not exist in this database (check the name; create it with CREATE SCHEMA "${schema}")`,
+        );
+      }
+    }
+    if (ownTable) {
+      const enc = (await knex.raw('SHOW server_encoding')) as { rows: { server_encoding?: string }[] };
+      const encoding = enc.rows[0]?.server_encoding ?? '';
+      if (encoding.toUpperCase() !== 'UTF8') {
+        throw new ConfigError(
+          'meta.connection',
+          `the database's encoding is ${encoding}; blobshift's keys are UTF-8 text: use a database created with ENCODING 'UTF8'`,
+        );
+      }
+    }
+  }
+
   static async #mapColumns(
     knex: Knex,
     dialect: Dialect,
+    schema: string | undefined,
     table: string,
     columns: ColumnMap,
-  ): Promise<{ map: ColumnMap; binaryKeys: boolean; idNullable: boolean; sizeKind: SizeColumnKind }> {
+  ): Promise<{
+    map: ColumnMap;
+    binaryKeys: boolean;
+    keyType: string;
+    idNullable: boolean;
+    sizeKind: SizeColumnKind;
+  }> {
     const map: Partial<ColumnMap> = {};
     for (const field of COLUMN_FIELDS) {
       const col = (columns as unknown as Record<string, unknown>)[field];
@@ -426,10 +566,20 @@ export class MetaDB implements MetaStore {
         );
       }
     }
-    if (!(await knex.schema.hasTable(table))) {
-      throw new ConfigError('meta.table', `the app table ${table} does not exist in this database`);
+    if (!(await schemaBuilder(knex, schema).hasTable(table))) {
+      const folded =
+        dialect === 'pg' && table !== table.toLowerCase()
+          ? ` (PostgreSQL folds unquoted names to lower case: is it ${table.toLowerCase()}?)`
+          : '';
+      throw new ConfigError(
+        'meta.table',
+        `the app table ${qualified(table, schema)} does not exist in this database${folded}`,
+      );
     }
-    const info = (await knex(table).columnInfo()) as unknown as Record<string, Partial<ColumnFacts>>;
+    const info = (await tableQuery(knex, table, schema).columnInfo()) as unknown as Record<
+      string,
+      Partial<ColumnFacts>
+    >;
     const present = Object.keys(info);
     for (const field of COLUMN_FIELDS) {
       const col = map[field];
@@ -450,7 +600,7 @@ export class MetaDB implements MetaStore {
     };
     const idCol = map.id as string;
     const idFacts = facts(idCol);
-    await checkIdColumn(knex, dialect, table, idCol, idFacts);
+    await checkIdColumn(knex, dialect, schema, table, idCol, idFacts);
     let idNullable = idFacts.nullable;
     if (dialect === 'sqlite' && idNullable) {
       // An INTEGER PRIMARY KEY is the rowid: never NULL, though table_info says nullable.
@@ -466,7 +616,8 @@ export class MetaDB implements MetaStore {
     const keyType = facts(map.key as string).type;
     return {
       map: map as ColumnMap,
-      binaryKeys: /binary|blob/i.test(keyType),
+      binaryKeys: /binary|blob|bytea/i.test(keyType),
+      keyType,
       idNullable,
       // SQLite keeps whatever it is given in any column: its declared type is no guarantee.
       sizeKind:
@@ -481,6 +632,16 @@ export class MetaDB implements MetaStore {
 
   #keyParam(key: string): string | Buffer {
     return this.#binaryKeys ? Buffer.from(key, 'utf8') : key;
+  }
+
+  /** A query on the blob table (in its schema), on `trx` when given. */
+  #blobs(trx: Knex = this.#knex): Knex.QueryBuilder {
+    return tableQuery(trx, this.table, this.schema);
+  }
+
+  /** A query on the run-state table (in its schema). */
+  #runs(): Knex.QueryBuilder {
+    return tableQuery(this.#knex, this.runsTable, this.schema);
   }
 
   #writable(op: string): void {
@@ -548,13 +709,17 @@ export class MetaDB implements MetaStore {
     const createdOn = m.createdOn ?? new Date();
     let ids: unknown[];
     try {
-      ids = await this.#knex(this.table).insert(this.#toRow(m, createdOn));
+      const insert = this.#blobs().insert(this.#toRow(m, createdOn));
+      // PostgreSQL hands back an id only when asked (RETURNING).
+      ids = this.dialect === 'pg' ? await insert.returning('id') : await insert;
     } catch (err) {
       if (uniqueViolation(err)) throw this.#duplicate(m, err);
       throw err;
     }
+    const first = ids[0];
+    const id = first !== null && typeof first === 'object' ? (first as { id?: unknown }).id : first;
     return {
-      id: toSafeNumber(ids[0], `${this.table} id`),
+      id: toSafeNumber(id, `${this.table} id`),
       key: m.key,
       parentId: m.parentId,
       type: m.type,
@@ -581,7 +746,7 @@ export class MetaDB implements MetaStore {
     try {
       await this.#knex.transaction(async (trx) => {
         for (let i = 0; i < prepared.length; i += INSERT_BATCH) {
-          await trx(this.table).insert(prepared.slice(i, i + INSERT_BATCH));
+          await this.#blobs(trx).insert(prepared.slice(i, i + INSERT_BATCH));
         }
       });
     } catch (err) {
@@ -606,8 +771,8 @@ export class MetaDB implements MetaStore {
     const merge = ['parent_id', 'type', 'name', 'content_length', 'content_type', 'sha256', 'expires_on'];
     if (m.createdOn !== undefined) merge.push('created_on');
     const result = await this.#knex.transaction(async (trx) => {
-      await trx(this.table).insert(row).onConflict('key').merge(merge);
-      return trx(this.table).select(this.#select).where(this.#cols.key, this.#keyParam(m.key)).first();
+      await this.#blobs(trx).insert(row).onConflict('key').merge(merge);
+      return this.#blobs(trx).select(this.#select).where(this.#cols.key, this.#keyParam(m.key)).first();
     });
     if (result === undefined) throw new BlobShiftError(`upsert of ${JSON.stringify(m.key)} left no row`);
     return this.#toMeta(result as Record<string, unknown>);
@@ -615,7 +780,7 @@ export class MetaDB implements MetaStore {
 
   /** The row for `key`, or `undefined`. Keys match byte for byte. */
   async get(key: string): Promise<BlobMeta | undefined> {
-    const rows = (await this.#knex(this.table)
+    const rows = (await this.#blobs()
       .select(this.#select)
       .where(this.#cols.key, this.#keyParam(key))
       .limit(MAX_CASE_VARIANTS)) as Record<string, unknown>[];
@@ -627,7 +792,7 @@ export class MetaDB implements MetaStore {
   /** Deletes the row for `key`; resolves true when there was one. Idempotent. */
   async delete(key: string): Promise<boolean> {
     this.#writable('delete a row');
-    const n = await this.#knex(this.table).where(this.#cols.key, this.#keyParam(key)).del();
+    const n = await this.#blobs().where(this.#cols.key, this.#keyParam(key)).del();
     return Number(n) > 0;
   }
 
@@ -638,7 +803,7 @@ export class MetaDB implements MetaStore {
     const unique = uniq(keys);
     for (let i = 0; i < unique.length; i += KEY_BATCH) {
       const batch = unique.slice(i, i + KEY_BATCH).map((k) => this.#keyParam(k));
-      deleted += Number(await this.#knex(this.table).whereIn(this.#cols.key, batch).del());
+      deleted += Number(await this.#blobs().whereIn(this.#cols.key, batch).del());
     }
     return deleted;
   }
@@ -658,7 +823,7 @@ export class MetaDB implements MetaStore {
     upTo: number | undefined,
     shard: ShardSpec | undefined,
   ): Promise<BlobMeta[]> {
-    const q = this.#knex(this.table).select(this.#select).where(this.#cols.id, '>', after);
+    const q = this.#blobs().select(this.#select).where(this.#cols.id, '>', after);
     if (upTo !== undefined) q.where(this.#cols.id, '<=', upTo);
     if (type !== undefined) q.where(this.#cols.type as string, type);
     if (shard !== undefined) q.whereRaw('?? % ? = ?', [this.#cols.id, shard.count, shard.index]);
@@ -736,7 +901,7 @@ export class MetaDB implements MetaStore {
     const typeCol = this.#typeColumn(opts.types);
     const byType: Record<string, TypeTotals> = {};
     for (const t of uniq(opts.types ?? [])) byType[t] = { count: 0, bytes: 0 };
-    const q = this.#knex(this.table)
+    const q = this.#blobs()
       .count({ count: '*' })
       .select({ bytes: sizeSum(this.#knex, this.dialect, this.#cols.size, this.#sizeKind) });
     if (this.#cols.type !== undefined) q.select({ type: this.#cols.type }).groupBy(this.#cols.type);
@@ -763,7 +928,7 @@ export class MetaDB implements MetaStore {
     const wanted = new Set(unique);
     for (let i = 0; i < unique.length; i += KEY_BATCH) {
       const batch = unique.slice(i, i + KEY_BATCH).map((k) => this.#keyParam(k));
-      const rows = (await this.#knex(this.table)
+      const rows = (await this.#blobs()
         .select({ key: this.#cols.key })
         .whereIn(this.#cols.key, batch)) as Record<string, unknown>[];
       for (const r of rows) {
@@ -778,7 +943,7 @@ export class MetaDB implements MetaStore {
   /** The highest id (0 when there are no rows), within `types` when given. */
   async maxId(opts: { types?: string[] } = {}): Promise<number> {
     const typeCol = this.#typeColumn(opts.types);
-    const q = this.#knex(this.table).max({ max: this.#cols.id });
+    const q = this.#blobs().max({ max: this.#cols.id });
     if (typeCol !== undefined) q.whereIn(typeCol, uniq(opts.types ?? []));
     const row = (await q.first()) as Record<string, unknown> | undefined;
     return toSafeNumber(row?.max ?? 0, `${this.table} max id`);
@@ -792,7 +957,7 @@ export class MetaDB implements MetaStore {
       throw new ConfigError('upToId', `must be an integer, got ${upToId}`);
     }
     const counted = async (filter: (q: Knex.QueryBuilder) => void): Promise<number> => {
-      const q = this.#knex(this.table).count({ n: '*' });
+      const q = this.#blobs().count({ n: '*' });
       if (typeCol !== undefined) q.whereIn(typeCol, uniq(opts.types ?? []));
       filter(q);
       const row = (await q.first()) as Record<string, unknown> | undefined;
@@ -820,9 +985,9 @@ export class MetaDB implements MetaStore {
     const types = uniq(opts.types ?? []);
     const keyCol = this.#cols.key;
     const idCol = this.#cols.id;
-    const exact = exactKeyExpr(this.dialect);
+    const exact = exactKeyExpr(this.dialect, this.#keyType);
     const groups = (columns: (Knex.Raw | string)[]) => {
-      const q = this.#knex(this.table)
+      const q = this.#blobs()
         .select(columns)
         .whereNotNull(keyCol)
         .groupByRaw(exact, [keyCol])
@@ -844,7 +1009,7 @@ export class MetaDB implements MetaStore {
       .limit(limit)) as { k: unknown }[];
     const keys = first.map((r) => toKey(r.k));
     const ids = new Map<string, number[]>(keys.map((k) => [k, []]));
-    const lookup = this.#knex(this.table)
+    const lookup = this.#blobs()
       .select({ id: idCol, key: keyCol })
       .whereIn(
         keyCol,
@@ -865,21 +1030,21 @@ export class MetaDB implements MetaStore {
   }
 
   async getRun(name: string, shard: string): Promise<RunState | undefined> {
-    const row = await this.#knex(this.runsTable).where({ name, shard }).first();
+    const row = await this.#runs().where({ name, shard }).first();
     return row === undefined ? undefined : rowToRun(row as Record<string, unknown>);
   }
 
   async saveRun(state: RunState): Promise<void> {
-    await this.#knex(this.runsTable).insert(runToRow(state)).onConflict(['name', 'shard']).merge();
+    await this.#runs().insert(runToRow(state)).onConflict(['name', 'shard']).merge();
   }
 
   async deleteRun(name: string, shard: string): Promise<boolean> {
-    const n = await this.#knex(this.runsTable).where({ name, shard }).del();
+    const n = await this.#runs().where({ name, shard }).del();
     return Number(n) > 0;
   }
 
   async listRuns(): Promise<RunState[]> {
-    const rows = (await this.#knex(this.runsTable)
+    const rows = (await this.#runs()
       .select('*')
       .orderBy([
         { column: 'name', order: 'asc' },

@@ -2,7 +2,9 @@
  * blobshift's own metadata schema, kept by knex migrations from an in-code
  * migration source. The version table is `<table>_migrations` (and knex's
  * lock table `<table>_migrations_lock`), never knex's default
- * `knex_migrations`, which the application's own migrations may own.
+ * `knex_migrations`, which the application's own migrations may own. On
+ * PostgreSQL every table may live in a named schema (`meta.schema`): each
+ * function here takes it and names it in every statement.
  */
 import type { Knex } from 'knex';
 import { ConfigError, errorMessage, PreflightError } from '../errors.js';
@@ -11,10 +13,10 @@ import { ConfigError, errorMessage, PreflightError } from '../errors.js';
 export const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 /**
- * The longest table name accepted: MySQL identifiers stop at 64 characters
- * and blobshift derives `<table>_migrations_lock` from it.
+ * The longest table name accepted: PostgreSQL identifiers stop at 63 bytes
+ * (MySQL's at 64) and blobshift derives `<table>_migrations_lock` from it.
  */
-export const MAX_TABLE_NAME = 64 - '_migrations_lock'.length;
+export const MAX_TABLE_NAME = 63 - '_migrations_lock'.length;
 
 /** Throws `ConfigError` (naming `path`) unless `name` is a plain SQL identifier that fits. */
 export function validateIdentifier(path: string, name: unknown, max = 64): string {
@@ -30,7 +32,10 @@ export function validateIdentifier(path: string, name: unknown, max = 64): strin
   return name;
 }
 
-export type Dialect = 'sqlite' | 'mysql';
+export type Dialect = 'sqlite' | 'mysql' | 'pg';
+
+/** The clients blobshift opens, for messages. */
+export const SUPPORTED_CLIENTS = 'better-sqlite3 (SQLite), mysql2 (MySQL/MariaDB) or pg (PostgreSQL)';
 
 /** Which of blobshift's dialects a knex instance speaks; `ConfigError` for others. */
 export function dialectOf(knex: Knex): Dialect {
@@ -38,32 +43,55 @@ export function dialectOf(knex: Knex): Dialect {
   const name = String(client.dialect ?? client.driverName ?? client.config?.client ?? '');
   if (name === 'sqlite3' || name === 'better-sqlite3' || name === 'sqlite') return 'sqlite';
   if (name === 'mysql' || name === 'mysql2') return 'mysql';
+  if (name === 'postgresql' || name === 'postgres' || name === 'pg') return 'pg';
   throw new ConfigError(
     'meta.client',
-    `the database client "${name}" is not supported; use better-sqlite3 (SQLite) or mysql2 (MySQL/MariaDB)`,
+    `the database client "${name}" is not supported; use ${SUPPORTED_CLIENTS}`,
   );
 }
 
-/** Names derived from the metadata table's name. */
+/** The schema builder, in `schema` when one is named (PostgreSQL). */
+export function schemaBuilder(knex: Knex, schema: string | undefined): Knex.SchemaBuilder {
+  return schema === undefined ? knex.schema : knex.schema.withSchema(schema);
+}
+
+/** A query on `table`, in `schema` when one is named (PostgreSQL). */
+export function tableQuery(knex: Knex, table: string, schema: string | undefined): Knex.QueryBuilder {
+  return schema === undefined ? knex(table) : knex(table).withSchema(schema);
+}
+
+/** `schema.table` or `table`, for messages and SQL shown to the user (PostgreSQL quoting). */
+export function qualified(table: string, schema: string | undefined): string {
+  return schema === undefined ? table : `${schema}.${table}`;
+}
+
+/** Names derived from the metadata table's name, and the schema that holds them (PostgreSQL). */
 export interface TableNames {
   blobs: string;
   runs: string;
   migrations: string;
   lock: string;
+  schema?: string | undefined;
 }
 
-export function ownTableNames(table: string): TableNames {
+export function ownTableNames(table: string, schema?: string): TableNames {
   return {
     blobs: table,
     runs: `${table}_runs`,
     migrations: `${table}_migrations`,
     lock: `${table}_migrations_lock`,
+    schema,
   };
 }
 
 /** The run-state table for a mapped app table: it has its own migrations. */
-export function runsOnlyTableNames(runsTable: string): Omit<TableNames, 'blobs'> {
-  return { runs: runsTable, migrations: `${runsTable}_migrations`, lock: `${runsTable}_migrations_lock` };
+export function runsOnlyTableNames(runsTable: string, schema?: string): Omit<TableNames, 'blobs'> {
+  return {
+    runs: runsTable,
+    migrations: `${runsTable}_migrations`,
+    lock: `${runsTable}_migrations_lock`,
+    schema,
+  };
 }
 
 interface InCodeMigration {
@@ -82,9 +110,15 @@ function mysqlTableOptions(t: Knex.CreateTableBuilder, dialect: Dialect): void {
 
 // MySQL commits DDL at once, so a crash mid-migration can leave some tables
 // created; each step skips a table that exists, so the rerun completes it.
-async function createRunsTable(knex: Knex, runs: string, dialect: Dialect): Promise<void> {
-  if (await knex.schema.hasTable(runs)) return;
-  await knex.schema.createTable(runs, (t) => {
+// (PostgreSQL and SQLite run each migration in a transaction.)
+async function createRunsTable(
+  knex: Knex,
+  runs: string,
+  dialect: Dialect,
+  schema: string | undefined,
+): Promise<void> {
+  if (await schemaBuilder(knex, schema).hasTable(runs)) return;
+  await schemaBuilder(knex, schema).createTable(runs, (t) => {
     mysqlTableOptions(t, dialect);
     t.string('name', 255).notNullable();
     t.string('shard', 64).notNullable().defaultTo('');
@@ -103,21 +137,34 @@ async function createRunsTable(knex: Knex, runs: string, dialect: Dialect): Prom
   });
 }
 
+/**
+ * The key column of blobshift's own table: compared and ordered byte for
+ * byte everywhere, as S3 lists. MySQL: VARBINARY (its text collations fold
+ * case or pad spaces). PostgreSQL: text in the "C" collation (byte order and
+ * byte equality for UTF-8; readable in psql, joinable with the app's text
+ * columns; the database must be UTF8, checked at open). SQLite: TEXT, whose
+ * default BINARY collation compares bytes.
+ */
+function keyColumn(t: Knex.CreateTableBuilder, dialect: Dialect): void {
+  if (dialect === 'mysql') t.specificType('key', 'varbinary(1024)').notNullable();
+  else if (dialect === 'pg') t.specificType('key', 'text COLLATE "C"').notNullable();
+  else t.text('key').notNullable();
+}
+
 /** The migrations of blobshift's own schema, oldest first. Never reorder or edit a shipped one. */
 export function ownMigrations(names: TableNames, dialect: Dialect): InCodeMigration[] {
   return [
     {
       name: '001_blob_meta',
       async up(knex) {
-        if (await knex.schema.hasTable(names.blobs)) {
-          await createRunsTable(knex, names.runs, dialect);
+        if (await schemaBuilder(knex, names.schema).hasTable(names.blobs)) {
+          await createRunsTable(knex, names.runs, dialect, names.schema);
           return;
         }
-        await knex.schema.createTable(names.blobs, (t) => {
+        await schemaBuilder(knex, names.schema).createTable(names.blobs, (t) => {
           mysqlTableOptions(t, dialect);
           t.bigIncrements('id').primary();
-          if (dialect === 'mysql') t.specificType('key', 'varbinary(1024)').notNullable();
-          else t.text('key').notNullable();
+          keyColumn(t, dialect);
           t.string('parent_id', 255).notNullable().defaultTo('');
           t.string('type', 255).notNullable();
           t.string('name', 1024).notNullable().defaultTo('');
@@ -129,11 +176,11 @@ export function ownMigrations(names: TableNames, dialect: Dialect): InCodeMigrat
           t.unique(['key'], { indexName: `${names.blobs}_key_unique` });
           t.index(['type', 'id'], `${names.blobs}_type_id`);
         });
-        await createRunsTable(knex, names.runs, dialect);
+        await createRunsTable(knex, names.runs, dialect, names.schema);
       },
       async down(knex) {
-        await knex.schema.dropTableIfExists(names.runs);
-        await knex.schema.dropTableIfExists(names.blobs);
+        await schemaBuilder(knex, names.schema).dropTableIfExists(names.runs);
+        await schemaBuilder(knex, names.schema).dropTableIfExists(names.blobs);
       },
     },
   ];
@@ -145,10 +192,10 @@ export function runsOnlyMigrations(names: Omit<TableNames, 'blobs'>, dialect: Di
     {
       name: '001_runs',
       async up(knex) {
-        await createRunsTable(knex, names.runs, dialect);
+        await createRunsTable(knex, names.runs, dialect, names.schema);
       },
       async down(knex) {
-        await knex.schema.dropTableIfExists(names.runs);
+        await schemaBuilder(knex, names.schema).dropTableIfExists(names.runs);
       },
     },
   ];
@@ -175,10 +222,40 @@ function staleLockError(lock: string, target: string, cause?: unknown): Prefligh
   );
 }
 
-async function lockHeld(knex: Knex, lock: string): Promise<boolean> {
-  if (!(await knex.schema.hasTable(lock))) return false;
-  const rows: { is_locked: unknown }[] = await knex(lock).select('is_locked');
+async function lockHeld(knex: Knex, lock: string, schema: string | undefined): Promise<boolean> {
+  if (!(await schemaBuilder(knex, schema).hasTable(lock))) return false;
+  const rows: { is_locked: unknown }[] = await tableQuery(knex, lock, schema).select('is_locked');
   return rows.some((r) => Number(r.is_locked) === 1);
+}
+
+/**
+ * Two processes that start on a fresh database at once may each find knex's
+ * lock table empty and each insert its row. knex then takes the lock only
+ * where exactly one row flips to locked, so with two rows every migration,
+ * now and later, fails as "already locked". This keeps the first row (the
+ * one any lock taken was taken on: later rows only come from that race) and
+ * deletes the others.
+ */
+async function keepOneLockRow(knex: Knex, lock: string, schema: string | undefined): Promise<void> {
+  if (!(await schemaBuilder(knex, schema).hasTable(lock))) return;
+  const rows = (await tableQuery(knex, lock, schema).select('index').orderBy('index')) as {
+    index: unknown;
+  }[];
+  const first = rows[0];
+  if (first === undefined || rows.length === 1) return;
+  await tableQuery(knex, lock, schema)
+    .where('index', '>', first.index as number)
+    .del();
+}
+
+/**
+ * Two processes creating the same table at once: MySQL and SQLite say it
+ * already exists; PostgreSQL may instead trip on the unique index of its
+ * catalogue of types.
+ */
+function lostCreateRace(err: unknown): boolean {
+  const text = errorMessage(err);
+  return /already exists/i.test(text) || /pg_type_typname_nsp_index/.test(text);
 }
 
 /**
@@ -197,7 +274,9 @@ export async function ensureSchema(
   const config: Knex.MigratorConfig = {
     tableName: names.migrations,
     migrationSource: migrationSource(migrations),
+    ...(names.schema !== undefined ? { schemaName: names.schema } : {}),
   };
+  const lock = qualified(names.lock, names.schema);
   const deadline = Date.now() + graceMs;
   for (;;) {
     let pending: unknown[];
@@ -206,18 +285,19 @@ export async function ensureSchema(
       pending = listed[1];
     } catch (err) {
       // Two processes opening a fresh database race to create the version tables.
-      if (/already exists/i.test(errorMessage(err)) && Date.now() < deadline) continue;
+      if (lostCreateRace(err) && Date.now() < deadline) continue;
       throw new PreflightError(
         target,
-        `cannot read the schema version from ${names.migrations}: ${errorMessage(err)}`,
+        `cannot read the schema version from ${qualified(names.migrations, names.schema)}: ${errorMessage(err)}`,
         {
           cause: err,
         },
       );
     }
     if (pending.length === 0) return;
-    if (await lockHeld(knex, names.lock)) {
-      if (Date.now() >= deadline) throw staleLockError(names.lock, target);
+    await keepOneLockRow(knex, names.lock, names.schema);
+    if (await lockHeld(knex, names.lock, names.schema)) {
+      if (Date.now() >= deadline) throw staleLockError(lock, target);
       await new Promise((r) => setTimeout(r, 200));
       continue;
     }
@@ -227,10 +307,11 @@ export async function ensureSchema(
     } catch (err) {
       if (err instanceof Error && err.name === 'MigrationLocked') {
         // Another process took the lock between our check and our attempt.
-        if (Date.now() >= deadline) throw staleLockError(names.lock, target, err);
+        if (Date.now() >= deadline) throw staleLockError(lock, target, err);
         await new Promise((r) => setTimeout(r, 200));
         continue;
       }
+      if (lostCreateRace(err) && Date.now() < deadline) continue;
       throw new PreflightError(target, `creating or migrating the schema failed: ${errorMessage(err)}`, {
         cause: err,
       });
@@ -253,13 +334,18 @@ export const OWN_BLOB_COLUMNS = [
 ] as const;
 
 /** Refuses a table that has the name but not the shape of blobshift's blob table. */
-export async function checkOwnColumns(knex: Knex, table: string, target: string): Promise<void> {
-  const info = await knex(table).columnInfo();
+export async function checkOwnColumns(
+  knex: Knex,
+  table: string,
+  target: string,
+  schema?: string,
+): Promise<void> {
+  const info = await tableQuery(knex, table, schema).columnInfo();
   const missing = OWN_BLOB_COLUMNS.filter((c) => !(c in info));
   if (missing.length > 0) {
     throw new PreflightError(
       target,
-      `table ${table} exists but is not a blobshift metadata table (no column ${missing.join(', ')}); ` +
+      `table ${qualified(table, schema)} exists but is not a blobshift metadata table (no column ${missing.join(', ')}); ` +
         'choose another meta.table, or map an app table read-only with meta.columns',
     );
   }
@@ -273,14 +359,14 @@ export async function checkSchema(
   target: string,
 ): Promise<void> {
   for (const t of [names.blobs, names.runs, names.migrations]) {
-    if (t !== undefined && !(await knex.schema.hasTable(t))) {
+    if (t !== undefined && !(await schemaBuilder(knex, names.schema).hasTable(t))) {
       throw new PreflightError(
         target,
-        `table ${t} does not exist (open with create: true to create the schema)`,
+        `table ${qualified(t, names.schema)} does not exist (open with create: true to create the schema)`,
       );
     }
   }
-  const done: { name: string }[] = await knex(names.migrations).select('name');
+  const done: { name: string }[] = await tableQuery(knex, names.migrations, names.schema).select('name');
   const have = new Set(done.map((r) => r.name));
   const missing = migrations.filter((m) => !have.has(m.name)).map((m) => m.name);
   if (missing.length > 0) {

@@ -108,6 +108,12 @@ export interface MetaOpenOptions {
   columns?: ColumnMap;
   /** Where run state lives when `columns` maps a read-only app table. Default `blobshift_meta_runs`. */
   runsTable?: string;
+  /**
+   * PostgreSQL only: the schema that holds every table blobshift reads or
+   * writes (it must exist). Default: the connection's current schema (the
+   * first of its search_path, usually `public`).
+   */
+  schema?: string;
 }
 
 export interface DuplicateKeysOptions {
@@ -126,7 +132,7 @@ export interface MetaStore {
   readonly table: string;
   /** True for an app's own mapped table: writes are refused with `ReadOnlyError`. */
   readonly readOnly: boolean;
-  /** `sqlite`, `mysql`, … */
+  /** `sqlite`, `mysql` or `pg`. */
   readonly dialect: string;
   add(m: NewBlobMeta): Promise<BlobMeta>;
   /** Inserts, or updates the row with the same key (keeping its id). */

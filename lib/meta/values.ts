@@ -1,9 +1,10 @@
 /**
  * Conversions between what the drivers return and blobshift's types.
  * mysql2 returns BIGINT as a number while it is safe (`supportBigNumbers`)
- * and SUM() as a DECIMAL string; better-sqlite3 returns numbers; dates are
- * `Date` objects from mysql2 and epoch milliseconds from SQLite (or text,
- * in an app's own table).
+ * and SUM() as a DECIMAL string; pg returns BIGINT, COUNT() and NUMERIC as
+ * text; better-sqlite3 returns numbers; dates are `Date` objects from mysql2
+ * and pg (text for a PostgreSQL `timestamp` without zone, read as UTC) and
+ * epoch milliseconds from SQLite (or text, in an app's own table).
  */
 import { BlobShiftError } from '../errors.js';
 

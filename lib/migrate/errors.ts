@@ -28,6 +28,15 @@ const FULL_ERRNO = new Set(['ENOSPC', 'EDQUOT', 'EROFS']);
 /** Local conditions a retry will not fix: the blob fails, the run goes on. */
 const PERMANENT_ERRNO = new Set(['EACCES', 'EPERM', 'ENOTDIR', 'EISDIR', 'ENAMETOOLONG', 'ELOOP', 'EINVAL']);
 
+/**
+ * The pg driver's errors for a connection that is gone carry no code (the
+ * next query on a connection the server ended, or one whose socket closed):
+ * they are recognised by their message and given this one.
+ */
+const PG_CONNECTION_LOST = 'PG_CONNECTION_LOST';
+const PG_LOST_MESSAGE =
+  /\bConnection terminated( unexpectedly)?$|Client has encountered a connection error and is not queryable|Connection ended unexpectedly/;
+
 /** The network or the server is not there: retried, and a run of them means the infrastructure is lost. */
 const CONNECTION_ERRNO = new Set([
   'ECONNREFUSED',
@@ -42,6 +51,20 @@ const CONNECTION_ERRNO = new Set([
   'EHOSTDOWN',
   'PROTOCOL_CONNECTION_LOST',
   'ER_SERVER_SHUTDOWN',
+  // PostgreSQL SQLSTATEs: connection exceptions (class 08); the server ended
+  // the session (admin_shutdown: pg_terminate_backend, a failover;
+  // crash_shutdown) or cannot take it yet (cannot_connect_now: starting up).
+  '08000',
+  '08001',
+  '08003',
+  '08004',
+  '08006',
+  '08007',
+  '08P01',
+  '57P01',
+  '57P02',
+  '57P03',
+  PG_CONNECTION_LOST,
 ]);
 
 const TRANSIENT_NAMES = new Set([
@@ -86,6 +109,7 @@ export function errorFacts(err: unknown): ErrorFacts {
     };
     if (isBlobShiftError(cur)) facts.code ??= cur.code;
     else if (typeof e.code === 'string') facts.errno ??= e.code;
+    else if (cur instanceof Error && PG_LOST_MESSAGE.test(cur.message)) facts.errno ??= PG_CONNECTION_LOST;
     if (typeof e.name === 'string' && e.name !== 'Error' && !isBlobShiftError(cur)) facts.name ??= e.name;
     const status = e.$metadata?.httpStatusCode;
     if (typeof status === 'number') facts.httpStatus ??= status;

@@ -34,7 +34,7 @@ async function queueSetup(options: Record<string, unknown>, command: string): Pr
   if (loaded.config.meta.client === 'better-sqlite3') {
     throw new ConfigError(
       'meta',
-      `${command} with --queue needs a metadata database every worker host can reach (MySQL/MariaDB); a SQLite file cannot be shared with other hosts: run the backfill without --queue`,
+      `${command} with --queue needs a metadata database every worker host can reach (MySQL/MariaDB or PostgreSQL); a SQLite file cannot be shared with other hosts: run the backfill without --queue`,
     );
   }
   const given = typeof options.queue === 'string' ? options.queue : undefined;

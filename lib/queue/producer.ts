@@ -116,7 +116,7 @@ export async function queuedBackfill(opts: QueuedBackfillOptions): Promise<Backf
   if (opts.meta.dialect === 'sqlite') {
     throw new ConfigError(
       'meta',
-      'a --queue backfill needs a metadata database every worker host can reach (MySQL/MariaDB); a SQLite file cannot be shared with other hosts: run the backfill without --queue',
+      'a --queue backfill needs a metadata database every worker host can reach (MySQL/MariaDB or PostgreSQL); a SQLite file cannot be shared with other hosts: run the backfill without --queue',
     );
   }
   const run = opts.run ?? 'default';

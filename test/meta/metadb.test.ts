@@ -1,6 +1,7 @@
 /**
- * The MetaDB suite: one function, run on SQLite (a temporary file) and on
- * MariaDB/MySQL when BLOBSHIFT_TEST_MYSQL is set.
+ * The MetaDB suite: one function, run on SQLite (a temporary file), on
+ * MariaDB/MySQL when BLOBSHIFT_TEST_MYSQL is set and on PostgreSQL when
+ * BLOBSHIFT_TEST_PG is set.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -13,9 +14,13 @@ import { createKnex, emptyCounts, MetaDB, parseMysqlUrl } from '../../lib/meta/i
 import type { ColumnMap, MetaOpenOptions, NewBlobMeta, RunState } from '../../lib/meta/types.js';
 import { keyProblem, readSize, toKey } from '../../lib/meta/values.js';
 import type { BlobMeta } from '../../lib/types.js';
-import { announce, MYSQL_URL, uniqueName } from '../support/env.js';
+import { announce, MYSQL_URL, PG_URL, uniqueName } from '../support/env.js';
+
+/** A case-insensitive collation the PostgreSQL suite creates (ICU, non-deterministic). */
+const PG_CI_COLLATION = 'blobshift_test_ci';
 
 interface Target {
+  dialect: 'sqlite' | 'mysql' | 'pg';
   /** A knex config for the database the suite runs in. */
   config(): Knex.Config;
   /** A config for a fresh, empty database (dropped by `dropDatabase`). */
@@ -38,6 +43,17 @@ async function collect(it: AsyncIterable<BlobMeta[]>): Promise<BlobMeta[][]> {
 
 async function walkIds(meta: MetaDB, opts: Parameters<MetaDB['walk']>[0]): Promise<number[]> {
   return (await collect(meta.walk(opts))).flat().map((m) => m.id);
+}
+
+/** A text key column that compares case-insensitively, as apps' columns often do. */
+function caseInsensitiveColumn(
+  t: Knex.CreateTableBuilder,
+  dialect: Target['dialect'],
+  column: string,
+): Knex.ColumnBuilder {
+  if (dialect === 'sqlite') return t.specificType(column, 'TEXT COLLATE NOCASE');
+  if (dialect === 'pg') return t.specificType(column, `varchar(255) COLLATE "${PG_CI_COLLATION}"`);
+  return t.string(column, 255).collate('utf8mb4_general_ci');
 }
 
 function describeMetaDB(name: string, target: Target): void {
@@ -76,7 +92,7 @@ function describeMetaDB(name: string, target: Target): void {
     it('adds, gets and deletes rows, with ids as numbers and dates as Dates', async () => {
       const meta = await open();
       expect(meta.readOnly).to.equal(false);
-      expect(meta.dialect).to.equal(name === 'SQLite' ? 'sqlite' : 'mysql');
+      expect(meta.dialect).to.equal(target.dialect);
       const createdOn = new Date('2024-02-29T12:34:56.789Z');
       const expiresOn = new Date('2030-01-01T00:00:00.001Z');
       const added = await meta.add({
@@ -404,6 +420,10 @@ function describeMetaDB(name: string, target: Target): void {
         content_length: 2 ** 35,
         created_on: new Date(),
       });
+      if (meta.dialect === 'pg') {
+        // A PostgreSQL sequence does not follow an id inserted by hand (blobshift never does that).
+        await raw.raw(`SELECT setval(pg_get_serial_sequence(?, 'id'), ?)`, [meta.table, big]);
+      }
       const got = await meta.get('big');
       expect(got?.id).to.equal(big);
       expect(got?.contentLength).to.equal(2 ** 35);
@@ -431,6 +451,31 @@ function describeMetaDB(name: string, target: Target): void {
       const lock = await raw(`${table}_migrations_lock`).select('is_locked');
       expect(lock.map((r: { is_locked: unknown }) => Number(r.is_locked))).to.deep.equal([0]);
     });
+
+    const serverIt = target.dialect === 'sqlite' ? () => undefined : it;
+    // Server databases only: better-sqlite3 is synchronous, so one SQLite
+    // connection's busy wait would block every other connection of this test
+    // process (separate processes wait on each other, not on themselves).
+    serverIt(
+      'several processes opening a fresh table at once all open it; the migration lock keeps one row',
+      async () => {
+        const table = uniqueName('bmr');
+        track(table);
+        const results = await Promise.allSettled(
+          Array.from({ length: 6 }, () => MetaDB.open(target.config(), { table })),
+        );
+        for (const r of results) if (r.status === 'fulfilled') opened.push(r.value);
+        const failed = results.flatMap((r) => (r.status === 'rejected' ? [String(r.reason)] : []));
+        expect(failed).to.deep.equal([]);
+        const lock = (await raw(`${table}_migrations_lock`).select('is_locked')) as { is_locked: unknown }[];
+        expect(lock.map((r) => Number(r.is_locked))).to.deep.equal([0]);
+        expect(
+          ((await raw(`${table}_migrations`).select('name')) as { name: string }[]).map((r) => r.name),
+        ).to.deep.equal(['001_blob_meta']);
+        // And a later open still works (two lock rows made every later migration fail).
+        await open({ table });
+      },
+    );
 
     it('create: false refuses a missing schema', async () => {
       const err = await MetaDB.open(target.config(), { table: uniqueName('none'), create: false }).catch(
@@ -540,7 +585,7 @@ function describeMetaDB(name: string, target: Target): void {
         runsTable = uniqueName('runs');
         tables.push(appTable, runsTable, `${runsTable}_migrations`, `${runsTable}_migrations_lock`);
         await raw.schema.createTable(appTable, (t) => {
-          if (name !== 'SQLite') {
+          if (target.dialect === 'mysql') {
             t.charset('utf8mb4');
             t.collate('utf8mb4_bin');
           }
@@ -643,8 +688,7 @@ function describeMetaDB(name: string, target: Target): void {
         tables.push(ci);
         await raw.schema.createTable(ci, (t) => {
           t.increments('id').primary();
-          if (name === 'SQLite') t.specificType('path', 'TEXT COLLATE NOCASE').notNullable();
-          else t.string('path', 255).collate('utf8mb4_general_ci').notNullable();
+          caseInsensitiveColumn(t, target.dialect, 'path').notNullable();
           t.integer('bytes').notNullable();
         });
         await raw(ci).insert([
@@ -700,7 +744,7 @@ function describeMetaDB(name: string, target: Target): void {
         const table = uniqueName('messy');
         tables.push(table);
         await raw.schema.createTable(table, (t) => {
-          if (name === 'MariaDB') {
+          if (target.dialect === 'mysql') {
             t.charset('utf8mb4');
             t.collate('utf8mb4_bin');
           }
@@ -795,8 +839,7 @@ function describeMetaDB(name: string, target: Target): void {
       it('reports duplicate keys byte for byte, ignoring NULL keys; counts NULL-id rows it cannot walk', async () => {
         const table = await appTable((t) => {
           t.integer('row_id').nullable();
-          if (name === 'SQLite') t.specificType('path', 'TEXT COLLATE NOCASE').nullable();
-          else t.string('path', 255).collate('utf8mb4_general_ci').nullable();
+          caseInsensitiveColumn(t, target.dialect, 'path').nullable();
           t.integer('bytes').notNullable();
           t.string('kind', 8).notNullable();
         });
@@ -896,7 +939,11 @@ function describeMetaDB(name: string, target: Target): void {
           },
           {
             what: 'REAL',
-            build: (t) => t.specificType('id', name === 'SQLite' ? 'REAL' : 'DOUBLE'),
+            build: (t) =>
+              t.specificType(
+                'id',
+                { sqlite: 'REAL', mysql: 'DOUBLE', pg: 'DOUBLE PRECISION' }[target.dialect],
+              ),
             ids: [1, 2.5],
             shows: /REAL|DOUBLE/,
           },
@@ -907,7 +954,22 @@ function describeMetaDB(name: string, target: Target): void {
             shows: /TEXT/,
           },
         ];
-        if (name === 'SQLite') {
+        if (target.dialect === 'pg') {
+          cases.push(
+            {
+              what: 'UUID primary key',
+              build: (t) => t.uuid('id').primary().defaultTo(raw.raw('gen_random_uuid()')),
+              ids: ['7f1e4c5a-1111-4e6b-9a3c-000000000001', '0a1e4c5a-2222-4e6b-9a3c-000000000002'],
+              shows: /is UUID, not an integer column: UUIDs have no order new rows follow/,
+            },
+            {
+              what: 'NUMERIC',
+              build: (t) => t.specificType('id', 'NUMERIC'),
+              ids: [1, 2],
+              shows: /NUMERIC/,
+            },
+          );
+        } else if (target.dialect === 'sqlite') {
           cases.push(
             {
               what: 'NUMERIC holding a fraction',
@@ -954,8 +1016,34 @@ function describeMetaDB(name: string, target: Target): void {
           expect(message, c.what).to.include(`column "id" of table ${table}`);
           expect(message, c.what).to.match(c.shows);
           expect(message, c.what).to.include('Map an integer auto-increment column as meta.columns.id');
-          if (name === 'SQLite') expect(message, c.what).to.include('INTEGER PRIMARY KEY');
-          else expect(message, c.what).to.include(`ALTER TABLE \`${table}\` ADD COLUMN blobshift_id BIGINT`);
+          if (target.dialect === 'sqlite') expect(message, c.what).to.include('INTEGER PRIMARY KEY');
+          else if (target.dialect === 'pg') {
+            expect(message, c.what).to.include(
+              `ALTER TABLE "${table}" ADD COLUMN blobshift_id BIGINT GENERATED BY DEFAULT AS IDENTITY UNIQUE`,
+            );
+          } else
+            expect(message, c.what).to.include(`ALTER TABLE \`${table}\` ADD COLUMN blobshift_id BIGINT`);
+          if (target.dialect !== 'sqlite') {
+            // The statement the message gives works, and the table can then be mapped.
+            const statement = /(ALTER TABLE .*? UNIQUE)/.exec(message)?.[1] as string;
+            await raw.raw(statement);
+            const meta = await open({
+              table,
+              columns: { id: 'blobshift_id', key: 'path', size: 'bytes' },
+              runsTable,
+            });
+            const walked = (await collect(meta.walk({ chunkSize: 1 }))).flat();
+            expect(walked.map((m) => m.key).sort(), c.what).to.deep.equal(
+              c.ids.map((_, i) => `p/${i}`).sort(),
+            );
+            await raw(table).insert({
+              path: 'p/new',
+              bytes: 1,
+              ...(c.what === 'UUID primary key' ? {} : { id: 99 }),
+            });
+            const after = await walkIds(meta, { chunkSize: 10, afterId: (walked.at(-1) as BlobMeta).id });
+            expect(after.length, c.what).to.equal(1);
+          }
         }
       });
 
@@ -964,10 +1052,21 @@ function describeMetaDB(name: string, target: Target): void {
           (t) => t.increments('id').primary(),
           (t) => t.bigIncrements('id').primary(),
           (t) => t.specificType('id', 'SMALLINT'),
-          (t) => t.specificType('id', name === 'SQLite' ? 'MEDIUMINT' : 'MEDIUMINT UNSIGNED'),
-          (t) => t.bigInteger('id').unsigned(),
         ];
-        if (name === 'SQLite') {
+        if (target.dialect === 'pg') {
+          builds.push(
+            (t) => t.bigInteger('id'),
+            (t) => t.specificType('id', 'SERIAL'),
+            (t) => t.specificType('id', 'BIGINT GENERATED ALWAYS AS IDENTITY'),
+            (t) => t.specificType('id', 'INTEGER GENERATED BY DEFAULT AS IDENTITY'),
+          );
+        } else {
+          builds.push(
+            (t) => t.specificType('id', target.dialect === 'sqlite' ? 'MEDIUMINT' : 'MEDIUMINT UNSIGNED'),
+            (t) => t.bigInteger('id').unsigned(),
+          );
+        }
+        if (target.dialect === 'sqlite') {
           // Where SQLite's values decide: integers in a NUMERIC column, or in one with no declared type.
           builds.push(
             (t) => t.specificType('id', 'NUMERIC'),
@@ -980,10 +1079,14 @@ function describeMetaDB(name: string, target: Target): void {
             t.string('path', 255);
             t.integer('bytes');
           });
-          await raw(table).insert([
+          const rows = [
             { id: 1, path: 'p/1', bytes: 1 },
             { id: 2, path: 'p/2', bytes: 2 },
-          ]);
+          ];
+          // A column GENERATED ALWAYS AS IDENTITY takes no ids from the app: it numbers them 1, 2 itself.
+          await raw(table)
+            .insert(rows)
+            .catch(() => raw(table).insert(rows.map(({ path, bytes }) => ({ path, bytes }))));
           const meta = await open({ table, columns: { id: 'id', key: 'path', size: 'bytes' }, runsTable });
           expect((await collect(meta.walk({ chunkSize: 10 }))).flat().map((m) => m.id)).to.deep.equal([1, 2]);
         }
@@ -1049,6 +1152,7 @@ function sampleRun(name: string, shard: string): RunState {
 {
   let dir = '';
   describeMetaDB('SQLite', {
+    dialect: 'sqlite',
     config: () => ({ client: 'better-sqlite3', connection: { filename: join(dir, 'meta.sqlite') } }),
     async freshDatabase() {
       const file = join(dir, `${uniqueName('fresh')}.sqlite`);
@@ -1114,7 +1218,7 @@ function sampleRun(name: string, shard: string): RunState {
     });
 
     it('refuses unsupported clients', async () => {
-      const err = await MetaDB.open({ client: 'pg', connection: 'postgres://x@127.0.0.1/db' }).catch(
+      const err = await MetaDB.open({ client: 'mssql', connection: 'mssql://x@127.0.0.1/db' }).catch(
         (e: unknown) => e,
       );
       expect(err).to.be.instanceOf(ConfigError);
@@ -1141,6 +1245,7 @@ if (MYSQL_URL) {
   const url = MYSQL_URL;
   const databases: string[] = [];
   describeMetaDB('MariaDB', {
+    dialect: 'mysql',
     config: () => ({ client: 'mysql2', connection: url }),
     async freshDatabase() {
       const db = uniqueName('blobshift_');
@@ -1168,6 +1273,290 @@ if (MYSQL_URL) {
   });
 } else {
   announce('BLOBSHIFT_TEST_MYSQL', 'MetaDB on MariaDB/MySQL');
+}
+
+/** Runs `fn` with a knex on the PostgreSQL test server, destroyed afterwards. */
+async function withPg<T>(url: string, fn: (k: Knex) => Promise<T>): Promise<T> {
+  const k = await createKnex({ client: 'pg', connection: url, pool: { min: 0, max: 2 } });
+  try {
+    return await fn(k);
+  } finally {
+    await k.destroy();
+  }
+}
+
+/** A URL for another database on the same PostgreSQL server. */
+function pgUrlFor(url: string, database: string): string {
+  const u = new URL(url);
+  u.pathname = `/${database}`;
+  return u.toString();
+}
+
+if (PG_URL) {
+  const url = PG_URL;
+  describeMetaDB('PostgreSQL', {
+    dialect: 'pg',
+    config: () => ({ client: 'pg', connection: url }),
+    async freshDatabase() {
+      const db = uniqueName('blobshift_');
+      await withPg(url, (k) => k.raw(`CREATE DATABASE "${db}"`));
+      return {
+        config: { client: 'pg', connection: pgUrlFor(url, db) },
+        drop: () => withPg(url, (k) => k.raw(`DROP DATABASE IF EXISTS "${db}" WITH (FORCE)`)),
+      };
+    },
+    async setup() {
+      await withPg(url, (k) =>
+        k
+          .raw(
+            `CREATE COLLATION IF NOT EXISTS "${PG_CI_COLLATION}" (provider = icu, locale = 'und-u-ks-level2', deterministic = false)`,
+          )
+          // Another test process may create it at the same moment.
+          .catch((err: unknown) => {
+            if (!/already exists|duplicate key/.test(String(err))) throw err;
+          }),
+      );
+    },
+    async teardown() {},
+  });
+
+  describe('MetaDB on PostgreSQL: schemas, connection settings, types', function () {
+    this.timeout(60_000);
+    let k: Knex;
+    const schemas: string[] = [];
+
+    before(async () => {
+      k = await createKnex({ client: 'pg', connection: url, pool: { min: 0, max: 4 } });
+    });
+    after(async () => {
+      for (const s of schemas) await k.raw('DROP SCHEMA IF EXISTS ?? CASCADE', [s]);
+      await k.destroy();
+    });
+
+    async function newSchema(): Promise<string> {
+      const schema = uniqueName('bs_schema_');
+      await k.raw('CREATE SCHEMA ??', [schema]);
+      schemas.push(schema);
+      return schema;
+    }
+
+    async function tablesIn(schema: string): Promise<string[]> {
+      const r = (await k.raw(
+        'SELECT table_name FROM information_schema.tables WHERE table_schema = ? ORDER BY 1',
+        [schema],
+      )) as { rows: { table_name: string }[] };
+      return r.rows.map((x) => x.table_name);
+    }
+
+    it('keeps every table in the named schema, whatever the search_path; the same name elsewhere is another table', async () => {
+      const [a, b] = [await newSchema(), await newSchema()];
+      const one = await MetaDB.open({ client: 'pg', connection: url }, { schema: a });
+      const two = await MetaDB.open({ client: 'pg', connection: url, searchPath: [b] }, { schema: b });
+      try {
+        expect(one.schema).to.equal(a);
+        await one.add(row('in/a'));
+        await two.add(row('in/b'));
+        await two.add(row('in/b2'));
+        expect(await tablesIn(a)).to.deep.equal([
+          'blob_meta',
+          'blob_meta_migrations',
+          'blob_meta_migrations_lock',
+          'blob_meta_runs',
+        ]);
+        expect(await tablesIn(b)).to.deep.equal(await tablesIn(a));
+        expect((await one.get('in/a'))?.key).to.equal('in/a');
+        expect(await one.get('in/b')).to.equal(undefined);
+        expect(await two.count()).to.equal(2);
+        await one.saveRun(sampleRun('default', ''));
+        expect(await two.getRun('default', '')).to.equal(undefined);
+        const again = await MetaDB.open({ client: 'pg', connection: url }, { schema: a, create: false });
+        expect((await again.estimate()).count).to.equal(1);
+        await again.close();
+      } finally {
+        await one.close();
+        await two.close();
+      }
+      // Nothing landed in the connection's own schema.
+      const pub = (await k.raw('SELECT current_schema() AS s')) as { rows: { s: string }[] };
+      expect(await tablesIn(pub.rows[0]?.s as string)).to.not.include.members(['blob_meta_migrations_lock']);
+    });
+
+    it("without a schema, uses knex's searchPath (the first schema of the connection's search_path)", async () => {
+      const s = await newSchema();
+      const meta = await MetaDB.open(
+        { client: 'pg', connection: url, searchPath: [s, 'public'] },
+        { table: 'sp' },
+      );
+      try {
+        expect(meta.schema).to.equal(undefined);
+        await meta.add(row('sp/1'));
+        expect(await tablesIn(s)).to.include.members(['sp', 'sp_runs', 'sp_migrations']);
+      } finally {
+        await meta.close();
+      }
+    });
+
+    it('maps an app table in a named schema, with its run state beside it', async () => {
+      const s = await newSchema();
+      await k.schema.withSchema(s).createTable('attachments', (t) => {
+        t.bigIncrements('id').primary();
+        t.text('storage_key').notNullable();
+        t.bigInteger('byte_size').notNullable();
+      });
+      await k('attachments')
+        .withSchema(s)
+        .insert([
+          { storage_key: 'x/1', byte_size: 3 },
+          { storage_key: 'x/2', byte_size: 4 },
+        ]);
+      const meta = await MetaDB.open(
+        { client: 'pg', connection: url },
+        { schema: s, table: 'attachments', columns: { id: 'id', key: 'storage_key', size: 'byte_size' } },
+      );
+      try {
+        expect(
+          (await collect(meta.walk({ chunkSize: 1 }))).flat().map((m) => [m.key, m.contentLength]),
+        ).to.deep.equal([
+          ['x/1', 3],
+          ['x/2', 4],
+        ]);
+        expect(await meta.estimate()).to.deep.equal({
+          count: 2,
+          bytes: 7,
+          byType: { '': { count: 2, bytes: 7 } },
+        });
+        expect(await tablesIn(s)).to.include('blobshift_meta_runs');
+      } finally {
+        await meta.close();
+      }
+      const missing = await MetaDB.open(
+        { client: 'pg', connection: url },
+        { schema: s, table: 'Attachments', columns: { id: 'id', key: 'storage_key', size: 'byte_size' } },
+      ).catch((e: unknown) => e);
+      expect(missing).to.be.instanceOf(ConfigError);
+      expect((missing as Error).message).to.include('is it attachments?');
+    });
+
+    it('refuses a schema that does not exist, and the schema option on other databases', async () => {
+      const name = uniqueName('nope_');
+      const err = await MetaDB.open({ client: 'pg', connection: url }, { schema: name }).catch(
+        (e: unknown) => e,
+      );
+      expect(err).to.be.instanceOf(ConfigError);
+      expect((err as ConfigError).path).to.equal('meta.schema');
+      expect((err as Error).message).to.include(`CREATE SCHEMA "${name}"`);
+      const other = await MetaDB.open(
+        { client: 'better-sqlite3', connection: { filename: ':memory:' } },
+        { schema: 'x' },
+      ).catch((e: unknown) => e);
+      expect((other as ConfigError).path).to.equal('meta.schema');
+    });
+
+    it('creates the key column as text in the "C" collation and the id as a bigint identity', async () => {
+      const s = await newSchema();
+      const meta = await MetaDB.open({ client: 'pg', connection: url }, { schema: s });
+      try {
+        const cols = (await k.raw(
+          'SELECT column_name, data_type, collation_name, column_default FROM information_schema.columns WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position',
+          [s, 'blob_meta'],
+        )) as {
+          rows: {
+            column_name: string;
+            data_type: string;
+            collation_name: string | null;
+            column_default: string | null;
+          }[];
+        };
+        const byName = new Map(cols.rows.map((c) => [c.column_name, c]));
+        expect(byName.get('key')).to.include({ data_type: 'text', collation_name: 'C' });
+        expect(byName.get('id')?.data_type).to.equal('bigint');
+        expect(byName.get('id')?.column_default).to.match(/^nextval/);
+        expect(byName.get('created_on')?.data_type).to.equal('timestamp with time zone');
+        // Keys sort as S3 lists them: by UTF-8 bytes.
+        const keys = ['a', 'B', 'a/b', 'a-c', 'é', 'z', 'Z', '😀', '\uFFFD'];
+        for (const key of keys) await meta.add(row(key));
+        const sorted = (await k(`${s}.blob_meta`).select('key').orderBy('key')) as { key: string }[];
+        expect(sorted.map((r) => r.key)).to.deep.equal(
+          [...keys].sort((x, y) => Buffer.compare(Buffer.from(x), Buffer.from(y))),
+        );
+      } finally {
+        await meta.close();
+      }
+    });
+
+    it('names its connections "blobshift" in pg_stat_activity unless the URL names them', async () => {
+      const seen = async (config: Knex.Config): Promise<string[]> => {
+        const meta = await MetaDB.open(config, { table: uniqueName('an') });
+        try {
+          const r = (await meta.knex.raw(
+            'SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()',
+          )) as {
+            rows: { application_name: string }[];
+          };
+          return r.rows.map((x) => x.application_name);
+        } finally {
+          for (const t of ['_runs', '_migrations', '_migrations_lock', '']) {
+            await meta.knex.schema.dropTableIfExists(`${meta.table}${t}`);
+          }
+          await meta.close();
+        }
+      };
+      expect(await seen({ client: 'pg', connection: url })).to.deep.equal(['blobshift']);
+      const named = new URL(url);
+      named.searchParams.set('application_name', 'my-backfill');
+      expect(await seen({ client: 'postgresql', connection: named.toString() })).to.deep.equal([
+        'my-backfill',
+      ]);
+    });
+
+    it("reads an app table's timestamp without time zone as UTC, whatever the process's zone", async () => {
+      const s = await newSchema();
+      await k.schema.withSchema(s).createTable('files', (t) => {
+        t.increments('id').primary();
+        t.text('path').notNullable();
+        t.integer('size').notNullable();
+        t.specificType('made', 'timestamp without time zone').notNullable();
+        t.specificType('gone', 'timestamp with time zone').nullable();
+      });
+      await k.raw(
+        `INSERT INTO ??.files (path, size, made, gone) VALUES ('f', 1, '2024-02-29 12:34:56.789', '2030-01-01 00:00:00+02')`,
+        [s],
+      );
+      const meta = await MetaDB.open(
+        { client: 'pg', connection: url },
+        {
+          schema: s,
+          table: 'files',
+          columns: { id: 'id', key: 'path', size: 'size', createdOn: 'made', expiresOn: 'gone' },
+        },
+      );
+      try {
+        const got = await meta.get('f');
+        expect(got?.createdOn.toISOString()).to.equal('2024-02-29T12:34:56.789Z');
+        expect(got?.expiresOn?.toISOString()).to.equal('2029-12-31T22:00:00.000Z');
+      } finally {
+        await meta.close();
+      }
+    });
+
+    it("refuses blobshift's own table in a database that is not UTF8", async () => {
+      const db = uniqueName('bs_ascii_');
+      await k.raw(
+        `CREATE DATABASE "${db}" ENCODING 'SQL_ASCII' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'`,
+      );
+      try {
+        const err = await MetaDB.open({ client: 'pg', connection: pgUrlFor(url, db) }).catch(
+          (e: unknown) => e,
+        );
+        expect(err).to.be.instanceOf(ConfigError);
+        expect((err as Error).message).to.match(/encoding is SQL_ASCII.*ENCODING 'UTF8'/);
+      } finally {
+        await k.raw(`DROP DATABASE IF EXISTS "${db}" WITH (FORCE)`);
+      }
+    });
+  });
+} else {
+  announce('BLOBSHIFT_TEST_PG', 'MetaDB on PostgreSQL');
 }
 
 describe('metadata values: keys and sizes read strictly', () => {

@@ -17,23 +17,19 @@ import { createKnex, MetaDB } from '../../lib/meta/index.js';
 import { backfill } from '../../lib/migrate/backfill.js';
 import { cleanupOld } from '../../lib/migrate/cleanup.js';
 import { verify } from '../../lib/migrate/verify.js';
-import { MYSQL_URL, uniqueName } from '../support/env.js';
+import { announceDatabases, META_DATABASES } from '../support/databases.js';
+import { uniqueName } from '../support/env.js';
 
 interface Db {
   name: string;
   config(dir: string): Knex.Config;
 }
 
-const databases: Db[] = [
-  {
-    name: 'SQLite',
-    config: (dir) => ({ client: 'better-sqlite3', connection: { filename: join(dir, 'app.sqlite') } }),
-  },
-];
-if (MYSQL_URL) {
-  const url = MYSQL_URL;
-  databases.push({ name: 'MariaDB', config: () => ({ client: 'mysql2', connection: url }) });
-}
+const databases: Db[] = META_DATABASES.map((d) => ({
+  name: d.name,
+  config: (dir: string) => d.knexConfig(dir),
+}));
+announceDatabases("an app's own messy table");
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 

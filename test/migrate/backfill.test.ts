@@ -2,37 +2,42 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import { expect } from 'chai';
 import { MemoryBlobDB } from '../../lib/backends/memory.js';
 import { readAll } from '../../lib/body.js';
 import { RunStateError } from '../../lib/errors.js';
-import { MetaDB } from '../../lib/meta/index.js';
+import type { MetaDB } from '../../lib/meta/index.js';
 import type { NewBlobMeta } from '../../lib/meta/types.js';
 import { type BackfillOptions, backfill } from '../../lib/migrate/backfill.js';
 import { type MissingRecord, readMissingLog } from '../../lib/migrate/missing-log.js';
 import type { BlobInfo, ListOptions } from '../../lib/types.js';
+import { announceDatabases, META_DATABASES, type MetaDatabase, SQLITE } from '../support/databases.js';
 import { connectionRefused, slowDown, WrappedBlobDB } from '../support/wrap.js';
 
 interface Fixture {
   dir: string;
   meta: MetaDB;
+  dropMeta(): Promise<void>;
   oldDb: MemoryBlobDB;
   newDb: MemoryBlobDB;
   logDir: string;
 }
 
-async function fixture(): Promise<Fixture> {
+async function fixture(database: MetaDatabase = SQLITE): Promise<Fixture> {
   const dir = await mkdtemp(join(tmpdir(), 'blobshift-backfill-'));
-  const meta = await MetaDB.open({
-    client: 'better-sqlite3',
-    connection: { filename: join(dir, 'meta.sqlite') },
-  });
-  return { dir, meta, oldDb: new MemoryBlobDB(), newDb: new MemoryBlobDB(), logDir: join(dir, 'logs') };
+  const { meta, drop } = await database.open(dir);
+  return {
+    dir,
+    meta,
+    dropMeta: drop,
+    oldDb: new MemoryBlobDB(),
+    newDb: new MemoryBlobDB(),
+    logDir: join(dir, 'logs'),
+  };
 }
 
 async function dispose(f: Fixture): Promise<void> {
-  await f.meta.close();
+  await f.dropMeta();
   await rm(f.dir, { recursive: true, force: true });
 }
 
@@ -99,11 +104,12 @@ async function sameBytes(a: MemoryBlobDB, b: MemoryBlobDB, key: string): Promise
   return x.equals(y);
 }
 
-describe('backfill (engine)', function () {
+/** The engine's suite, on one metadata database (registered for each below). */
+function backfillEngineSuite(this: Mocha.Suite, database: MetaDatabase): void {
   this.timeout(60_000);
   let f: Fixture;
   beforeEach(async () => {
-    f = await fixture();
+    f = await fixture(database);
   });
   afterEach(async () => {
     await dispose(f);
@@ -327,9 +333,7 @@ describe('backfill (engine)', function () {
     await seed(f, 3);
     await f.meta.add({ key: 'bad/size', parentId: 'p', type: 'attachment', contentLength: 5 });
     // MetaDB refuses such a row; an app's own table may still hold one.
-    const raw = new Database(join(f.dir, 'meta.sqlite'));
-    raw.prepare("UPDATE blob_meta SET content_length = -5 WHERE key = 'bad/size'").run();
-    raw.close();
+    await f.meta.knex(f.meta.table).where('key', 'bad/size').update({ content_length: -5 });
     const summary = await backfill(opts(f));
     expect(summary.failed).to.equal(1);
     expect(summary.copied).to.equal(3);
@@ -677,4 +681,12 @@ describe('backfill (engine)', function () {
     expect(a.logs[0]).to.not.equal(b.logs[0]);
     expect(await readFile(a.logs[0] as string, 'utf8')).to.match(/not found/);
   });
-});
+}
+
+for (const database of META_DATABASES) {
+  const on = database === SQLITE ? '' : `, ${database.name} metadata`;
+  describe(`backfill (engine)${on}`, function () {
+    backfillEngineSuite.call(this, database);
+  });
+}
+announceDatabases('backfill engine');

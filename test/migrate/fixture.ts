@@ -1,8 +1,14 @@
 /**
  * Shared set-up for the check-blob-logs, verify and cleanup-old tests: two
- * backends, metadata on a fresh SQLite file (and on MariaDB when
- * BLOBSHIFT_TEST_MYSQL is set), a log directory, and a BlobDB wrapper that
- * counts calls and lets a test change what one method answers.
+ * backends, metadata on a fresh SQLite file (and on MariaDB and PostgreSQL
+ * when BLOBSHIFT_TEST_MYSQL and BLOBSHIFT_TEST_PG are set), a log
+ * directory, and a BlobDB wrapper that counts calls and lets a test change
+ * what one method answers.
+ *
+ * Which backends meet which databases (the CI budget): memory backends with
+ * SQLite and MariaDB; filesystem backends with every database; s3rver with
+ * SQLite; Ceph RGW with MariaDB and PostgreSQL (without RGW, PostgreSQL
+ * meets s3rver instead), so PostgreSQL runs with files and with one S3.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -13,7 +19,7 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { FilesystemBlobDB } from '../../lib/backends/fs.js';
 import { MemoryBlobDB } from '../../lib/backends/memory.js';
 import { createS3Client, S3BlobDB, type S3ClientConfigLike } from '../../lib/backends/s3.js';
-import { createKnex, MetaDB } from '../../lib/meta/index.js';
+import type { MetaDB } from '../../lib/meta/index.js';
 import type { NewBlobMeta } from '../../lib/meta/types.js';
 import type {
   BlobBody,
@@ -24,7 +30,8 @@ import type {
   ListOptions,
   PutOptions,
 } from '../../lib/types.js';
-import { announce, MYSQL_URL, RGW_ENDPOINT, uniqueName } from '../support/env.js';
+import { announceDatabases, META_DATABASES, type MetaDatabase } from '../support/databases.js';
+import { announce, RGW_ENDPOINT } from '../support/env.js';
 import {
   createBucket,
   deleteBucket,
@@ -50,10 +57,7 @@ export interface Target {
   make(): Promise<Fixture>;
 }
 
-interface MetaTarget {
-  name: string;
-  open(dir: string): Promise<{ meta: MetaDB; drop(): Promise<void> }>;
-}
+type MetaTarget = MetaDatabase;
 
 interface BackendTarget {
   name: string;
@@ -65,43 +69,13 @@ interface BackendTarget {
   metas?: (all: MetaTarget[]) => MetaTarget[];
 }
 
-const metaTargets: MetaTarget[] = [
-  {
-    name: 'SQLite',
-    async open(dir) {
-      const meta = await MetaDB.open({
-        client: 'better-sqlite3',
-        connection: { filename: join(dir, 'meta.sqlite') },
-      });
-      return { meta, drop: async () => {} };
-    },
-  },
-];
-if (MYSQL_URL) {
-  const url = MYSQL_URL;
-  metaTargets.push({
-    name: 'MariaDB',
-    async open() {
-      const table = uniqueName('bs_');
-      const meta = await MetaDB.open({ client: 'mysql2', connection: url }, { table });
-      return {
-        meta,
-        async drop() {
-          const k = await createKnex({ client: 'mysql2', connection: url });
-          try {
-            for (const t of [table, `${table}_runs`, `${table}_migrations`, `${table}_migrations_lock`]) {
-              await k.schema.dropTableIfExists(t);
-            }
-          } finally {
-            await k.destroy();
-          }
-        },
-      };
-    },
-  });
-} else {
-  announce('BLOBSHIFT_TEST_MYSQL', 'MariaDB (check-blob-logs, verify, cleanup-old)');
-}
+const metaTargets: MetaTarget[] = META_DATABASES;
+announceDatabases('check-blob-logs, verify, cleanup-old');
+
+const named =
+  (...names: string[]) =>
+  (all: MetaTarget[]) =>
+    all.filter((m) => names.includes(m.name));
 
 /** A new S3 bucket per test for the new backend; the old one on files, the usual migration. */
 function s3Target(
@@ -141,6 +115,7 @@ const backendTargets: BackendTarget[] = [
   {
     name: 'memory',
     create: async () => ({ oldDb: new MemoryBlobDB(), newDb: new MemoryBlobDB(), drop: async () => {} }),
+    metas: named('SQLite', 'MariaDB'),
   },
   {
     name: 'filesystem',
@@ -163,13 +138,13 @@ const backendTargets: BackendTarget[] = [
         return () => server.stop();
       },
     ),
-    metas: (all) => all.slice(0, 1),
+    metas: RGW_ENDPOINT ? named('SQLite') : named('SQLite', 'PostgreSQL'),
   },
 ];
 if (RGW_ENDPOINT) {
   backendTargets.push({
     ...s3Target('Ceph RGW (new) and filesystem (old)', () => rgwClientConfig()),
-    metas: (all) => all.slice(-1),
+    metas: named('MariaDB', 'PostgreSQL'),
   });
 } else {
   announce('BLOBSHIFT_TEST_RGW', 'Ceph RGW (check-blob-logs, verify, cleanup-old)');

@@ -3,15 +3,20 @@
  * child processes (`blobshift backfill --queue …`, `blobshift worker …`),
  * Redis, MariaDB metadata, files → s3rver. 2,000 blobs (not the issue's
  * 20,000) in the main test and 800 in the kill and interrupt tests keep the
- * suite short; small chunks keep many chunks in play.
+ * suite short; small chunks keep many chunks in play. On PostgreSQL (the
+ * second queue database, when both are set) the main test runs too: what
+ * the database does for the others (the producer's checkpoints, the
+ * workers' reads) is the same, and the in-process suite runs on both.
  */
 import type { S3Client } from '@aws-sdk/client-s3';
 import { expect } from 'chai';
-import { announce, MYSQL_URL, REDIS_URL, uniqueName } from '../support/env.js';
+import type { MetaDatabase } from '../support/databases.js';
+import { announce, REDIS_URL, uniqueName } from '../support/env.js';
 import { createBucket, deleteBucket, type S3rverHandle, startS3rver } from '../support/s3rver.js';
 import {
   type Child,
   makeFixture,
+  QUEUE_DATABASES,
   type QueueFixture,
   type Seeded,
   sha256Of,
@@ -26,11 +31,15 @@ const CHUNK = 100;
 const SMALL = 800;
 const SMALL_CHUNK = 50;
 
-if (!REDIS_URL || !MYSQL_URL) {
+if (!REDIS_URL || QUEUE_DATABASES.length === 0) {
   announce(REDIS_URL ? 'BLOBSHIFT_TEST_MYSQL' : 'BLOBSHIFT_TEST_REDIS', 'scale-out queue (Redis + MariaDB)');
 } else {
   const redisUrl = REDIS_URL;
-  describe('queue: producer and workers as child processes', function () {
+  const MAIN = '1 producer + 3 workers';
+  /** The child-process suite on one database; `all` false registers the main test only. */
+  function childProcessSuite(this: Mocha.Suite, database: MetaDatabase, all: boolean): void {
+    const it = (title: string, fn: Mocha.AsyncFunc) =>
+      all || title.startsWith(MAIN) ? globalThis.it(title, fn) : undefined;
     this.timeout(90_000);
     let s3: S3rverHandle;
     let admin: S3Client;
@@ -45,7 +54,7 @@ if (!REDIS_URL || !MYSQL_URL) {
       await s3.stop();
     });
     beforeEach(async () => {
-      fx = await makeFixture(s3, admin);
+      fx = await makeFixture(s3, admin, database);
       children = [];
     });
     afterEach(async () => {
@@ -93,7 +102,7 @@ if (!REDIS_URL || !MYSQL_URL) {
     };
     const summaryOf = (c: Child) => JSON.parse(c.stdout) as Record<string, unknown>;
 
-    it(`1 producer + 3 workers copy ${BLOBS} blobs exactly once each, byte-identical`, async () => {
+    it(`${MAIN} copy ${BLOBS} blobs exactly once each, byte-identical`, async () => {
       const seeded = await fx.seed(BLOBS);
       const workers = [worker(), worker(), worker()];
       await Promise.all(workers.map(workerReady));
@@ -226,5 +235,11 @@ if (!REDIS_URL || !MYSQL_URL) {
       expect(c.stderr).to.match(/SQLite file cannot be shared/);
       expect(c.stderr + c.stdout).not.to.include('pa55-w0rd-q');
     });
-  });
+  }
+  for (const [i, database] of QUEUE_DATABASES.entries()) {
+    const on = i === 0 ? '' : ` (${database.name})`;
+    describe(`queue: producer and workers as child processes${on}`, function () {
+      childProcessSuite.call(this, database, i === 0);
+    });
+  }
 }

@@ -2,8 +2,9 @@
  * Set-up for the scale-out tests: blobs as plain files (the old backend), an
  * s3rver bucket (the new one) with a per-key request tally taken at the
  * server, so requests from worker child processes count too; metadata in a
- * fresh MariaDB table; a unique BullMQ queue name whose Redis keys are removed
- * afterwards; a config file for the CLI; and a child-process runner.
+ * fresh table on MariaDB or PostgreSQL (a database every host can reach); a
+ * unique BullMQ queue name whose Redis keys are removed afterwards; a config
+ * file for the CLI; and a child-process runner.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -16,9 +17,10 @@ import { fileURLToPath } from 'node:url';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { FilesystemBlobDB } from '../../lib/backends/fs.js';
 import { S3BlobDB } from '../../lib/backends/s3.js';
-import { createKnex, MetaDB } from '../../lib/meta/index.js';
+import type { MetaDB } from '../../lib/meta/index.js';
 import type { NewBlobMeta } from '../../lib/meta/types.js';
-import { MYSQL_URL, REDIS_URL, uniqueName } from '../support/env.js';
+import { MARIADB, type MetaDatabase, POSTGRES } from '../support/databases.js';
+import { REDIS_URL, uniqueName } from '../support/env.js';
 import { createBucket, deleteBucket, type S3rverHandle } from '../support/s3rver.js';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -48,14 +50,22 @@ export interface QueueFixture {
   dispose(): Promise<void>;
 }
 
-export async function makeFixture(s3: S3rverHandle, admin: S3Client): Promise<QueueFixture> {
-  if (!MYSQL_URL || !REDIS_URL) throw new Error('queue fixture needs MariaDB and Redis');
-  const mysqlUrl = MYSQL_URL;
+/** The databases a queue can run on (shared by every host): MariaDB and PostgreSQL, where set. */
+export const QUEUE_DATABASES: MetaDatabase[] = [MARIADB, POSTGRES].filter(
+  (d): d is MetaDatabase => d !== undefined,
+);
+
+export async function makeFixture(
+  s3: S3rverHandle,
+  admin: S3Client,
+  database: MetaDatabase | undefined = QUEUE_DATABASES[0],
+): Promise<QueueFixture> {
+  if (!database || !REDIS_URL) throw new Error('queue fixture needs MariaDB or PostgreSQL, and Redis');
   const dir = await mkdtemp(join(tmpdir(), 'blobshift-queue-'));
   const table = uniqueName('bq_');
   const queueName = uniqueName('q');
   const bucket = await createBucket(admin);
-  const meta = await MetaDB.open({ client: 'mysql2', connection: mysqlUrl }, { table });
+  const { meta, drop } = await database.open(dir, { table });
   const oldRoot = join(dir, 'old');
   await mkdir(oldRoot, { recursive: true });
   const oldDb = new FilesystemBlobDB({ root: oldRoot });
@@ -76,7 +86,7 @@ export async function makeFixture(s3: S3rverHandle, admin: S3Client): Promise<Qu
   };
   s3.httpServer.on('request', onRequest);
   const config = (b: string) => ({
-    meta: { client: 'mysql2', connection: mysqlUrl, table },
+    meta: database.configSection(table),
     old: { type: 'fs', root: oldRoot },
     new: {
       type: 's3',
@@ -136,16 +146,8 @@ export async function makeFixture(s3: S3rverHandle, admin: S3Client): Promise<Qu
       s3.httpServer.off('request', onRequest);
       await newDb.close().catch(() => {});
       await oldDb.close().catch(() => {});
-      await meta.close().catch(() => {});
       await obliterate(queueName);
-      const k = await createKnex({ client: 'mysql2', connection: mysqlUrl });
-      try {
-        for (const t of [table, `${table}_runs`, `${table}_migrations`, `${table}_migrations_lock`]) {
-          await k.schema.dropTableIfExists(t);
-        }
-      } finally {
-        await k.destroy();
-      }
+      await drop();
       await deleteBucket(admin, bucket).catch(() => {});
       await rm(dir, { recursive: true, force: true });
     },

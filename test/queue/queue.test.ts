@@ -17,10 +17,11 @@ import {
 } from '../../lib/queue/jobs.js';
 import { addRange, advanceMark, queuedBackfill } from '../../lib/queue/producer.js';
 import { processChunk, runWorker, type WorkerSummary } from '../../lib/queue/worker.js';
-import { announce, MYSQL_URL, REDIS_URL } from '../support/env.js';
+import { announceDatabases, type MetaDatabase } from '../support/databases.js';
+import { announce, REDIS_URL } from '../support/env.js';
 import { type S3rverHandle, startS3rver } from '../support/s3rver.js';
 import { connectionRefused, WrappedBlobDB } from '../support/wrap.js';
-import { makeFixture, type QueueFixture, sha256Of } from './fixture.js';
+import { makeFixture, QUEUE_DATABASES, type QueueFixture, sha256Of } from './fixture.js';
 
 const NAMES: MigrationNames = {
   meta: 'MySQL db:3306/app (table blob_meta)',
@@ -137,11 +138,12 @@ describe('queue: processChunk (one chunk through the copy path)', () => {
   });
 });
 
-if (!REDIS_URL || !MYSQL_URL) {
+if (!REDIS_URL || QUEUE_DATABASES.length === 0) {
   announce(REDIS_URL ? 'BLOBSHIFT_TEST_MYSQL' : 'BLOBSHIFT_TEST_REDIS', 'scale-out queue (Redis + MariaDB)');
 } else {
   const redisUrl = REDIS_URL;
-  describe('queue: producer and workers in process (Redis, MariaDB, s3rver)', function () {
+  /** The in-process suite on one metadata database (registered for each below). */
+  function inProcessSuite(this: Mocha.Suite, database: MetaDatabase): void {
     this.timeout(60_000);
     let s3: S3rverHandle;
     let admin: S3Client;
@@ -155,7 +157,7 @@ if (!REDIS_URL || !MYSQL_URL) {
       await s3.stop();
     });
     beforeEach(async () => {
-      fx = await makeFixture(s3, admin);
+      fx = await makeFixture(s3, admin, database);
     });
     afterEach(async () => {
       await fx.dispose();
@@ -351,5 +353,11 @@ if (!REDIS_URL || !MYSQL_URL) {
         await meta.close();
       }
     });
-  });
+  }
+  for (const database of QUEUE_DATABASES) {
+    describe(`queue: producer and workers in process (Redis, ${database.name}, s3rver)`, function () {
+      inProcessSuite.call(this, database);
+    });
+  }
+  announceDatabases('scale-out queue, in process');
 }

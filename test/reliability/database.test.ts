@@ -1,20 +1,24 @@
 /**
- * The database going away: a backfill through the real CLI on MariaDB
- * metadata while the test KILLs the CLI's MariaDB connections mid-run, a few
- * times. Each run either completes (exit 0) or stops with exit 3 after saving
- * its checkpoint; rerunning until exit 0 ends with every referenced blob in
- * the new backend byte-identical and the counts adding up.
+ * The database going away: a backfill through the real CLI on MariaDB or
+ * PostgreSQL metadata while the test kills the CLI's connections mid-run, a
+ * few times (MariaDB `KILL`, PostgreSQL `pg_terminate_backend`). Each run
+ * either completes (exit 0) or stops with exit 3 after saving its
+ * checkpoint; rerunning until exit 0 ends with every referenced blob in the
+ * new backend byte-identical and the counts adding up.
  *
- * The CLI connects as a user of its own, created for the test, so the killer
- * finds the CLI's connections (and no one else's on a shared server) by that
- * user and the database; the test's own connections are never killed.
+ * On MariaDB the CLI connects as a user of its own, created for the test, so
+ * the killer finds the CLI's connections (and no one else's on a shared
+ * server) by that user and the database; on PostgreSQL the CLI's URL names
+ * its connections (`application_name`) and the killer picks them by that
+ * name. The test's own connections are never killed.
  */
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
+import type { Knex } from 'knex';
 import mysql from 'mysql2/promise';
-import { MetaDB } from '../../lib/meta/index.js';
+import { createKnex, MetaDB } from '../../lib/meta/index.js';
 import {
   bucketShas,
   type CliResult,
@@ -25,7 +29,8 @@ import {
   startCli,
   writeConfig,
 } from '../support/cli.js';
-import { announce, MYSQL_URL, uniqueName } from '../support/env.js';
+import { dropOwnTables } from '../support/databases.js';
+import { announce, MYSQL_URL, PG_URL, uniqueName } from '../support/env.js';
 import { createBucket, S3RVER_CREDENTIALS, startS3rver } from '../support/s3rver.js';
 
 /** Enough for a run of several seconds at `--max-rate 300` (s3rver shares the test's core: fewer). */
@@ -67,13 +72,24 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+/** Kills the CLI's database connections, and only those. */
+interface Killer {
+  /** The URL the CLI connects with. */
+  readonly cliUrl: string;
+  killed: number;
+  rounds: number;
+  /** Kills every CLI connection; resolves how many went. */
+  round(): Promise<number>;
+  close(): Promise<void>;
+}
+
 /**
  * A MariaDB user for the CLI alone and a separate admin connection that KILLs
  * that user's connections. Where the test's account may not create users, the
  * CLI uses the test's URL and the killer picks connections by database,
  * sparing its own.
  */
-class Killer {
+class MysqlKiller implements Killer {
   readonly cliUrl: string;
   readonly #admin: mysql.Connection;
   readonly #user: string | undefined;
@@ -89,21 +105,21 @@ class Killer {
     this.#database = database;
   }
 
-  static async open(url: string): Promise<Killer> {
+  static async open(url: string): Promise<MysqlKiller> {
     const admin = await mysql.createConnection(url);
     const u = new URL(url);
     const database = decodeURIComponent(u.pathname.replace(/^\//, '')) || 'test';
     const user = uniqueName('bsk');
-    let killer: Killer;
+    let killer: MysqlKiller;
     try {
       await admin.query('CREATE USER ?@? IDENTIFIED BY ?', [user, '%', 'killme']);
       await admin.query(`GRANT ALL PRIVILEGES ON \`${database.replace(/`/g, '``')}\`.* TO ?@?`, [user, '%']);
       const cli = new URL(url);
       cli.username = user;
       cli.password = 'killme';
-      killer = new Killer(admin, cli.toString(), user, database);
+      killer = new MysqlKiller(admin, cli.toString(), user, database);
     } catch {
-      killer = new Killer(admin, url, undefined, database);
+      killer = new MysqlKiller(admin, url, undefined, database);
     }
     const [rows] = await admin.query('SELECT CONNECTION_ID() AS id');
     killer.#ownId = Number((rows as { id: number }[])[0]?.id);
@@ -148,15 +164,57 @@ class Killer {
   }
 }
 
-async function dropTables(url: string, table: string): Promise<void> {
-  const conn = await mysql.createConnection(url);
-  try {
-    for (const t of [`${table}_migrations_lock`, `${table}_migrations`, `${table}_runs`, table]) {
-      await conn.query(`DROP TABLE IF EXISTS \`${t}\``);
-    }
-  } finally {
-    await conn.end();
+/**
+ * PostgreSQL: the CLI's URL names its connections with a unique
+ * `application_name`; an admin connection ends them with
+ * `pg_terminate_backend` (the server closes them, as a failover or a DBA
+ * would).
+ */
+class PgKiller implements Killer {
+  readonly cliUrl: string;
+  readonly #admin: Knex;
+  readonly #name: string;
+  killed = 0;
+  rounds = 0;
+
+  private constructor(admin: Knex, cliUrl: string, name: string) {
+    this.#admin = admin;
+    this.cliUrl = cliUrl;
+    this.#name = name;
   }
+
+  static async open(url: string): Promise<PgKiller> {
+    const name = uniqueName('bsk');
+    const cli = new URL(url);
+    cli.searchParams.set('application_name', name);
+    const admin = await createKnex({ client: 'pg', connection: url, pool: { min: 0, max: 1 } });
+    return new PgKiller(admin, cli.toString(), name);
+  }
+
+  async round(): Promise<number> {
+    const r = (await this.#admin.raw(
+      'SELECT pg_terminate_backend(pid) AS ended FROM pg_stat_activity WHERE application_name = ? AND pid <> pg_backend_pid()',
+      [this.#name],
+    )) as { rows: { ended: boolean }[] };
+    const n = r.rows.filter((x) => x.ended).length;
+    if (n > 0) {
+      this.rounds++;
+      this.killed += n;
+    }
+    return n;
+  }
+
+  async close(): Promise<void> {
+    await this.#admin.destroy();
+  }
+}
+
+/** What differs between the databases: the `meta` client, its killer. */
+interface Database {
+  name: string;
+  client: 'mysql2' | 'pg';
+  url: string;
+  killer(): Promise<Killer>;
 }
 
 interface Target {
@@ -166,15 +224,16 @@ interface Target {
 }
 
 async function killAndRerun(
-  url: string,
+  db: Database,
   count: number,
   target: (dir: string) => Promise<Target>,
 ): Promise<string> {
+  const { url, client } = db;
   const dir = await mkdtemp(join(tmpdir(), 'blobshift-db-'));
   const table = uniqueName('bs_');
-  const killer = await Killer.open(url);
+  const killer = await db.killer();
   try {
-    const meta = await MetaDB.open({ client: 'mysql2', connection: url }, { table });
+    const meta = await MetaDB.open({ client, connection: url }, { table });
     let blobs: SeededBlob[];
     try {
       blobs = await seedOldFs(meta, join(dir, 'old'), count, { sizeOf: (i) => 100 + ((i * 7919) % 1900) });
@@ -183,7 +242,7 @@ async function killAndRerun(
     }
     const side = await target(dir);
     const config = await writeConfig(join(dir, 'blobshift.config.json'), {
-      meta: { client: 'mysql2', connection: '$META_URL', table },
+      meta: { client, connection: '$META_URL', table },
       old: { type: 'fs', root: './old' },
       new: side.config,
     });
@@ -231,7 +290,7 @@ async function killAndRerun(
       if (last.code === 0) break;
       expect(summary.status, why).to.equal('infrastructure');
       // The checkpoint is in the database: the run's state row stands, not completed.
-      const check = await MetaDB.open({ client: 'mysql2', connection: url }, { table, create: false });
+      const check = await MetaDB.open({ client, connection: url }, { table, create: false });
       try {
         const state = await check.getRun('default', '');
         expect(state, `${why}: no checkpoint saved`).to.not.equal(undefined);
@@ -258,40 +317,47 @@ async function killAndRerun(
     return `${why}; ${summary.seconds} s of copying; copied ${summary.copied} + present ${summary.present} = ${blobs.length}, lost 0`;
   } finally {
     await killer.close().catch(() => {});
-    await dropTables(url, table).catch(() => {});
+    await dropOwnTables({ client, connection: url }, table).catch(() => {});
     await rm(dir, { recursive: true, force: true });
   }
 }
 
-if (MYSQL_URL) {
-  const url = MYSQL_URL;
-  describe('reliability: MariaDB connections KILLed mid-backfill', function () {
+function filesTarget(dir: string): Target {
+  const newRoot = join(dir, 'new');
+  return {
+    config: { type: 'fs', root: './new' },
+    async contents() {
+      const out = new Map<string, string>();
+      for (const f of await walkFiles(newRoot).catch(() => [] as string[])) {
+        if (f.split('/').some((s) => s.startsWith('.blobshift-'))) continue;
+        out.set(f, (await fileSha(join(newRoot, f))) ?? '');
+      }
+      return out;
+    },
+  };
+}
+
+/**
+ * The kill tests on one database: files → files always; files → s3rver
+ * where `withS3` (MariaDB; PostgreSQL runs the files case, which makes more
+ * of its connections per second, to keep the suite's time down).
+ */
+function describeKills(db: Database, how: string, withS3: boolean): void {
+  describe(`reliability: ${db.name} connections ${how} mid-backfill`, function () {
     this.timeout(180_000);
 
     it(`filesystem → filesystem, ${FS_BLOBS} blobs, ${KILL_ROUNDS} kill rounds: each run exits 0 or 3 with a checkpoint, reruns complete, all there byte-identical, copied + present = blobs`, async function () {
-      const result = await killAndRerun(url, FS_BLOBS, async (dir) => {
-        const newRoot = join(dir, 'new');
-        return {
-          config: { type: 'fs', root: './new' },
-          async contents() {
-            const out = new Map<string, string>();
-            for (const f of await walkFiles(newRoot).catch(() => [] as string[])) {
-              if (f.split('/').some((s) => s.startsWith('.blobshift-'))) continue;
-              out.set(f, (await fileSha(join(newRoot, f))) ?? '');
-            }
-            return out;
-          },
-        };
-      });
+      const result = await killAndRerun(db, FS_BLOBS, async (dir) => filesTarget(dir));
       if (this.test) this.test.title += ` [${result}]`;
     });
 
+    if (!withS3) return;
     it(`filesystem → s3rver, ${S3_BLOBS} blobs, ${KILL_ROUNDS} kill rounds: each run exits 0 or 3 with a checkpoint, reruns complete, all there byte-identical, copied + present = blobs`, async function () {
       const s3 = await startS3rver();
       const admin = s3.client();
       try {
         const bucket = await createBucket(admin);
-        const result = await killAndRerun(url, S3_BLOBS, async () => ({
+        const result = await killAndRerun(db, S3_BLOBS, async () => ({
           config: {
             type: 's3',
             bucket,
@@ -314,6 +380,26 @@ if (MYSQL_URL) {
       }
     });
   });
+}
+
+if (MYSQL_URL) {
+  const url = MYSQL_URL;
+  describeKills(
+    { name: 'MariaDB', client: 'mysql2', url, killer: () => MysqlKiller.open(url) },
+    'KILLed',
+    true,
+  );
 } else {
   announce('BLOBSHIFT_TEST_MYSQL', 'MariaDB (reliability: database going away)');
+}
+
+if (PG_URL) {
+  const url = PG_URL;
+  describeKills(
+    { name: 'PostgreSQL', client: 'pg', url, killer: () => PgKiller.open(url) },
+    'ended by pg_terminate_backend',
+    false,
+  );
+} else {
+  announce('BLOBSHIFT_TEST_PG', 'PostgreSQL (reliability: database going away)');
 }

@@ -1,7 +1,8 @@
 /**
  * Live app traffic: while a backfill runs (the real CLI, a child process), the
  * app in this process adds, overwrites and deletes blobs through
- * `BlobStore` over `MigratingBlobDB(new, old)` on the same MariaDB metadata,
+ * `BlobStore` over `MigratingBlobDB(new, old)` on the same MariaDB (or
+ * PostgreSQL) metadata,
  * picking keys the backfill has reached and keys it has not. Afterwards every
  * added and overwritten blob in the new backend holds the app's last write,
  * every deleted blob is gone from both backends (nothing resurrected), and
@@ -12,16 +13,15 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
-import mysql from 'mysql2/promise';
 import { FilesystemBlobDB } from '../../lib/backends/fs.js';
 import { createS3Client, S3BlobDB } from '../../lib/backends/s3.js';
 import { isBlobNotFound } from '../../lib/errors.js';
-import { MetaDB } from '../../lib/meta/index.js';
 import { MigratingBlobDB } from '../../lib/migrating.js';
 import { BlobStore } from '../../lib/store.js';
 import type { BlobDB } from '../../lib/types.js';
 import { readJsonLines, seedOldFs, startCli, writeConfig } from '../support/cli.js';
-import { announce, MYSQL_URL, RGW_CREDENTIALS, RGW_ENDPOINT, uniqueName } from '../support/env.js';
+import { MARIADB, type MetaDatabase, POSTGRES } from '../support/databases.js';
+import { announce, RGW_CREDENTIALS, RGW_ENDPOINT, uniqueName } from '../support/env.js';
 import { createBucket, deleteBucket, rgwClientConfig } from '../support/s3rver.js';
 
 /** App operations per test, spread over the backfill by a few concurrent app workers. */
@@ -72,17 +72,6 @@ async function eachLimit<T>(items: T[], n: number, fn: (item: T) => Promise<void
   await Promise.all(Array.from({ length: n }, worker));
 }
 
-async function dropTables(url: string, table: string): Promise<void> {
-  const conn = await mysql.createConnection(url);
-  try {
-    for (const t of [`${table}_migrations_lock`, `${table}_migrations`, `${table}_runs`, table]) {
-      await conn.query(`DROP TABLE IF EXISTS \`${t}\``);
-    }
-  } finally {
-    await conn.end();
-  }
-}
-
 /** What the app did to a key, last write wins. */
 type Fate = { kind: 'untouched'; sha: string } | { kind: 'written'; sha: string } | { kind: 'deleted' };
 
@@ -106,7 +95,7 @@ interface Tally {
 }
 
 async function liveTraffic(
-  url: string,
+  database: MetaDatabase,
   count: number,
   maxRate: number,
   makeNew: (dir: string) => Promise<NewSide>,
@@ -114,7 +103,7 @@ async function liveTraffic(
   const dir = await mkdtemp(join(tmpdir(), 'blobshift-live-'));
   const table = uniqueName('bs_');
   const rand = seeded(SEED);
-  const meta = await MetaDB.open({ client: 'mysql2', connection: url }, { table });
+  const { meta, drop } = await database.open(dir, { table });
   const oldDb = new FilesystemBlobDB({ root: join(dir, 'old') });
   let side: NewSide | undefined;
   try {
@@ -124,7 +113,7 @@ async function liveTraffic(
     side = await makeNew(dir);
     const store = new BlobStore({ db: new MigratingBlobDB(side.db, oldDb), meta });
     const config = await writeConfig(join(dir, 'blobshift.config.json'), {
-      meta: { client: 'mysql2', connection: url, table },
+      meta: database.configSection(table),
       old: { type: 'fs', root: './old' },
       new: side.config,
     });
@@ -284,32 +273,32 @@ async function liveTraffic(
   } finally {
     await side?.db.close().catch(() => {});
     await oldDb.close().catch(() => {});
-    await meta.close().catch(() => {});
-    await dropTables(url, table).catch(() => {});
+    await drop().catch(() => {});
     await rm(dir, { recursive: true, force: true });
   }
 }
 
-if (MYSQL_URL) {
-  const url = MYSQL_URL;
-  describe('reliability: live app traffic during a backfill (MariaDB metadata)', function () {
+/** The live-traffic tests on one database: files → files, and files → RGW where `withRgw` and RGW is set. */
+function describeLiveTraffic(database: MetaDatabase, withRgw: boolean): void {
+  describe(`reliability: live app traffic during a backfill (${database.name} metadata)`, function () {
     this.timeout(180_000);
 
     it(`filesystem → filesystem, 2000 blobs, ${OPS} app ops: added and overwritten blobs hold the app's last write, deleted ones are in neither backend, the rest identical`, async function () {
-      const result = await liveTraffic(url, 2000, 200, async (dir) => ({
+      const result = await liveTraffic(database, 2000, 200, async (dir) => ({
         config: { type: 'fs', root: './new' },
         db: new FilesystemBlobDB({ root: join(dir, 'new') }),
       }));
       if (this.test) this.test.title += ` [${result}]`;
     });
 
+    if (!withRgw) return;
     if (RGW_ENDPOINT) {
       const endpoint = RGW_ENDPOINT;
       it(`filesystem → RGW (conditional writes), 1500 blobs, ${OPS} app ops: added and overwritten blobs hold the app's last write, deleted ones are in neither backend, the rest identical`, async function () {
         const admin = createS3Client(rgwClientConfig());
         const bucket = await createBucket(admin);
         try {
-          const result = await liveTraffic(url, 1500, 150, async () => ({
+          const result = await liveTraffic(database, 1500, 150, async () => ({
             config: {
               type: 's3',
               bucket,
@@ -330,6 +319,11 @@ if (MYSQL_URL) {
       announce('BLOBSHIFT_TEST_RGW', 'RGW (reliability: live traffic)');
     }
   });
-} else {
-  announce('BLOBSHIFT_TEST_MYSQL', 'MariaDB (reliability: live traffic)');
 }
+
+// MariaDB with files and with RGW; PostgreSQL with files (the CI budget: the
+// app's reads and writes through BlobStore are what differs by database).
+if (MARIADB) describeLiveTraffic(MARIADB, true);
+else announce('BLOBSHIFT_TEST_MYSQL', 'MariaDB (reliability: live traffic)');
+if (POSTGRES) describeLiveTraffic(POSTGRES, false);
+else announce('BLOBSHIFT_TEST_PG', 'PostgreSQL (reliability: live traffic)');

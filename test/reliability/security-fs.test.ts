@@ -120,6 +120,38 @@ describe('reliability: security', function () {
     }
   }
 
+  it('PostgreSQL: a password in the URL, in its query, and in PGPASSWORD never shows (backfill, estimate; debug stacks too)', async () => {
+    const PG_ENV_PASSWORD = 'pgenv-4b1c-do-not-print';
+    for (const connection of [
+      'postgres://app:$DB_PW@127.0.0.1:1/test',
+      'postgresql://app@127.0.0.1:1/test?password=$DB_PW',
+      'postgres://app@127.0.0.1:1/test',
+    ]) {
+      const cfg = await writeConfig(join(dir, 'sec-pg.config.json'), {
+        meta: { client: 'pg', connection },
+        old: { type: 'fs', root: './old' },
+        new: { type: 'fs', root: './new-sec' },
+      });
+      for (const [args, debug] of [
+        [['backfill', '--no-progress', '--json', '--log-dir', join(dir, 'logs-pg')], '1'],
+        [['estimate', '--json'], '0'],
+      ] as [string[], string][]) {
+        const logDir = join(dir, 'logs-pg');
+        const r = await runCli([...args, '-c', cfg], {
+          cwd: dir,
+          env: { DB_PW: DB_PASSWORD, PGPASSWORD: PG_ENV_PASSWORD, BLOBSHIFT_DEBUG: debug },
+        });
+        expect(r.code, r.stderr).to.equal(2);
+        expect(r.stderr).to.match(/ECONNREFUSED|unreachable/);
+        for (const secret of [DB_PASSWORD, encodeURIComponent(DB_PASSWORD), PG_ENV_PASSWORD]) {
+          expect(r.stdout, `${connection} ${args[0]}: stdout`).to.not.contain(secret);
+          expect(r.stderr, `${connection} ${args[0]}: stderr`).to.not.contain(secret);
+          for (const f of await allFiles(logDir)) expect(await readFile(f, 'utf8'), f).to.not.contain(secret);
+        }
+      }
+    }
+  });
+
   it('a whole backfill makes no connection outside 127.0.0.1 (connect and DNS lookups recorded in the child)', async () => {
     const record = join(dir, 'connections.txt');
     const hook = join(dir, 'record-connections.mjs');

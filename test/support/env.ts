@@ -1,11 +1,12 @@
 /**
  * Which real servers the test run may use. SQLite, the filesystem and an
- * in-process s3rver always run. MariaDB, Ceph RGW and Redis run when their
- * variable is set (CI sets all three):
+ * in-process s3rver always run. MariaDB, PostgreSQL, Ceph RGW and Redis run
+ * when their variable is set (CI sets all four):
  *   BLOBSHIFT_TEST_MYSQL  a knex connection URL, e.g. mysql://root@127.0.0.1:3306/test
  *   BLOBSHIFT_TEST_RGW    an S3 endpoint, e.g. http://127.0.0.1:7480 (keys TESTACCESSKEY/TESTSECRETKEY,
  *                         or BLOBSHIFT_TEST_RGW_KEY / BLOBSHIFT_TEST_RGW_SECRET)
  *   BLOBSHIFT_TEST_REDIS  a Redis URL, e.g. redis://127.0.0.1:6379
+ *   BLOBSHIFT_TEST_PG     a PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/test
  * A suite whose server is not configured is not registered; `announce` says so
  * once in the output so a reader sees what did not run.
  */
@@ -21,6 +22,7 @@ export const RGW_CREDENTIALS = {
   secretAccessKey: process.env.BLOBSHIFT_TEST_RGW_SECRET || 'TESTSECRETKEY',
 };
 export const REDIS_URL = process.env.BLOBSHIFT_TEST_REDIS || undefined;
+export const PG_URL = process.env.BLOBSHIFT_TEST_PG || undefined;
 
 const announced = new Set<string>();
 /** Prints once that a server's suites are not part of this run, and how to enable them. */
