@@ -62,6 +62,7 @@ import {
   ConfigError,
   describeKey,
   errorMessage,
+  InvalidFieldError,
   InvalidKeyError,
   SizeMismatchError,
 } from '../errors.js';
@@ -78,6 +79,7 @@ import type {
   HttpMeta,
   ListOptions,
   PutOptions,
+  SignedUrlOptions,
 } from '../types.js';
 
 export const DEFAULT_MAX_SOCKETS = 64;
@@ -95,6 +97,10 @@ export const DEFAULT_MULTIPART_THRESHOLD = 16 * 1024 * 1024;
 export const SMALL_BODY_BYTES = 256 * 1024;
 /** S3's most parts in one multipart upload. */
 const MAX_PARTS = 10_000;
+/** `getSignedUrl`'s default lifetime: 15 minutes. */
+export const DEFAULT_SIGNED_URL_SECONDS = 900;
+/** The longest a SigV4 presigned URL may live: seven days. */
+export const MAX_SIGNED_URL_SECONDS = 604_800;
 const MiB = 1024 * 1024;
 /** S3's smallest part (all parts but the last). */
 const MIN_PART_SIZE = 5 * 1024 * 1024;
@@ -1634,6 +1640,43 @@ export class S3BlobDB implements BlobDB {
 
   async exists(key: string): Promise<boolean> {
     return (await this.#head(key)) !== undefined;
+  }
+
+  /**
+   * A presigned GetObject URL for `key`, valid `expiresIn` seconds (default
+   * 900, at most 604800), signed locally with this client's credentials,
+   * endpoint and addressing style: no request is made, so the blob's
+   * existence is not checked (a URL for a missing key answers 404). The URL
+   * carries the credentials' access key id, never the secret; with temporary
+   * credentials it stops working when they expire, whatever `expiresIn` says.
+   * `responseContentDisposition` / `responseContentType` make the server
+   * answer with those headers. The presigner module loads on the first call.
+   */
+  async getSignedUrl(key: string, opts: SignedUrlOptions = {}): Promise<string> {
+    const fullKey = this.#fullKey(key);
+    this.#checkOpen();
+    const expiresIn = opts.expiresIn ?? DEFAULT_SIGNED_URL_SECONDS;
+    if (!Number.isSafeInteger(expiresIn) || expiresIn < 1 || expiresIn > MAX_SIGNED_URL_SECONDS) {
+      throw new InvalidFieldError(
+        'expiresIn',
+        `getSignedUrl ${describeKey(key)}: expiresIn must be a whole number of seconds from 1 to ${MAX_SIGNED_URL_SECONDS} (seven days), got ${String(opts.expiresIn)}`,
+        { key },
+      );
+    }
+    const { getSignedUrl } = await import('@aws-sdk/s3-request-presigner');
+    const command = new GetObjectCommand({
+      Bucket: this.#bucket,
+      Key: fullKey,
+      ...(opts.responseContentDisposition !== undefined
+        ? { ResponseContentDisposition: opts.responseContentDisposition }
+        : {}),
+      ...(opts.responseContentType !== undefined ? { ResponseContentType: opts.responseContentType } : {}),
+    });
+    try {
+      return await getSignedUrl(this.#client, command, { expiresIn });
+    } catch (err) {
+      throw this.#backendError('presigning GetObject', key, err);
+    }
   }
 
   async size(key: string): Promise<number> {
