@@ -31,6 +31,7 @@ import {
   InvalidKeyError,
   isErrnoException,
   KeyConflictError,
+  NotSupportedError,
   SizeMismatchError,
 } from '../errors.js';
 import { isValidKey, RESERVED_PREFIX, validateKey, validatePrefix } from '../keys.js';
@@ -44,6 +45,7 @@ import type {
   HttpMeta,
   ListOptions,
   PutOptions,
+  SignedUrlOptions,
 } from '../types.js';
 
 export interface FilesystemBlobDBOptions {
@@ -251,6 +253,19 @@ export class FilesystemBlobDB implements BlobDB {
     } catch (err) {
       throw wrap(err, 'getWithInfo', key);
     }
+  }
+
+  /**
+   * Rejects `NotSupportedError`: files on disk have no URL of their own. Serve the bytes through
+   * the app instead (`BlobStore.getWithInfo` gives the stream with its size
+   * and content type).
+   */
+  async getSignedUrl(key: string, _opts?: SignedUrlOptions): Promise<string> {
+    validateKey(key);
+    throw new NotSupportedError(
+      'getSignedUrl',
+      `FilesystemBlobDB cannot sign a URL for ${describeKey(key)}: files on disk have no URL of their own; serve the bytes through the app (BlobStore.getWithInfo gives the stream, its size and content type)`,
+    );
   }
 
   async exists(key: string): Promise<boolean> {
