@@ -116,6 +116,21 @@ function describeBlobStore(name: string, makeDb: () => Promise<BlobDB>): void {
       expect(info.httpMeta?.metadata).to.deep.equal({ origin: 'test' });
     });
 
+    it('getWithInfo gives a download its bytes, size, content type and HTTP metadata in one call', async () => {
+      const row = await store.put(chunked(['%PDF-', 'body']), {
+        parentId: 'p',
+        type: 'attachment',
+        contentType: 'application/pdf',
+        httpMeta: { contentDisposition: 'attachment; filename="a.pdf"' },
+      });
+      const { info, body } = await store.getWithInfo(row.key);
+      expect(info).to.include({ key: row.key, size: 9, contentType: 'application/pdf' });
+      expect(info.httpMeta?.contentDisposition).to.equal('attachment; filename="a.pdf"');
+      expect((await readAll(body)).toString()).to.equal('%PDF-body');
+      const err = await store.getWithInfo('no/such/key').catch((e: unknown) => e);
+      expect(err).to.have.property('code', 'E_BLOB_NOT_FOUND');
+    });
+
     it('overwriting by key updates the row in place (same id, new size and sha256) and the blob', async () => {
       const first = await store.put('version one', { parentId: 'p', type: 'attachment', key: 'docs/a.txt' });
       const other = await store.put('other', { parentId: 'p', type: 'attachment', key: 'docs/b.txt' });
