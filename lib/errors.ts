@@ -18,7 +18,11 @@ export type ErrorCode =
   | 'E_BACKEND'
   | 'E_RUN_STATE'
   | 'E_INFRASTRUCTURE'
-  | 'E_ABORTED';
+  | 'E_ABORTED'
+  | 'E_INVALID_FIELD'
+  | 'E_METADATA'
+  | 'E_CONCURRENT_DELETE'
+  | 'E_NOT_SUPPORTED';
 
 export class BlobShiftError extends Error {
   readonly code: ErrorCode;
@@ -182,6 +186,63 @@ export class RunStateError extends BlobShiftError {
 export class AbortedError extends BlobShiftError {
   constructor(message = 'aborted', options?: { cause?: unknown }) {
     super(message, { cause: options?.cause, code: 'E_ABORTED' });
+  }
+}
+
+/**
+ * A field given to `BlobStore.put` that its metadata row cannot hold (too
+ * long for its column, not a string, an invalid date…). Raised before any
+ * byte is written. `field` is the option's name (`contentType`, `parentId`…).
+ */
+export class InvalidFieldError extends BlobShiftError {
+  readonly field: string;
+  readonly key: string | undefined;
+  constructor(field: string, message: string, options?: { key?: string }) {
+    super(message, { code: 'E_INVALID_FIELD' });
+    this.field = field;
+    this.key = options?.key;
+  }
+}
+
+/**
+ * The metadata database failed a row read or write. The message names the
+ * table, the key and, where the database said which, the field; it never
+ * holds SQL text or row values (the driver's error is `cause`).
+ */
+export class MetadataError extends BlobShiftError {
+  readonly key: string | undefined;
+  readonly field: string | undefined;
+  constructor(message: string, options?: { cause?: unknown; key?: string; field?: string }) {
+    super(message, { cause: options?.cause, code: 'E_METADATA' });
+    this.key = options?.key;
+    this.field = options?.field;
+  }
+}
+
+/**
+ * `BlobStore.put` lost to a `delete` of the same key that ran at the same
+ * time: the delete removed the blob after it was written, so the put took its
+ * row back. Nothing is stored under `key` (the put counts as done before the
+ * delete). Put again if the blob should exist.
+ */
+export class ConcurrentDeleteError extends BlobShiftError {
+  readonly key: string;
+  constructor(key: string) {
+    super(
+      `put of ${describeKey(key)} lost to a concurrent delete of the same key: the blob was deleted ` +
+        'before its metadata row was written, so nothing is stored; put it again if it should exist',
+      { code: 'E_CONCURRENT_DELETE' },
+    );
+    this.key = key;
+  }
+}
+
+/** The backend cannot do this (a presigned URL on the filesystem); the message says what to do instead. */
+export class NotSupportedError extends BlobShiftError {
+  readonly operation: string;
+  constructor(operation: string, message: string) {
+    super(message, { code: 'E_NOT_SUPPORTED' });
+    this.operation = operation;
   }
 }
 

@@ -1,5 +1,6 @@
-// The public API. Importing it loads the AWS SDK (S3BlobDB); knex and its
-// database drivers load only when MetaDB.open is called.
+// The public API, for `import` and (Node >= 20.19) `require` alike. Importing
+// it loads the AWS SDK (S3BlobDB); knex and its database drivers load only
+// when MetaDB.open is called, the URL presigner on the first getSignedUrl.
 export { FilesystemBlobDB, type FilesystemBlobDBOptions } from './backends/fs.js';
 export { MemoryBlobDB, type MemoryBlobDBOptions } from './backends/memory.js';
 export * from './backends/s3.js';

@@ -6,7 +6,7 @@
  */
 import type { Readable } from 'node:stream';
 import { getWithInfo } from './body.js';
-import { InvalidKeyError, isBlobNotFound } from './errors.js';
+import { describeKey, InvalidKeyError, isBlobNotFound, NotSupportedError } from './errors.js';
 import { validateKey } from './keys.js';
 import type {
   BlobBody,
@@ -17,6 +17,7 @@ import type {
   Capabilities,
   ListOptions,
   PutOptions,
+  SignedUrlOptions,
 } from './types.js';
 
 export class MigratingBlobDB implements BlobDB {
@@ -57,6 +58,32 @@ export class MigratingBlobDB implements BlobDB {
   /** Info and bytes from the new backend, or from the old one when the new one lacks the blob. */
   getWithInfo(key: string): Promise<BlobWithInfo> {
     return this.#read(key, (db) => getWithInfo(db, key));
+  }
+
+  /**
+   * A URL for the backend that serves the blob, by the read rule: the new
+   * one when it has the blob (one `exists` there first: a HEAD on S3), else
+   * the old one, which is not asked whether it has it (a URL for a blob in
+   * neither answers 404). Rejects `NotSupportedError` when that backend
+   * cannot sign URLs (a filesystem): serve those bytes through the app.
+   */
+  async getSignedUrl(key: string, opts?: SignedUrlOptions): Promise<string> {
+    validateKey(key);
+    const inNew = await this.newDb.exists(key);
+    const db = inNew ? this.newDb : this.oldDb;
+    const where = inNew
+      ? `the new backend, which holds ${describeKey(key)}, cannot sign URLs`
+      : `${describeKey(key)} is not in the new backend (not copied yet), and the old backend cannot sign URLs`;
+    if (!db.getSignedUrl) {
+      throw new NotSupportedError('getSignedUrl', `${where}; serve the bytes through the app (getWithInfo)`);
+    }
+    try {
+      return await db.getSignedUrl(key, opts);
+    } catch (err) {
+      if (err instanceof NotSupportedError)
+        throw new NotSupportedError('getSignedUrl', `${where}: ${err.message}`);
+      throw err;
+    }
   }
 
   /** True when either backend has the blob; the old one is asked only when the new one says no. */

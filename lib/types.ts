@@ -19,6 +19,37 @@ export interface HttpMeta {
   contentLanguage?: string;
   /** User metadata (S3 `x-amz-meta-*`). Names are lower-case ASCII. */
   metadata?: Record<string, string>;
+  /**
+   * A canned ACL for the object. S3 writes it as `x-amz-acl` on the object
+   * it stores (put, multipart, server-side copy), before the backend's own
+   * `acl` option. An `S3BlobDB` reports it from `stat` / `getWithInfo` only
+   * with `readAcl: true` (one more request per blob): `public-read`,
+   * `public-read-write` or `authenticated-read` where the object's grants
+   * give everyone (or every authenticated user) read, nothing for a private
+   * object. The filesystem and memory backends keep it with the rest of the
+   * metadata, so it survives a copy through them.
+   */
+  acl?: CannedAcl;
+}
+
+/** The canned ACLs S3 knows. Buckets with ACLs disabled (Object Ownership "bucket owner enforced") refuse all but `bucket-owner-full-control` and `private`. */
+export type CannedAcl =
+  | 'private'
+  | 'public-read'
+  | 'public-read-write'
+  | 'authenticated-read'
+  | 'aws-exec-read'
+  | 'bucket-owner-read'
+  | 'bucket-owner-full-control';
+
+/** What `getSignedUrl` takes. */
+export interface SignedUrlOptions {
+  /** Seconds the URL stays valid, 1 to 604800 (seven days, SigV4's limit). Default 900. */
+  expiresIn?: number;
+  /** The `Content-Disposition` the server answers the URL with (`attachment; filename="a.pdf"`). */
+  responseContentDisposition?: string;
+  /** The `Content-Type` the server answers the URL with. */
+  responseContentType?: string;
 }
 
 /** What a backend knows about one stored blob. */
@@ -129,6 +160,17 @@ export interface BlobDB {
    * `stat` then `get`.
    */
   getWithInfo?(key: string): Promise<BlobWithInfo>;
+
+  /**
+   * Optional: a URL that reads the blob with a plain HTTP GET, without
+   * credentials, until it expires (S3: a presigned GetObject, signed locally
+   * with the client's credentials: no request, so a URL for a missing key
+   * answers 404 when used). `MigratingBlobDB` signs for the new backend when
+   * the blob is there (one `exists` first), else for the old one. Backends
+   * that cannot (files, memory) reject `NotSupportedError`, whose message says
+   * to serve the bytes through the app instead.
+   */
+  getSignedUrl?(key: string, opts?: SignedUrlOptions): Promise<string>;
 
   /** Whether a blob is stored under `key`. Never rejects for a missing key. */
   exists(key: string): Promise<boolean>;

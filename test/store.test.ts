@@ -7,13 +7,14 @@ import { expect } from 'chai';
 import { FilesystemBlobDB } from '../lib/backends/fs.js';
 import { MemoryBlobDB } from '../lib/backends/memory.js';
 import { readAll } from '../lib/body.js';
-import { MetaDB } from '../lib/meta/index.js';
+import { InvalidFieldError, MetadataError } from '../lib/errors.js';
+import { createKnex, MetaDB } from '../lib/meta/index.js';
 import type { MetaStore } from '../lib/meta/types.js';
 import { MigratingBlobDB } from '../lib/migrating.js';
-import { BlobStore, randomKey } from '../lib/store.js';
+import { BlobStore, ROW_LIMITS, randomKey } from '../lib/store.js';
 import type { BlobDB } from '../lib/types.js';
 import { announceDatabases, META_DATABASES, type MetaDatabase, SQLITE } from './support/databases.js';
-import { uniqueName } from './support/env.js';
+import { announce, MYSQL_URL, uniqueName } from './support/env.js';
 
 const sha = (data: Buffer | string) => createHash('sha256').update(data).digest('hex');
 
@@ -118,6 +119,21 @@ function describeBlobStore(
       expect(info.httpMeta?.metadata).to.deep.equal({ origin: 'test' });
     });
 
+    it('getWithInfo gives a download its bytes, size, content type and HTTP metadata in one call', async () => {
+      const row = await store.put(chunked(['%PDF-', 'body']), {
+        parentId: 'p',
+        type: 'attachment',
+        contentType: 'application/pdf',
+        httpMeta: { contentDisposition: 'attachment; filename="a.pdf"' },
+      });
+      const { info, body } = await store.getWithInfo(row.key);
+      expect(info).to.include({ key: row.key, size: 9, contentType: 'application/pdf' });
+      expect(info.httpMeta?.contentDisposition).to.equal('attachment; filename="a.pdf"');
+      expect((await readAll(body)).toString()).to.equal('%PDF-body');
+      const err = await store.getWithInfo('no/such/key').catch((e: unknown) => e);
+      expect(err).to.have.property('code', 'E_BLOB_NOT_FOUND');
+    });
+
     it('overwriting by key updates the row in place (same id, new size and sha256) and the blob', async () => {
       const first = await store.put('version one', { parentId: 'p', type: 'attachment', key: 'docs/a.txt' });
       const other = await store.put('other', { parentId: 'p', type: 'attachment', key: 'docs/b.txt' });
@@ -152,23 +168,98 @@ function describeBlobStore(
       expect(await meta.get('rowonly/x')).to.equal(undefined);
     });
 
-    it('a crash between blob and row leaves an unreferenced blob, never a row without a blob', async () => {
+    it('a failed row write removes the blob it wrote for a new key; a row that was there keeps its blob', async () => {
       const broken = new BlobStore({ db, meta: failing(meta, ['upsert']) });
       const err = await broken
         .put('written, never recorded', { parentId: 'p', type: 't', key: 'crash/new' })
         .catch((e: unknown) => e);
-      expect((err as Error).message).to.equal('the database went away');
-      expect(await db.exists('crash/new')).to.equal(true);
+      expect(err).to.be.instanceOf(MetadataError);
+      expect(err).to.have.property('code', 'E_METADATA');
+      expect(err).to.have.property('key', 'crash/new');
+      expect((err as Error).message).to.match(
+        /could not write the metadata row of "crash\/new".*the blob written for it was removed$/,
+      );
+      expect((err as Error).cause).to.have.property('message', 'the database went away');
+      expect(await db.exists('crash/new'), 'no orphan').to.equal(false);
       expect(await meta.get('crash/new')).to.equal(undefined);
-      expect(await meta.referenced(['crash/new'])).to.deep.equal(new Set());
 
       // Overwrite of a recorded blob: the old row stays and still has a blob.
       const before = await store.put('old content', { parentId: 'p', type: 't', key: 'crash/existing' });
-      await broken
+      const err2 = await broken
         .put('new content', { parentId: 'p', type: 't', key: 'crash/existing' })
-        .catch(() => undefined);
+        .catch((e: unknown) => e);
+      expect((err2 as Error).message).to.match(/a row references the key, so its blob stays$/);
       expect(await meta.get('crash/existing')).to.deep.equal(before);
       await expectNoRowWithoutBlob(meta, db);
+    });
+
+    it('a row write whose answer was lost (the row committed) keeps its blob', async () => {
+      const lost = new Proxy(meta, {
+        get(target, prop) {
+          if (prop === 'upsert') {
+            return async (m: Parameters<MetaDB['upsert']>[0]) => {
+              await target.upsert(m);
+              throw Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' });
+            };
+          }
+          const v = Reflect.get(target, prop, target) as unknown;
+          return typeof v === 'function' ? v.bind(target) : v;
+        },
+      });
+      const err = await new BlobStore({ db, meta: lost })
+        .put('committed', { parentId: 'p', type: 't', key: 'lost/answer' })
+        .catch((e: unknown) => e);
+      expect(err).to.have.property('code', 'E_METADATA');
+      expect((err as Error).message).to.include('ECONNRESET');
+      expect(await meta.get('lost/answer')).to.not.equal(undefined);
+      expect((await readAll(await db.get('lost/answer'))).toString()).to.equal('committed');
+    });
+
+    it('checks every row field against its column before writing a byte', async () => {
+      const cases: [string, Record<string, unknown>][] = [
+        ['contentType', { contentType: `text/${'x'.repeat(251)}` }],
+        ['contentType', { contentType: 'text/plain\r\nX-Injected: 1' }],
+        ['contentType', { contentType: 'text/plaïn' }],
+        ['parentId', { parentId: 'p'.repeat(256) }],
+        ['parentId', { parentId: 42 }],
+        ['type', { type: 'é'.repeat(256) }],
+        ['type', { type: undefined }],
+        ['name', { name: 'n'.repeat(1025) }],
+        ['name', { name: 'a\u0000b' }],
+        ['name', { name: 'half a pair \ud800' }],
+        ['expiresOn', { expiresOn: new Date(Number.NaN) }],
+        ['expiresOn', { expiresOn: new Date('+010000-01-01T00:00:00Z') }],
+        ['expiresOn', { expiresOn: '2030-01-01' }],
+        ['size', { size: -1 }],
+      ];
+      for (const [field, extra] of cases) {
+        const key = `fields/${uniqueName()}`;
+        const opts = { parentId: 'p', type: 't', key, ...extra } as unknown as Parameters<
+          BlobStore['put']
+        >[1];
+        const err = await store.put(chunked(['some ', 'bytes']), opts).catch((e: unknown) => e);
+        expect(err, `${field} ${JSON.stringify(extra)}`).to.be.instanceOf(InvalidFieldError);
+        expect(err).to.have.property('code', 'E_INVALID_FIELD');
+        expect(err).to.have.property('field', field);
+        expect((err as Error).message).to.include(field);
+        expect((err as Error).message).to.match(/nothing was stored$/);
+        expect(await db.exists(key), `${field}: no blob`).to.equal(false);
+      }
+      const listed: string[] = [];
+      for await (const info of db.list()) listed.push(info.key);
+      expect(listed).to.deep.equal([]);
+      expect((await meta.estimate()).count).to.equal(0);
+    });
+
+    it('stores fields exactly at their column widths (counted in characters)', async () => {
+      const row = await store.put('fits', {
+        parentId: 'ü'.repeat(ROW_LIMITS.parentId),
+        type: '😀'.repeat(ROW_LIMITS.type),
+        name: 'n'.repeat(ROW_LIMITS.name),
+        contentType: `text/${'x'.repeat(ROW_LIMITS.contentType - 5)}`,
+        expiresOn: new Date('9999-12-31T23:59:59.000Z'),
+      });
+      expect(await meta.get(row.key)).to.deep.equal(row);
     });
 
     it('a body that fails mid-stream writes neither blob nor row', async () => {
@@ -305,6 +396,83 @@ describe('BlobStore on MigratingBlobDB', () => {
     expect(await oldDb.exists('both/b')).to.equal(false);
   });
 });
+
+if (MYSQL_URL) {
+  const url = MYSQL_URL;
+  describe('BlobStore row fields on MariaDB (the real column widths)', () => {
+    let table: string;
+    let meta: MetaDB;
+    let root: string;
+    let db: FilesystemBlobDB;
+    let store: BlobStore;
+
+    beforeEach(async () => {
+      table = uniqueName('fields_');
+      meta = await MetaDB.open({ client: 'mysql2', connection: url }, { table });
+      root = await mkdtemp(join(tmpdir(), 'blobshift-fields-'));
+      db = new FilesystemBlobDB({ root });
+      store = new BlobStore({ db, meta });
+    });
+    afterEach(async () => {
+      await meta.close();
+      await rm(root, { recursive: true, force: true });
+      const k = await createKnex({ client: 'mysql2', connection: url });
+      try {
+        for (const t of [table, `${table}_runs`, `${table}_migrations`, `${table}_migrations_lock`])
+          await k.schema.dropTableIfExists(t);
+      } finally {
+        await k.destroy();
+      }
+    });
+
+    it('ROW_LIMITS are the widths of the columns blobshift creates', async () => {
+      const info = (await meta.knex(table).columnInfo()) as unknown as Record<string, { maxLength: unknown }>;
+      expect({
+        parentId: Number(info.parent_id?.maxLength),
+        type: Number(info.type?.maxLength),
+        name: Number(info.name?.maxLength),
+        contentType: Number(info.content_type?.maxLength),
+      }).to.deep.equal({ ...ROW_LIMITS });
+    });
+
+    it('a field at its width is stored; one character more is refused before the blob is written', async () => {
+      const ok = await store.put('fits', {
+        parentId: '😀'.repeat(ROW_LIMITS.parentId),
+        type: 't',
+        name: 'é'.repeat(ROW_LIMITS.name),
+        contentType: `a/${'b'.repeat(ROW_LIMITS.contentType - 2)}`,
+      });
+      expect(await meta.get(ok.key)).to.deep.equal(ok);
+      const err = await store
+        .put('too long', { parentId: 'p', type: 't', key: 'long/ct', contentType: `a/${'b'.repeat(254)}` })
+        .catch((e: unknown) => e);
+      expect(err).to.have.property('code', 'E_INVALID_FIELD');
+      expect(err).to.have.property('field', 'contentType');
+      expect(await db.exists('long/ct')).to.equal(false);
+    });
+
+    it('a row the database refuses (a column narrower than blobshift made it) is a MetadataError naming the field, with no SQL, and no orphan', async () => {
+      await meta.knex.raw('ALTER TABLE ?? MODIFY content_type VARCHAR(16) NULL', [table]);
+      const secretish = 'application/x-customer-4711-invoice';
+      const err = await store
+        .put('bytes', { parentId: 'case-4711', type: 't', key: 'narrow/x', contentType: secretish })
+        .catch((e: unknown) => e);
+      expect(err).to.be.instanceOf(MetadataError);
+      expect(err).to.have.property('field', 'contentType');
+      const message = (err as Error).message;
+      expect(message).to.include('contentType');
+      expect(message).to.include('ER_DATA_TOO_LONG');
+      expect(message).to.not.match(/insert|select|values|`/i);
+      expect(message).to.not.include(secretish);
+      expect(message).to.not.include('case-4711');
+      expect(message).to.match(/the blob written for it was removed$/);
+      expect(await db.exists('narrow/x')).to.equal(false);
+      expect(await meta.get('narrow/x')).to.equal(undefined);
+    });
+  });
+} else {
+  announce('BLOBSHIFT_TEST_MYSQL', 'MariaDB (BlobStore row fields)');
+}
 
 describe('randomKey', () => {
   it('makes valid, distinct, fanned-out hex keys', () => {

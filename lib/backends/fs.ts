@@ -31,6 +31,7 @@ import {
   InvalidKeyError,
   isErrnoException,
   KeyConflictError,
+  NotSupportedError,
   SizeMismatchError,
 } from '../errors.js';
 import { isValidKey, RESERVED_PREFIX, validateKey, validatePrefix } from '../keys.js';
@@ -44,6 +45,7 @@ import type {
   HttpMeta,
   ListOptions,
   PutOptions,
+  SignedUrlOptions,
 } from '../types.js';
 
 export interface FilesystemBlobDBOptions {
@@ -57,7 +59,10 @@ export interface FilesystemBlobDBOptions {
 
 /** Temporary files: `.blobshift-tmp-<16 hex>`, in the blob's own directory. */
 export const TEMP_PREFIX = `${RESERVED_PREFIX}tmp-`;
-/** Metadata sidecars: `.blobshift-meta-<32 hex of the name's SHA-256>-<inode>.json`. */
+/**
+ * Metadata sidecars: `.blobshift-meta-<32 hex of the name's SHA-256>-s<size>-m<mtime ns>.json`.
+ * Sidecars of the first format, `.blobshift-meta-<32 hex>-<inode>.json`, are still read.
+ */
 export const META_PREFIX = `${RESERVED_PREFIX}meta-`;
 /** Temporary files and orphaned sidecars older than this are removed when met. */
 export const STALE_TEMP_MS = 60 * 60 * 1000;
@@ -68,15 +73,24 @@ const DELETE_CONCURRENCY = 16;
 /** `getWithInfo` reads a blob up to this size in one read instead of streaming it. */
 const WHOLE_READ_BYTES = 256 * 1024;
 const STAT_BATCH = 64;
+/** Attempts at giving a new blob file a (size, mtime) no other version of its key has. */
+const STAMP_ATTEMPTS = 8;
 
-/** The sidecar's JSON. `ino`, `size` and `mtimeNs` tie it to one version of the blob file. */
+/**
+ * The sidecar's JSON. `size` and `mtimeNs` tie it to one version of the blob
+ * file (the name of a version-2 sidecar holds them too; a version-1 sidecar's
+ * name holds the file's inode instead).
+ */
 interface Sidecar {
-  v: 1;
+  v: 1 | 2;
   size: string;
   mtimeNs: string;
   contentType?: string;
   httpMeta?: HttpMeta;
 }
+
+const SIDECAR_V2 = /^\.blobshift-meta-([0-9a-f]{32})-s(\d+)-m(\d+)\.json$/;
+const SIDECAR_V1 = /^\.blobshift-meta-([0-9a-f]{32})-(\d+)\.json$/;
 
 /** Where a key lives: its real directory (checked to be under the root) and file name. */
 interface Location {
@@ -103,19 +117,28 @@ interface Location {
  * `cleanupTemp()`.
  *
  * Metadata (content type, HTTP metadata) lives in a JSON sidecar next to the
- * blob, `.blobshift-meta-<hash>-<inode>.json`, where `<hash>` is 32 hex
- * digits of the SHA-256 of the file name (so a 255-byte name still fits) and
- * `<inode>` is the inode of the blob file it describes. It is written and
- * fsynced before the rename, under the inode of the new file, so the rename
- * switches bytes and metadata together: `stat` never pairs a blob with
- * another version's metadata, and a failed put leaves the old metadata
- * untouched. `stat` also checks the sidecar's size and mtime against the file
- * (a file rewritten in place by something else loses its metadata rather
- * than showing stale values). The previous version's sidecar is removed
- * after the rename; `delete` removes the blob's; a put without metadata
- * writes none. Sidecars orphaned by a crash or racing writers are removed by
- * `cleanupTemp()`. (Extended attributes were the alternative: Node has no
- * API for them and not every filesystem keeps them.)
+ * blob, `.blobshift-meta-<hash>-s<size>-m<mtime>.json`, where `<hash>` is 32
+ * hex digits of the SHA-256 of the file name (so a 255-byte name still fits)
+ * and `<size>`, `<mtime>` are the byte size and the modification time in
+ * nanoseconds of the blob file it describes: a version of the blob is its
+ * (size, mtime), which a copy of the tree that keeps modification times
+ * (`cp -a`, `rsync -a`, a restore) keeps too, so the sidecars stay attached
+ * to their blobs there. Every put gives its file a modification time of its
+ * own (the time of the write, less a random part of a second) and makes sure
+ * no present blob or sidecar of the key has the same (size, mtime), trying
+ * another time when one has; the sidecar is created (never replaced), written
+ * and fsynced before the rename, so the rename switches bytes and metadata
+ * together: `stat` never pairs a blob with another version's metadata, and a
+ * failed put leaves the old metadata untouched. A file rewritten in place by
+ * something else gets a new mtime and so loses its metadata rather than
+ * showing stale values. The previous version's sidecar is removed after the
+ * rename; `delete` removes the blob's; a put without metadata writes none.
+ * Sidecars of the first format, named by the blob file's inode, are still
+ * read where the files were never copied; `cleanupTemp()` renames them to
+ * the current format. Sidecars orphaned by a crash or racing writers are
+ * removed by `cleanupTemp()`, never one that may describe a present blob.
+ * (Extended attributes were the alternative: Node has no API for them,
+ * `rsync -a` does not copy them and not every filesystem keeps them.)
  *
  * Safety: keys pass the shared validator, the resolved path must stay under
  * the root, and every directory is resolved with realpath before use, so a
@@ -232,6 +255,19 @@ export class FilesystemBlobDB implements BlobDB {
     }
   }
 
+  /**
+   * Rejects `NotSupportedError`: files on disk have no URL of their own. Serve the bytes through
+   * the app instead (`BlobStore.getWithInfo` gives the stream with its size
+   * and content type).
+   */
+  async getSignedUrl(key: string, _opts?: SignedUrlOptions): Promise<string> {
+    validateKey(key);
+    throw new NotSupportedError(
+      'getSignedUrl',
+      `FilesystemBlobDB cannot sign a URL for ${describeKey(key)}: files on disk have no URL of their own; serve the bytes through the app (BlobStore.getWithInfo gives the stream, its size and content type)`,
+    );
+  }
+
   async exists(key: string): Promise<boolean> {
     try {
       await this.size(key);
@@ -272,7 +308,7 @@ export class FilesystemBlobDB implements BlobDB {
         if (isMissing(err) || isErrnoException(err, 'EISDIR')) return false;
         throw err;
       }
-      await unlinkQuiet(path.join(loc.dir, sidecarName(loc.name, st.ino)));
+      await removeSidecars(loc.dir, loc.name, st);
       await this.#prune(loc.dir);
       return true;
     } catch (err) {
@@ -344,15 +380,26 @@ export class FilesystemBlobDB implements BlobDB {
 
   /**
    * Removes temporary files and orphaned metadata sidecars older than
-   * `olderThanMs` (default one hour) in the whole tree, and resolves with how
-   * many files it removed. Safe while puts run, as long as no put takes
-   * longer than `olderThanMs` between two writes.
+   * `olderThanMs` (default one hour) in the whole tree, and renames
+   * sidecars of the first format (named by inode) that describe their blob
+   * to the current format, so that a copy of the tree keeps them. Resolves
+   * with how many files it removed and how many sidecars it renamed.
+   *
+   * A sidecar is an orphan when no blob of its name is there, when the blob
+   * has another size, or when the blob has its own sidecar; a sidecar whose
+   * blob is there with the same size but another modification time (a copy
+   * that did not keep times) is kept: it may be that blob's metadata. A
+   * first-format sidecar whose blob has another inode but the size and time
+   * it records (a copy of an old tree) is that blob's, and is renamed.
+   * Safe while puts run, as long as no put takes longer than `olderThanMs`
+   * between two writes.
    */
-  async cleanupTemp(opts: { olderThanMs?: number } = {}): Promise<{ removed: number }> {
+  async cleanupTemp(opts: { olderThanMs?: number } = {}): Promise<{ removed: number; migrated: number }> {
     const root = await this.#getRoot(false);
-    if (root === undefined) return { removed: 0 };
+    if (root === undefined) return { removed: 0, migrated: 0 };
     const cutoff = Date.now() - (opts.olderThanMs ?? STALE_TEMP_MS);
     let removed = 0;
+    let migrated = 0;
     const visit = async (dir: string): Promise<void> => {
       const files: string[] = [];
       const dirs: string[] = [];
@@ -373,14 +420,65 @@ export class FilesystemBlobDB implements BlobDB {
       for (const name of temps) if (await removeIfStale(path.join(dir, name), cutoff)) removed++;
       if (sidecars.length > 0) {
         const byHash = new Map(files.map((f) => [nameHash(f), f]));
-        for (const name of sidecars) {
-          const m = /^\.blobshift-meta-([0-9a-f]{32})-(\d+)\.json$/.exec(name);
-          const owner = m ? byHash.get(m[1] as string) : undefined;
-          if (owner !== undefined && m) {
+        const owners = new Map<string, BigIntStats | undefined>();
+        const ownerStat = async (owner: string): Promise<BigIntStats | undefined> => {
+          if (!owners.has(owner)) {
             const st = await lstatBig(path.join(dir, owner)).catch(() => undefined);
-            if (st?.isFile() && st.ino.toString() === m[2]) continue;
+            owners.set(owner, st?.isFile() ? st : undefined);
           }
-          if (await removeIfStale(path.join(dir, name), cutoff)) removed++;
+          return owners.get(owner);
+        };
+        const present = new Set(sidecars);
+        for (const name of sidecars) {
+          const file = path.join(dir, name);
+          const v2 = SIDECAR_V2.exec(name);
+          const v1 = v2 ? undefined : SIDECAR_V1.exec(name);
+          const owner = byHash.get(((v2 ?? v1)?.[1] ?? '') as string);
+          const st = owner === undefined ? undefined : await ownerStat(owner);
+          let described: Version | undefined;
+          if (v2) {
+            described = { size: BigInt(v2[2] as string), mtimeNs: BigInt(v2[3] as string) };
+            if (st && sameVersion(st, described)) continue;
+          } else if (v1 && st) {
+            const text = await readIfThere(file);
+            const meta = text === undefined ? undefined : parseSidecar(text, st);
+            if (meta !== undefined && owner !== undefined) {
+              // The first format, describing the blob that is there (in place, or
+              // copied with its times): renamed to the current format, unless the
+              // blob has a sidecar of that format already.
+              const target = sidecarName(owner, st);
+              if (!present.has(target) && (await renameNoReplace(file, path.join(dir, target)))) {
+                present.add(target);
+                migrated++;
+                continue;
+              }
+            }
+            if (st.ino.toString() === v1[2]) continue;
+            if (text !== undefined) {
+              try {
+                const m = JSON.parse(text) as Partial<Sidecar>;
+                if (
+                  typeof m.size === 'string' &&
+                  /^\d+$/.test(m.size) &&
+                  typeof m.mtimeNs === 'string' &&
+                  /^\d+$/.test(m.mtimeNs)
+                )
+                  described = { size: BigInt(m.size), mtimeNs: BigInt(m.mtimeNs) };
+              } catch {
+                // Torn: an orphan.
+              }
+            }
+          }
+          // Maybe this blob's metadata, after a copy that lost modification
+          // times: kept, unless the blob has its own.
+          if (st && described && described.size === st.size && owner !== undefined) {
+            const own = present.has(sidecarName(owner, st)) || present.has(sidecarNameV1(owner, st.ino));
+            if (!own) continue;
+          }
+          if (await removeIfStale(file, cutoff)) {
+            removed++;
+            present.delete(name);
+          }
         }
       }
       for (const name of dirs) await visit(path.join(dir, name));
@@ -390,7 +488,7 @@ export class FilesystemBlobDB implements BlobDB {
     } catch (err) {
       throw wrap(err, 'cleanupTemp', '');
     }
-    return { removed };
+    return { removed, migrated };
   }
 
   async close(): Promise<void> {}
@@ -437,20 +535,43 @@ export class FilesystemBlobDB implements BlobDB {
           },
         );
       }
-      await handle.sync();
-      const st = await handle.stat({ bigint: true });
+      const target = path.join(dir, name);
+      const withMeta = opts.contentType !== undefined || opts.httpMeta !== undefined;
+      // This version's identity is its (size, mtime): stamp one that no
+      // present blob or sidecar of the key has, then create the sidecar under it.
+      let st: BigIntStats | undefined;
+      let meta: Sidecar | undefined;
+      for (let attempt = 0; st === undefined; attempt++) {
+        if (attempt >= STAMP_ATTEMPTS) {
+          throw new BackendError(
+            `put ${describeKey(key)}: could not give the new file a modification time no other version of the key has`,
+            { key },
+          );
+        }
+        await stampMtime(handle, attempt);
+        await handle.sync();
+        const stamped = await handle.stat({ bigint: true });
+        const current = await lstatBig(target).catch(() => undefined);
+        if (current?.isFile() && current.ino !== stamped.ino && sameVersion(current, stamped)) continue;
+        if (withMeta) {
+          const m: Sidecar = { v: 2, size: stamped.size.toString(), mtimeNs: stamped.mtimeNs.toString() };
+          if (opts.contentType !== undefined) m.contentType = opts.contentType;
+          if (opts.httpMeta !== undefined) m.httpMeta = opts.httpMeta;
+          const file = path.join(dir, sidecarName(name, stamped));
+          try {
+            await writeDurably(file, JSON.stringify(m), this.#fileMode, true);
+          } catch (err) {
+            if (isErrnoException(err, 'EEXIST')) continue;
+            throw err;
+          }
+          sidecar = file;
+          meta = m;
+        }
+        st = stamped;
+      }
       await handle.close();
       handle = undefined;
 
-      const meta: Sidecar = { v: 1, size: st.size.toString(), mtimeNs: st.mtimeNs.toString() };
-      if (opts.contentType !== undefined) meta.contentType = opts.contentType;
-      if (opts.httpMeta !== undefined) meta.httpMeta = opts.httpMeta;
-      if (meta.contentType !== undefined || meta.httpMeta !== undefined) {
-        sidecar = path.join(dir, sidecarName(name, st.ino));
-        await writeDurably(sidecar, JSON.stringify(meta), this.#fileMode);
-      }
-
-      const target = path.join(dir, name);
       if (overwrite) {
         const previous = await lstatBig(target).catch((err: unknown) => {
           if (isMissing(err)) return undefined;
@@ -458,9 +579,7 @@ export class FilesystemBlobDB implements BlobDB {
         });
         await this.#retryOnEmptyDir(key, target, () => rename(tmp, target));
         committed = true;
-        if (previous?.isFile() && previous.ino !== st.ino) {
-          await unlinkQuiet(path.join(dir, sidecarName(name, previous.ino)));
-        }
+        if (previous?.isFile() && previous.ino !== st.ino) await removeSidecars(dir, name, previous, st);
       } else {
         try {
           await this.#retryOnEmptyDir(key, target, () => link(tmp, target));
@@ -473,8 +592,8 @@ export class FilesystemBlobDB implements BlobDB {
       }
       await syncDir(dir);
       const out: BlobInfo = { key, size: Number(st.size), lastModified: new Date(Number(st.mtimeMs)) };
-      if (meta.contentType !== undefined) out.contentType = meta.contentType;
-      if (meta.httpMeta !== undefined) out.httpMeta = meta.httpMeta;
+      if (meta?.contentType !== undefined) out.contentType = meta.contentType;
+      if (meta?.httpMeta !== undefined) out.httpMeta = meta.httpMeta;
       return out;
     } catch (err) {
       if (handle !== undefined) await handle.close().catch(() => undefined);
@@ -817,11 +936,59 @@ function nameHash(name: string): string {
   return createHash('sha256').update(name, 'utf8').digest('hex').slice(0, 32);
 }
 
-function sidecarName(name: string, ino: bigint): string {
+/** The version of a blob file: its size and modification time (what a copy that keeps times keeps). */
+interface Version {
+  size: bigint;
+  mtimeNs: bigint;
+}
+
+function sameVersion(a: Version, b: Version): boolean {
+  return a.size === b.size && a.mtimeNs === b.mtimeNs;
+}
+
+/** The sidecar of the blob file `name` at version `v`. */
+function sidecarName(name: string, v: Version): string {
+  return `${META_PREFIX}${nameHash(name)}-s${v.size.toString()}-m${v.mtimeNs.toString()}.json`;
+}
+
+/** A sidecar of the first format, named by the blob file's inode. */
+function sidecarNameV1(name: string, ino: bigint): string {
   return `${META_PREFIX}${nameHash(name)}-${ino.toString()}.json`;
 }
 
-/** The metadata of the blob file whose stats are `st`, if its sidecar belongs to this version. */
+/**
+ * Sets the modification time of a file being written: now, less a random
+ * part of a second (in microseconds, what Node passes on), and one second
+ * more per earlier attempt, so two versions of a key written in the same
+ * clock tick (or on a filesystem with whole-second times) still differ.
+ * A filesystem that refuses keeps the time the write gave.
+ */
+async function stampMtime(handle: FileHandle, attempt: number): Promise<void> {
+  const now = Date.now() / 1000;
+  const t = Math.round((now - attempt - Math.random()) * 1e6) / 1e6;
+  try {
+    await handle.utimes(now, t);
+  } catch (err) {
+    if (!['EPERM', 'EACCES', 'ENOTSUP', 'EOPNOTSUPP', 'EROFS'].some((c) => isErrnoException(err, c)))
+      throw err;
+  }
+}
+
+/**
+ * Removes the sidecars of a blob file that is gone (deleted, or replaced by
+ * the version `keep`): the current format's and the first format's.
+ */
+async function removeSidecars(
+  dir: string,
+  name: string,
+  gone: Version & { ino: bigint },
+  keep?: Version,
+): Promise<void> {
+  if (keep === undefined || !sameVersion(gone, keep))
+    await unlinkQuiet(path.join(dir, sidecarName(name, gone)));
+  await unlinkQuiet(path.join(dir, sidecarNameV1(name, gone.ino)));
+}
+
 /** What `stat` says of an open blob file: its size and time, and the sidecar's metadata. */
 async function blobInfo(key: string, loc: Location, st: BigIntStats): Promise<BlobInfo> {
   const out: BlobInfo = { key, size: Number(st.size), lastModified: new Date(Number(st.mtimeMs)) };
@@ -831,17 +998,8 @@ async function blobInfo(key: string, loc: Location, st: BigIntStats): Promise<Bl
   return out;
 }
 
-async function readSidecar(
-  loc: Location,
-  st: { ino: bigint; size: bigint; mtimeNs: bigint },
-): Promise<Sidecar | undefined> {
-  let text: string;
-  try {
-    text = await readFile(path.join(loc.dir, sidecarName(loc.name, st.ino)), 'utf8');
-  } catch (err) {
-    if (isMissing(err)) return undefined;
-    throw err;
-  }
+/** A sidecar's JSON, when it parses and describes version `v`. */
+function parseSidecar(text: string, v: Version): Sidecar | undefined {
   let meta: unknown;
   try {
     meta = JSON.parse(text);
@@ -850,8 +1008,27 @@ async function readSidecar(
   }
   if (typeof meta !== 'object' || meta === null) return undefined;
   const m = meta as Partial<Sidecar>;
-  if (m.v !== 1 || m.size !== st.size.toString() || m.mtimeNs !== st.mtimeNs.toString()) return undefined;
+  if ((m.v !== 1 && m.v !== 2) || m.size !== v.size.toString() || m.mtimeNs !== v.mtimeNs.toString()) {
+    return undefined;
+  }
   return m as Sidecar;
+}
+
+async function readIfThere(file: string): Promise<string | undefined> {
+  try {
+    return await readFile(file, 'utf8');
+  } catch (err) {
+    if (isMissing(err)) return undefined;
+    throw err;
+  }
+}
+
+/** The metadata of the blob file whose stats are `st`: its sidecar, or a first-format one of its inode. */
+async function readSidecar(loc: Location, st: Version & { ino: bigint }): Promise<Sidecar | undefined> {
+  const text =
+    (await readIfThere(path.join(loc.dir, sidecarName(loc.name, st)))) ??
+    (await readIfThere(path.join(loc.dir, sidecarNameV1(loc.name, st.ino))));
+  return text === undefined ? undefined : parseSidecar(text, st);
 }
 
 async function writeAll(handle: FileHandle, data: Uint8Array): Promise<void> {
@@ -862,9 +1039,9 @@ async function writeAll(handle: FileHandle, data: Uint8Array): Promise<void> {
   }
 }
 
-/** Writes a small file and fsyncs it. */
-async function writeDurably(file: string, text: string, mode: number): Promise<void> {
-  const handle = await open(file, 'w', mode);
+/** Writes a small file and fsyncs it; `exclusive`: EEXIST when the name is taken. */
+async function writeDurably(file: string, text: string, mode: number, exclusive = false): Promise<void> {
+  const handle = await open(file, exclusive ? 'wx' : 'w', mode);
   try {
     await handle.chmod(mode);
     await writeAll(handle, Buffer.from(text, 'utf8'));
@@ -893,6 +1070,18 @@ async function unlinkQuiet(file: string): Promise<void> {
   } catch {
     // Already gone, or cleanup will find it.
   }
+}
+
+/** Renames `from` to `to` unless `to` exists (link, then unlink): false when `to` was taken. */
+async function renameNoReplace(from: string, to: string): Promise<boolean> {
+  try {
+    await link(from, to);
+  } catch (err) {
+    if (isErrnoException(err, 'EEXIST')) return false;
+    throw err;
+  }
+  await unlinkQuiet(from);
+  return true;
 }
 
 /** Removes `file` when it is a regular file last modified before `cutoff`. */

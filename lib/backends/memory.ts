@@ -15,6 +15,7 @@ import {
   describeKey,
   errorMessage,
   InvalidKeyError,
+  NotSupportedError,
   SizeMismatchError,
 } from '../errors.js';
 import { compareKeys, validateKey, validatePrefix } from '../keys.js';
@@ -28,6 +29,7 @@ import type {
   HttpMeta,
   ListOptions,
   PutOptions,
+  SignedUrlOptions,
 } from '../types.js';
 
 export interface MemoryBlobDBOptions {
@@ -110,6 +112,19 @@ export class MemoryBlobDB implements BlobDB {
   async getWithInfo(key: string): Promise<BlobWithInfo> {
     const entry = this.#entry(key);
     return { info: info(key, entry), body: Readable.from(chunks(entry.data), { objectMode: false }) };
+  }
+
+  /**
+   * Rejects `NotSupportedError`: blobs in memory have no URL. Serve the bytes through
+   * the app instead (`BlobStore.getWithInfo` gives the stream with its size
+   * and content type).
+   */
+  async getSignedUrl(key: string, _opts?: SignedUrlOptions): Promise<string> {
+    validateKey(key);
+    throw new NotSupportedError(
+      'getSignedUrl',
+      `MemoryBlobDB cannot sign a URL for ${describeKey(key)}: blobs in memory have no URL; serve the bytes through the app (BlobStore.getWithInfo gives the stream, its size and content type)`,
+    );
   }
 
   async exists(key: string): Promise<boolean> {

@@ -39,6 +39,7 @@ import {
   CreateMultipartUploadCommand,
   DeleteObjectCommand,
   DeleteObjectsCommand,
+  GetObjectAclCommand,
   GetObjectCommand,
   type GetObjectCommandOutput,
   HeadObjectCommand,
@@ -62,6 +63,7 @@ import {
   ConfigError,
   describeKey,
   errorMessage,
+  InvalidFieldError,
   InvalidKeyError,
   SizeMismatchError,
 } from '../errors.js';
@@ -73,11 +75,13 @@ import type {
   BlobInfo,
   BlobWithInfo,
   BulkDeleteResult,
+  CannedAcl,
   Capabilities,
   CopyFromOptions,
   HttpMeta,
   ListOptions,
   PutOptions,
+  SignedUrlOptions,
 } from '../types.js';
 
 export const DEFAULT_MAX_SOCKETS = 64;
@@ -95,6 +99,10 @@ export const DEFAULT_MULTIPART_THRESHOLD = 16 * 1024 * 1024;
 export const SMALL_BODY_BYTES = 256 * 1024;
 /** S3's most parts in one multipart upload. */
 const MAX_PARTS = 10_000;
+/** `getSignedUrl`'s default lifetime: 15 minutes. */
+export const DEFAULT_SIGNED_URL_SECONDS = 900;
+/** The longest a SigV4 presigned URL may live: seven days. */
+export const MAX_SIGNED_URL_SECONDS = 604_800;
 const MiB = 1024 * 1024;
 /** S3's smallest part (all parts but the last). */
 const MIN_PART_SIZE = 5 * 1024 * 1024;
@@ -159,6 +167,55 @@ export interface S3BlobDBOptions {
    * Default 16 MiB.
    */
   multipartThreshold?: number;
+  /**
+   * A canned ACL for every object this backend writes (PutObject, multipart
+   * upload, server-side copy), e.g. `public-read` for media served straight
+   * from the bucket. A put's `httpMeta.acl` takes precedence. Default none:
+   * the bucket's default (private). A bucket with ACLs disabled (Object
+   * Ownership "bucket owner enforced") refuses any ACL but
+   * `bucket-owner-full-control`: grant public reads with a bucket policy there.
+   */
+  acl?: CannedAcl;
+  /**
+   * Default false. True: `stat` and `getWithInfo` also ask for the object's
+   * ACL (GetObjectAcl, one more request per blob) and report a public one as
+   * `httpMeta.acl` (`public-read`, `public-read-write`, `authenticated-read`),
+   * so copies out of this backend carry it. Set it on the source of a
+   * migration whose objects are individually public.
+   */
+  readAcl?: boolean;
+}
+
+/** The canned ACLs S3 accepts in `x-amz-acl`. */
+const CANNED_ACLS: readonly CannedAcl[] = [
+  'private',
+  'public-read',
+  'public-read-write',
+  'authenticated-read',
+  'aws-exec-read',
+  'bucket-owner-read',
+  'bucket-owner-full-control',
+];
+const ALL_USERS = 'http://acs.amazonaws.com/groups/global/AllUsers';
+const AUTHENTICATED_USERS = 'http://acs.amazonaws.com/groups/global/AuthenticatedUsers';
+
+/** The canned ACL an object's grants amount to, where they open it beyond its owner; `undefined` for a private one. */
+function cannedFromGrants(
+  grants: readonly { Grantee?: { URI?: string | undefined } | undefined; Permission?: string | undefined }[],
+): CannedAcl | undefined {
+  const has = (uri: string, permission: string) =>
+    grants.some(
+      (g) => g.Grantee?.URI === uri && (g.Permission === permission || g.Permission === 'FULL_CONTROL'),
+    );
+  if (has(ALL_USERS, 'READ')) return has(ALL_USERS, 'WRITE') ? 'public-read-write' : 'public-read';
+  if (has(AUTHENTICATED_USERS, 'READ')) return 'authenticated-read';
+  return undefined;
+}
+
+/** An S3 error saying the bucket takes no ACLs. */
+function refusesAcl(err: unknown): boolean {
+  const name = (err as { name?: unknown } | null)?.name;
+  return name === 'AccessControlListNotSupported';
 }
 
 /**
@@ -528,6 +585,8 @@ export class S3BlobDB implements BlobDB {
   readonly #partSize: number;
   readonly #queueSize: number;
   readonly #threshold: number;
+  readonly #acl: CannedAcl | undefined;
+  readonly #readAcl: boolean;
   #endpoint: string;
   #accessKeyId: string | undefined;
   #resolving: Promise<void> | undefined;
@@ -567,6 +626,14 @@ export class S3BlobDB implements BlobDB {
     if (!isValidSize(this.#threshold) || this.#threshold > MAX_PUT_OBJECT_BYTES) {
       throw new ConfigError('multipartThreshold', `must be between 0 and ${MAX_PUT_OBJECT_BYTES} bytes`);
     }
+    if (options.acl !== undefined && !CANNED_ACLS.includes(options.acl)) {
+      throw new ConfigError(
+        'acl',
+        `${JSON.stringify(options.acl)} is not a canned ACL (one of ${CANNED_ACLS.join(', ')})`,
+      );
+    }
+    this.#acl = options.acl;
+    this.#readAcl = options.readAcl === true;
     if (options.client) {
       this.#client = options.client;
       this.#ownsClient = false;
@@ -904,7 +971,10 @@ export class S3BlobDB implements BlobDB {
 
   #backendError(op: string, key: string | undefined, err: unknown): BackendError {
     const what = key === undefined ? '' : ` of ${describeKey(key)}`;
-    return new BackendError(`S3 ${op}${what} failed in ${this.#where()}: ${describeS3Error(err)}`, {
+    const hint = refusesAcl(err)
+      ? ' (the bucket has ACLs disabled: drop the acl option, or the acl a source read with readAcl gives, and grant public reads with a bucket policy)'
+      : '';
+    return new BackendError(`S3 ${op}${what} failed in ${this.#where()}: ${describeS3Error(err)}${hint}`, {
       cause: err,
       ...(key === undefined ? {} : { key }),
     });
@@ -983,6 +1053,8 @@ export class S3BlobDB implements BlobDB {
     if (meta?.contentLanguage !== undefined) params.ContentLanguage = meta.contentLanguage;
     if (meta?.metadata !== undefined && Object.keys(meta.metadata).length > 0)
       params.Metadata = { ...meta.metadata };
+    const acl = meta?.acl ?? this.#acl;
+    if (acl !== undefined) params.ACL = acl;
     if (atomic) params.IfNoneMatch = '*';
     return params;
   }
@@ -1590,7 +1662,25 @@ export class S3BlobDB implements BlobDB {
   async stat(key: string): Promise<BlobInfo> {
     const head = await this.#head(key);
     if (head === undefined) throw new BlobNotFoundError(key, { where: this.#where() });
-    return objectInfo(key, head, head.ContentLength ?? 0);
+    return this.#withAcl(objectInfo(key, head, head.ContentLength ?? 0));
+  }
+
+  /** With `readAcl`: the object's ACL, as a canned one, into `info.httpMeta.acl`. */
+  async #withAcl(info: BlobInfo): Promise<BlobInfo> {
+    if (!this.#readAcl) return info;
+    let grants: Parameters<typeof cannedFromGrants>[0];
+    try {
+      const out = await this.#client.send(
+        new GetObjectAclCommand({ Bucket: this.#bucket, Key: this.#fullKey(info.key) }),
+      );
+      grants = out.Grants ?? [];
+    } catch (err) {
+      if (isS3NotFoundError(err)) throw new BlobNotFoundError(info.key, { cause: err, where: this.#where() });
+      throw this.#backendError('GetObjectAcl', info.key, err);
+    }
+    const acl = cannedFromGrants(grants);
+    if (acl !== undefined) info.httpMeta = { ...info.httpMeta, acl };
+    return info;
   }
 
   /** One GetObject: the response headers are the info, its body the bytes. */
@@ -1608,7 +1698,15 @@ export class S3BlobDB implements BlobDB {
     if (body === undefined) {
       throw this.#backendError('GetObject', key, new Error('the answer has no body'));
     }
-    if (out.ContentLength !== undefined) return { info: objectInfo(key, out, out.ContentLength), body };
+    if (out.ContentLength !== undefined) {
+      if (!this.#readAcl) return { info: objectInfo(key, out, out.ContentLength), body };
+      try {
+        return { info: await this.#withAcl(objectInfo(key, out, out.ContentLength)), body };
+      } catch (err) {
+        body.destroy();
+        throw err;
+      }
+    }
     // No Content-Length (a chunked answer through a proxy): the size comes
     // from a HEAD, which must describe the same version as the body.
     let info: BlobInfo;
@@ -1629,11 +1727,51 @@ export class S3BlobDB implements BlobDB {
         ),
       );
     }
-    return { info: objectInfo(key, out, info.size), body };
+    const result = objectInfo(key, out, info.size);
+    // The HEAD's stat asked for the ACL already (with readAcl).
+    if (info.httpMeta?.acl !== undefined) result.httpMeta = { ...result.httpMeta, acl: info.httpMeta.acl };
+    return { info: result, body };
   }
 
   async exists(key: string): Promise<boolean> {
     return (await this.#head(key)) !== undefined;
+  }
+
+  /**
+   * A presigned GetObject URL for `key`, valid `expiresIn` seconds (default
+   * 900, at most 604800), signed locally with this client's credentials,
+   * endpoint and addressing style: no request is made, so the blob's
+   * existence is not checked (a URL for a missing key answers 404). The URL
+   * carries the credentials' access key id, never the secret; with temporary
+   * credentials it stops working when they expire, whatever `expiresIn` says.
+   * `responseContentDisposition` / `responseContentType` make the server
+   * answer with those headers. The presigner module loads on the first call.
+   */
+  async getSignedUrl(key: string, opts: SignedUrlOptions = {}): Promise<string> {
+    const fullKey = this.#fullKey(key);
+    this.#checkOpen();
+    const expiresIn = opts.expiresIn ?? DEFAULT_SIGNED_URL_SECONDS;
+    if (!Number.isSafeInteger(expiresIn) || expiresIn < 1 || expiresIn > MAX_SIGNED_URL_SECONDS) {
+      throw new InvalidFieldError(
+        'expiresIn',
+        `getSignedUrl ${describeKey(key)}: expiresIn must be a whole number of seconds from 1 to ${MAX_SIGNED_URL_SECONDS} (seven days), got ${String(opts.expiresIn)}`,
+        { key },
+      );
+    }
+    const { getSignedUrl } = await import('@aws-sdk/s3-request-presigner');
+    const command = new GetObjectCommand({
+      Bucket: this.#bucket,
+      Key: fullKey,
+      ...(opts.responseContentDisposition !== undefined
+        ? { ResponseContentDisposition: opts.responseContentDisposition }
+        : {}),
+      ...(opts.responseContentType !== undefined ? { ResponseContentType: opts.responseContentType } : {}),
+    });
+    try {
+      return await getSignedUrl(this.#client, command, { expiresIn });
+    } catch (err) {
+      throw this.#backendError('presigning GetObject', key, err);
+    }
   }
 
   async size(key: string): Promise<number> {

@@ -796,6 +796,30 @@ export class MetaDB implements MetaStore {
     return Number(n) > 0;
   }
 
+  /**
+   * Deletes the row of `key` when `check(row)` resolves true, in one
+   * transaction that first locks the row with an UPDATE that changes nothing
+   * (SQLite: the database's write lock; MySQL/MariaDB: the key's index
+   * record; PostgreSQL: the row), so no other writer of the key, in any
+   * process, runs between the read, the check and the delete. Resolves true
+   * when a row was deleted.
+   */
+  async deleteIf(key: string, check: (row: BlobMeta) => Promise<boolean>): Promise<boolean> {
+    this.#writable('delete a row');
+    const where = { [this.#cols.key]: this.#keyParam(key) };
+    return this.#knex.transaction(async (trx) => {
+      await trx(this.table)
+        .where(where)
+        .update({ [this.#cols.id]: trx.ref(this.#cols.id) });
+      const raw = (await trx(this.table).select(this.#select).where(where).first()) as
+        | Record<string, unknown>
+        | undefined;
+      if (raw === undefined || toKey(raw.key) !== key) return false;
+      if (!(await check(this.#toMeta(raw)))) return false;
+      return Number(await trx(this.table).where(where).del()) > 0;
+    });
+  }
+
   /** Deletes the rows of `keys` (`KEY_BATCH` per statement); resolves how many were deleted. */
   async deleteMany(keys: string[]): Promise<number> {
     this.#writable('delete rows');

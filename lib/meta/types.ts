@@ -140,6 +140,15 @@ export interface MetaStore {
   get(key: string): Promise<BlobMeta | undefined>;
   /** Resolves true when a row was deleted. */
   delete(key: string): Promise<boolean>;
+  /**
+   * Optional: deletes the row of `key` only when `check(row)` resolves true,
+   * atomically with respect to every other write of that row in any process
+   * (the row is locked from the read to the delete, so a concurrent `upsert`
+   * of the key waits). `check` runs while the lock is held: keep it short.
+   * Resolves true when a row was deleted. `BlobStore` uses it to remove a row
+   * whose blob a concurrent delete took.
+   */
+  deleteIf?(key: string, check: (row: BlobMeta) => Promise<boolean>): Promise<boolean>;
   walk(opts: WalkOptions): AsyncIterable<BlobMeta[]>;
   estimate(opts?: { types?: string[] }): Promise<Estimate>;
   /** The subset of `keys` that have a row. */

@@ -1,3 +1,5 @@
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import {
   lstat,
   mkdir,
@@ -24,6 +26,7 @@ import {
   KeyConflictError,
   SizeMismatchError,
 } from '../../lib/errors.js';
+import type { HttpMeta } from '../../lib/types.js';
 import { describeBlobDB, getBytes, listKeys, rejectionOf } from '../conformance/blobdb.suite.js';
 
 const roots: string[] = [];
@@ -143,7 +146,7 @@ describe('FilesystemBlobDB', () => {
       expect(await rejectionOf(lazy.get('k'))).to.be.instanceOf(BlobNotFoundError);
       expect(await lazy.delete('k')).to.equal(false);
       expect(await listKeys(lazy)).to.deep.equal([]);
-      expect(await lazy.cleanupTemp()).to.deep.equal({ removed: 0 });
+      expect(await lazy.cleanupTemp()).to.deep.equal({ removed: 0, migrated: 0 });
       expect(await tree(root)).to.deep.equal([]);
       await lazy.put('k', 'v');
       expect(await readFile(path.join(missing, 'k'), 'utf8')).to.equal('v');
@@ -292,7 +295,7 @@ describe('FilesystemBlobDB', () => {
       await utimes(staleTop, twoHoursAgo(), twoHoursAgo());
       expect(await listKeys(db)).to.deep.equal(['dir/blob']);
       expect(await tree(root)).to.deep.equal(['dir/', `dir/${path.basename(fresh)}`, 'dir/blob']);
-      expect(await db.cleanupTemp({ olderThanMs: 0 })).to.deep.equal({ removed: 1 });
+      expect(await db.cleanupTemp({ olderThanMs: 0 })).to.deep.equal({ removed: 1, migrated: 0 });
       expect(await tree(root)).to.deep.equal(['dir/', 'dir/blob']);
     });
 
@@ -312,7 +315,7 @@ describe('FilesystemBlobDB', () => {
       await writeFile(path.join(root, 'm', `${TEMP_PREFIX}9999999999999999`), 'x');
       for (const f of reserved(await tree(root)))
         await utimes(path.join(root, f), twoHoursAgo(), twoHoursAgo());
-      expect(await db.cleanupTemp()).to.deep.equal({ removed: 2 });
+      expect(await db.cleanupTemp()).to.deep.equal({ removed: 2, migrated: 0 });
       expect(reserved(await tree(root))).to.have.length(1);
       expect((await db.stat('m/kept')).contentType).to.equal('text/plain');
     });
@@ -472,6 +475,180 @@ describe('FilesystemBlobDB', () => {
       const st = await db.stat('race');
       expect(st.contentType).to.equal(`text/x-${i}`);
       expect(st.httpMeta?.metadata).to.deep.equal({ i });
+    });
+
+    /** Blobs with and without metadata, in nested directories; what stat should say of each. */
+    async function seed(
+      store: FilesystemBlobDB,
+    ): Promise<Map<string, { contentType?: string; httpMeta?: HttpMeta }>> {
+      const expected = new Map<string, { contentType?: string; httpMeta?: HttpMeta }>();
+      for (let i = 0; i < 12; i++) {
+        const key = `media/${i % 3}/file-${i}.bin`;
+        const meta =
+          i % 4 === 3
+            ? {}
+            : {
+                contentType: `image/x-${i}`,
+                httpMeta: { cacheControl: `max-age=${i}`, contentDisposition: `inline; filename="f${i}"` },
+              };
+        await store.put(key, `bytes of ${i}`, meta);
+        expected.set(key, meta);
+      }
+      return expected;
+    }
+
+    async function expectMetadata(
+      store: FilesystemBlobDB,
+      expected: Map<string, { contentType?: string; httpMeta?: HttpMeta }>,
+      what: string,
+    ): Promise<void> {
+      for (const [key, meta] of expected) {
+        const st = await store.stat(key);
+        expect(st.contentType, `${what}: ${key}`).to.equal(meta.contentType);
+        expect(st.httpMeta, `${what}: ${key}`).to.deep.equal(meta.httpMeta);
+      }
+    }
+
+    for (const [tool, copy] of [
+      ['cp -a', (from: string, to: string) => execFileSync('cp', ['-a', from, to])],
+      ['rsync -a', (from: string, to: string) => execFileSync('rsync', ['-a', `${from}/`, `${to}/`])],
+    ] as const) {
+      it(`survives a copy of the root with ${tool}: stat gives the metadata back, cleanupTemp removes no sidecar`, async () => {
+        const expected = await seed(db);
+        const sidecars = reserved(await tree(root));
+        expect(sidecars).to.have.length(9);
+        const copyRoot = path.join(await freshDir(), 'restored');
+        copy(root, copyRoot);
+        const restored = new FilesystemBlobDB({ root: copyRoot });
+        await expectMetadata(restored, expected, `after ${tool}`);
+        expect(await restored.cleanupTemp({ olderThanMs: 0 })).to.deep.equal({ removed: 0, migrated: 0 });
+        expect(reserved(await tree(copyRoot))).to.deep.equal(sidecars);
+        await expectMetadata(restored, expected, `after ${tool} and cleanupTemp`);
+        // The copy is a working store: an overwrite there replaces its sidecar.
+        await restored.put('media/0/file-0.bin', 'new bytes', { contentType: 'text/plain' });
+        expect((await restored.stat('media/0/file-0.bin')).contentType).to.equal('text/plain');
+        expect(reserved(await tree(copyRoot))).to.have.length(9);
+      });
+    }
+
+    it('a copy that drops modification times (cp -r) loses the metadata, but cleanupTemp keeps those sidecars', async () => {
+      const expected = await seed(db);
+      const copyRoot = path.join(await freshDir(), 'copied');
+      execFileSync('cp', ['-r', root, copyRoot]);
+      const copied = new FilesystemBlobDB({ root: copyRoot });
+      for (const key of expected.keys()) expect((await copied.stat(key)).contentType).to.equal(undefined);
+      expect(await copied.cleanupTemp({ olderThanMs: 0 })).to.deep.equal({ removed: 0, migrated: 0 });
+      expect(reserved(await tree(copyRoot))).to.have.length(9);
+    });
+
+    it('reads sidecars of the first format (named by inode); cleanupTemp renames them, in place or after a copy', async () => {
+      // What blobshift 0.1 development versions wrote: `<hash>-<inode>.json`, checked by size and mtime.
+      const nameHash = (name: string) => createHash('sha256').update(name, 'utf8').digest('hex').slice(0, 32);
+      const oldRoot = await freshDir();
+      const keys = ['a/one.txt', 'a/two.txt', 'b/three.txt'];
+      for (const [i, key] of keys.entries()) {
+        const file = path.join(oldRoot, key);
+        await mkdir(path.dirname(file), { recursive: true });
+        await writeFile(file, `old ${i}`);
+        const st = await lstat(file, { bigint: true });
+        const sidecar = path.join(
+          path.dirname(file),
+          `${META_PREFIX}${nameHash(path.basename(key))}-${st.ino.toString()}.json`,
+        );
+        await writeFile(
+          sidecar,
+          JSON.stringify({
+            v: 1,
+            size: st.size.toString(),
+            mtimeNs: st.mtimeNs.toString(),
+            contentType: `text/x-${i}`,
+          }),
+        );
+      }
+      const old = new FilesystemBlobDB({ root: oldRoot });
+      for (const [i, key] of keys.entries())
+        expect((await old.stat(key)).contentType).to.equal(`text/x-${i}`);
+
+      // Copied before any upgrade: the inodes changed, the sizes and times did not.
+      const copyRoot = path.join(await freshDir(), 'copy');
+      execFileSync('cp', ['-a', oldRoot, copyRoot]);
+      const copied = new FilesystemBlobDB({ root: copyRoot });
+      expect((await copied.stat('a/one.txt')).contentType, 'not found by inode').to.equal(undefined);
+      expect(await copied.cleanupTemp({ olderThanMs: 0 })).to.deep.equal({ removed: 0, migrated: 3 });
+      for (const [i, key] of keys.entries())
+        expect((await copied.stat(key)).contentType).to.equal(`text/x-${i}`);
+
+      // In place: renamed too, and a copy afterwards keeps them.
+      expect(await old.cleanupTemp({ olderThanMs: 0 })).to.deep.equal({ removed: 0, migrated: 3 });
+      expect(reserved(await tree(oldRoot)).every((f) => /-s\d+-m\d+\.json$/.test(f))).to.equal(true);
+      const again = path.join(await freshDir(), 'again');
+      execFileSync('rsync', ['-a', `${oldRoot}/`, `${again}/`]);
+      const fresh = new FilesystemBlobDB({ root: again });
+      for (const [i, key] of keys.entries())
+        expect((await fresh.stat(key)).contentType).to.equal(`text/x-${i}`);
+      // An overwrite replaces a first-format sidecar like any other.
+      await old.put('a/one.txt', 'new', { contentType: 'text/new' });
+      expect((await old.stat('a/one.txt')).contentType).to.equal('text/new');
+    });
+
+    it('a first-format sidecar of a blob that is gone, or of another size, is an orphan', async () => {
+      const nameHash = (name: string) => createHash('sha256').update(name, 'utf8').digest('hex').slice(0, 32);
+      await db.put('o/kept', 'four', { contentType: 'text/kept' });
+      await db.put('o/grown', 'four');
+      const stale = [
+        `${META_PREFIX}${nameHash('gone')}-123.json`,
+        `${META_PREFIX}${nameHash('grown')}-456.json`,
+      ];
+      await writeFile(
+        path.join(root, 'o', stale[0] as string),
+        JSON.stringify({ v: 1, size: '4', mtimeNs: '1', contentType: 'x/y' }),
+      );
+      await writeFile(
+        path.join(root, 'o', stale[1] as string),
+        JSON.stringify({ v: 1, size: '99', mtimeNs: '1', contentType: 'x/y' }),
+      );
+      expect(await db.cleanupTemp({ olderThanMs: 0 })).to.deep.equal({ removed: 2, migrated: 0 });
+      expect((await db.stat('o/kept')).contentType).to.equal('text/kept');
+    });
+
+    it('a sidecar a crash left before its rename never describes the blob there, and is removed as an orphan', async () => {
+      await db.put('crash/x', 'same size', { contentType: 'text/original' });
+      const st = await lstat(path.join(root, 'crash', 'x'), { bigint: true });
+      const nameHash = createHash('sha256').update('x', 'utf8').digest('hex').slice(0, 32);
+      // Another version of the same size, a moment later: its sidecar was written, its rename never happened.
+      const other = { size: st.size, mtimeNs: st.mtimeNs + 1000n };
+      const leftover = `${META_PREFIX}${nameHash}-s${other.size}-m${other.mtimeNs}.json`;
+      await writeFile(
+        path.join(root, 'crash', leftover),
+        JSON.stringify({
+          v: 2,
+          size: other.size.toString(),
+          mtimeNs: other.mtimeNs.toString(),
+          contentType: 'text/never',
+        }),
+      );
+      expect((await db.stat('crash/x')).contentType).to.equal('text/original');
+      expect(await db.cleanupTemp({ olderThanMs: 0 })).to.deep.equal({ removed: 1, migrated: 0 });
+      expect(reserved(await tree(root))).to.have.length(1);
+      expect((await db.stat('crash/x')).contentType).to.equal('text/original');
+    });
+
+    it('quick overwrites of one size, with and without metadata, never show another version’s', async () => {
+      for (let i = 0; i < 40; i++) {
+        const meta = i % 3 === 2 ? {} : { contentType: `text/v${i}` };
+        await db.put('quick', `v${String(i).padStart(2, '0')}`, meta);
+        const st = await db.stat('quick');
+        expect(st.contentType, `overwrite ${i}`).to.equal(meta.contentType);
+        expect(reserved(await tree(root)), `overwrite ${i}`).to.have.length(meta.contentType ? 1 : 0);
+      }
+    });
+
+    it('gives each write a modification time within a second before it', async () => {
+      const before = Date.now();
+      await db.put('t', 'x', { contentType: 'text/plain' });
+      const after = Date.now();
+      const lastModified = (await db.stat('t')).lastModified?.getTime() ?? 0;
+      expect(lastModified).to.be.within(before - 1000, after);
     });
   });
 });

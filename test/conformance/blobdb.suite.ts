@@ -11,15 +11,18 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
 import { expect } from 'chai';
+import { MemoryBlobDB } from '../../lib/backends/memory.js';
 import { getWithInfo, readAll } from '../../lib/body.js';
 import {
   BlobExistsError,
   BlobNotFoundError,
   InvalidKeyError,
   KeyConflictError,
+  NotSupportedError,
   SizeMismatchError,
 } from '../../lib/errors.js';
-import type { BlobDB, BlobInfo, HttpMeta, ListOptions } from '../../lib/types.js';
+import { MigratingBlobDB } from '../../lib/migrating.js';
+import type { BlobDB, BlobInfo, HttpMeta, ListOptions, SignedUrlOptions } from '../../lib/types.js';
 import { uniqueName } from '../support/env.js';
 import { INVALID_KEYS } from './invalid-keys.js';
 
@@ -492,6 +495,32 @@ export function describeBlobDB(
         const again = await getWithInfo(bdb(), k('gwi-drop'));
         expect((await readAll(again.body)).toString()).to.equal('some bytes');
         expect(await bdb().delete(k('gwi-drop'))).to.equal(true);
+      });
+    });
+
+    describe('getSignedUrl', () => {
+      it('gives a URL a plain GET without credentials reads, or rejects NotSupportedError; an invalid key is InvalidKeyError', async () => {
+        const db = bdb();
+        await db.put(k('signed/a b.txt'), 'signed bytes', { contentType: 'text/plain' });
+        // Optional in the contract: a BlobDB without it (a wrapper of the app's
+        // own) is one that cannot sign, as MigratingBlobDB over it says.
+        const sign = db.getSignedUrl
+          ? db.getSignedUrl.bind(db)
+          : (key: string, opts?: SignedUrlOptions) =>
+              new MigratingBlobDB(db, new MemoryBlobDB()).getSignedUrl(key, opts);
+        const outcome = await sign(k('signed/a b.txt'), { expiresIn: 60 }).then(
+          (url) => ({ url }),
+          (error: unknown) => ({ error }),
+        );
+        if ('url' in outcome) {
+          const res = await fetch(outcome.url);
+          expect(res.status).to.equal(200);
+          expect(await res.text()).to.equal('signed bytes');
+        } else {
+          expect(outcome.error).to.be.instanceOf(NotSupportedError);
+          expect((outcome.error as Error).message).to.include('getWithInfo');
+        }
+        expect(await rejectionOf(sign('../escape'))).to.be.instanceOf(InvalidKeyError);
       });
     });
 
