@@ -197,11 +197,12 @@ export async function cleanupOld(opts: CleanupOptions): Promise<CleanupReport> {
     );
   }
   const identity = opts.identity ?? { old: 'old', new: 'new' };
+  // The recorded verify first (a read); then the probe (a write to new).
+  const verified = await requireCleanVerify(meta, identity, types.length > 0 ? types : null);
   await proveDistinct(newDb, oldDb, {
     ...(identity.old !== null ? { old: identity.old } : {}),
     new: identity.new,
   });
-  const verified = await requireCleanVerify(meta, identity, types.length > 0 ? types : null);
 
   const stamp = compactUtc(new Date());
   const report: CleanupReport = {
