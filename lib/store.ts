@@ -56,16 +56,24 @@ export interface BlobStoreOptions {
   meta: MetaStore;
 }
 
+/**
+ * What `BlobStore.put` takes. The text fields are checked against their
+ * columns ({@link ROW_LIMITS}, in characters) before anything is written:
+ * no NUL, no unpaired surrogates; `InvalidFieldError` names the one that
+ * does not fit.
+ */
 export interface StorePutOptions {
-  /** The owning object in the app. */
+  /** The owning object in the app; up to 255 characters. */
   parentId: string;
-  /** The blob's kind (`attachment`, `image`…). */
+  /** The blob's kind (`attachment`, `image`…); up to 255 characters. */
   type: string;
-  /** A display name (a file name); default `''`. */
+  /** A display name (a file name); default `''`; up to 1024 characters. */
   name?: string;
+  /** A MIME type, up to 255 printable ASCII characters (it becomes an HTTP header). */
   contentType?: string;
   /** The key to store under; default a new random key (see {@link randomKey}). An existing key is overwritten. */
   key?: string;
+  /** A valid date between the years 1000 and 9999 (MySQL's DATETIME), or null. */
   expiresOn?: Date | null;
   httpMeta?: HttpMeta;
   /** The expected byte count; a body of another length fails before anything is stored. */

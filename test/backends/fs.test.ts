@@ -63,6 +63,18 @@ async function tree(dir: string): Promise<string[]> {
   return out.sort();
 }
 
+/** `rsync -a from/ to/`; says how to get rsync where it is missing. */
+function rsync(from: string, to: string): void {
+  try {
+    execFileSync('rsync', ['-a', `${from}/`, `${to}/`]);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      throw new Error('these tests copy a root with rsync, which is not installed: apt-get install -y rsync');
+    }
+    throw err;
+  }
+}
+
 const reserved = (entries: string[]): string[] =>
   entries.filter((e) => path.basename(e).startsWith('.blobshift-'));
 const twoHoursAgo = (): Date => new Date(Date.now() - 2 * 3600 * 1000);
@@ -511,7 +523,7 @@ describe('FilesystemBlobDB', () => {
 
     for (const [tool, copy] of [
       ['cp -a', (from: string, to: string) => execFileSync('cp', ['-a', from, to])],
-      ['rsync -a', (from: string, to: string) => execFileSync('rsync', ['-a', `${from}/`, `${to}/`])],
+      ['rsync -a', (from: string, to: string) => rsync(from, to)],
     ] as const) {
       it(`survives a copy of the root with ${tool}: stat gives the metadata back, cleanupTemp removes no sidecar`, async () => {
         const expected = await seed(db);
@@ -582,7 +594,7 @@ describe('FilesystemBlobDB', () => {
       expect(await old.cleanupTemp({ olderThanMs: 0 })).to.deep.equal({ removed: 0, migrated: 3 });
       expect(reserved(await tree(oldRoot)).every((f) => /-s\d+-m\d+\.json$/.test(f))).to.equal(true);
       const again = path.join(await freshDir(), 'again');
-      execFileSync('rsync', ['-a', `${oldRoot}/`, `${again}/`]);
+      rsync(oldRoot, again);
       const fresh = new FilesystemBlobDB({ root: again });
       for (const [i, key] of keys.entries())
         expect((await fresh.stat(key)).contentType).to.equal(`text/x-${i}`);
