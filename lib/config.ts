@@ -284,6 +284,20 @@ const s3Backend = strict({
   maxAttempts: int(1, 100).optional(),
   partSize: int(5 * 1024 * 1024).optional(),
   queueSize: int(1, 1000).optional(),
+  /** A canned ACL on every object written (puts, multipart, server-side copies). */
+  acl: z
+    .enum([
+      'private',
+      'public-read',
+      'public-read-write',
+      'authenticated-read',
+      'aws-exec-read',
+      'bucket-owner-read',
+      'bucket-owner-full-control',
+    ])
+    .optional(),
+  /** Read each object's ACL with its info (one GetObjectAcl more a blob), so copies carry a public one. */
+  readAcl: bool.optional(),
 });
 
 /** In-process memory: for tests only; nothing survives the process. */
@@ -918,6 +932,8 @@ async function buildBackend(cfg: BackendConfig): Promise<BlobDB> {
       ...(cfg.requestTimeoutMs !== undefined ? { requestTimeoutMs: cfg.requestTimeoutMs } : {}),
       ...(cfg.partSize !== undefined ? { partSize: cfg.partSize } : {}),
       ...(cfg.queueSize !== undefined ? { queueSize: cfg.queueSize } : {}),
+      ...(cfg.acl !== undefined ? { acl: cfg.acl } : {}),
+      ...(cfg.readAcl !== undefined ? { readAcl: cfg.readAcl } : {}),
     });
   }
   return new MemoryBlobDB();

@@ -233,6 +233,23 @@ describe('config', () => {
     });
   });
 
+  describe('S3 ACL options', () => {
+    it('takes acl and readAcl for an S3 backend and hands them to S3BlobDB; refuses an unknown ACL', async () => {
+      const cfg = withValue(withValue(base(), 'new.acl', 'public-read'), 'new.readAcl', 'true');
+      const loaded = parseConfig(cfg, dir);
+      expect(loaded.config.new).to.include({ acl: 'public-read', readAcl: true });
+      let err: unknown;
+      try {
+        parseConfig(withValue(base(), 'new.acl', 'public'), dir);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).to.be.instanceOf(ConfigError);
+      expect((err as ConfigError).path).to.equal('new.acl');
+      expect((err as Error).message).to.match(/public-read/);
+    });
+  });
+
   describe('a bad config gives a ConfigError naming the field', () => {
     const cases: [string, string, unknown, string, RegExp][] = [
       ['meta missing', 'meta', undefined, 'meta', /required/],
