@@ -170,13 +170,13 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
  * line). Those go; other warnings go to the logger, redacted.
  */
 async function openQuietMeta(loaded: LoadedConfig, logger: Logger): Promise<MetaStore> {
-  const [{ MetaDB }, { metaOpenOptions }] = await Promise.all([
+  const [{ MetaDB, isKnexNoise }, { metaOpenOptions }] = await Promise.all([
     import('../meta/index.js'),
     import('../config.js'),
   ]);
   const say = (message: unknown) => {
     const text = typeof message === 'string' ? message : String(message);
-    if (text.startsWith('Acquire connection error')) return;
+    if (isKnexNoise(text)) return;
     logger.warn(`database: ${redactString(oneLine(text))}`);
   };
   return MetaDB.open(
