@@ -6,6 +6,7 @@
 import type { BlobShiftConfig, LoadedConfig } from '../config.js';
 import { ConfigError, PreflightError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { isKnexNoise } from '../meta/index.js';
 import type { MetaStore } from '../meta/types.js';
 import { shortError } from '../migrate/errors.js';
 import type { SnapshotBuild } from '../migrate/present-index.js';
@@ -170,7 +171,7 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
  * line). Those go; other warnings go to the logger, redacted.
  */
 async function openQuietMeta(loaded: LoadedConfig, logger: Logger): Promise<MetaStore> {
-  const [{ MetaDB, isKnexNoise }, { metaOpenOptions }] = await Promise.all([
+  const [{ MetaDB }, { metaOpenOptions }] = await Promise.all([
     import('../meta/index.js'),
     import('../config.js'),
   ]);
