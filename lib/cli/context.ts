@@ -6,6 +6,7 @@
 import type { BlobShiftConfig, LoadedConfig } from '../config.js';
 import { AbortedError, ConfigError, PreflightError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { isKnexNoise } from '../meta/index.js';
 import type { MetaStore } from '../meta/types.js';
 import { shortError } from '../migrate/errors.js';
 import type { SnapshotBuild } from '../migrate/present-index.js';
@@ -197,7 +198,7 @@ export async function openQuietMeta(loaded: LoadedConfig, logger: Pick<Logger, '
   ]);
   const say = (message: unknown) => {
     const text = typeof message === 'string' ? message : String(message);
-    if (text.startsWith('Acquire connection error')) return;
+    if (isKnexNoise(text)) return;
     logger.warn(`database: ${redactString(oneLine(text))}`);
   };
   return MetaDB.open(

@@ -15,7 +15,7 @@ export interface ColumnFacts {
   nullable: boolean;
 }
 
-/** A column's SQL type as a person would write it: `VARCHAR(255)`, `BIGINT`, `no declared type`. */
+/** A column's SQL type as a person would write it: `VARCHAR(255)`, `BIGINT`, `a column with no declared type`. */
 export function describeType(facts: ColumnFacts): string {
   // PostgreSQL's information_schema spells out what its users write short.
   const type = facts.type

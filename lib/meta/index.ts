@@ -145,11 +145,25 @@ export function parseMysqlUrl(url: string): Record<string, unknown> {
   return out;
 }
 
-/** One knex warning as one redacted line on stderr; the printout of an error the caller also gets is dropped. */
+/**
+ * knex printouts that say nothing the caller does not get otherwise, or say
+ * the wrong thing to a blobshift user: "Acquire connection error: <stack>"
+ * (the same error rejects the query), and the migration lock's "Can't take
+ * lock" and "knex migrate:unlock" advice (blobshift waits for a held lock
+ * and reports a stale one with the SQL that clears it).
+ */
+export function isKnexNoise(text: string): boolean {
+  return (
+    text.startsWith('Acquire connection error') ||
+    text.startsWith("Can't take lock to run migrations") ||
+    text.startsWith('If you are sure migrations are not running')
+  );
+}
+
+/** One knex warning as one redacted line on stderr; see {@link isKnexNoise} for what is dropped. */
 function warnOnStderr(message: unknown): void {
   const text = typeof message === 'string' ? message : String(message);
-  // "Acquire connection error: <stack>": the same error rejects the query.
-  if (text.startsWith('Acquire connection error')) return;
+  if (isKnexNoise(text)) return;
   const line = redactString(text.split('\n')[0] ?? text);
   process.stderr.write(`blobshift: database: ${line}\n`);
 }

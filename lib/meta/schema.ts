@@ -250,12 +250,12 @@ async function keepOneLockRow(knex: Knex, lock: string, schema: string | undefin
 
 /**
  * Two processes creating the same table at once: MySQL and SQLite say it
- * already exists; PostgreSQL may instead trip on the unique index of its
- * catalogue of types.
+ * already exists; PostgreSQL may instead trip on a unique index of its
+ * catalogue (of relations, or of types).
  */
 function lostCreateRace(err: unknown): boolean {
   const text = errorMessage(err);
-  return /already exists/i.test(text) || /pg_type_typname_nsp_index/.test(text);
+  return /already exists/i.test(text) || /pg_(class_relname|type_typname)_nsp_index/.test(text);
 }
 
 /**
