@@ -22,6 +22,7 @@ import type { MetaStore } from '../lib/meta/types.js';
 import { MigratingBlobDB } from '../lib/migrating.js';
 import { BlobStore } from '../lib/store.js';
 import type { BlobBody, BlobDB, ListOptions, PutOptions } from '../lib/types.js';
+import { dropOwnTables, POSTGRES } from './support/databases.js';
 import { announce, MYSQL_URL, RGW_ENDPOINT, uniqueName } from './support/env.js';
 import {
   createBucket,
@@ -135,6 +136,28 @@ if (MYSQL_URL) {
   });
 } else {
   announce('BLOBSHIFT_TEST_MYSQL', 'MariaDB (BlobStore put/delete races)');
+}
+if (POSTGRES) {
+  const pg = POSTGRES;
+  metaTargets.push({
+    name: 'PostgreSQL',
+    async open() {
+      const table = uniqueName('race_');
+      const a = await MetaDB.open(pg.knexConfig(''), { table });
+      const b = await MetaDB.open(pg.knexConfig(''), { table });
+      return {
+        a,
+        b,
+        async close() {
+          await a.close();
+          await b.close();
+          await dropOwnTables(pg.knexConfig(''), table);
+        },
+      };
+    },
+  });
+} else {
+  announce('BLOBSHIFT_TEST_PG', 'PostgreSQL (BlobStore put/delete races)');
 }
 
 interface DbTarget {

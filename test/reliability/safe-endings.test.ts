@@ -15,6 +15,7 @@ import { MetaDB } from '../../lib/meta/index.js';
 import { BlobStore } from '../../lib/store.js';
 import type { BlobDB } from '../../lib/types.js';
 import { type CliResult, runCli, writeConfig } from '../support/cli.js';
+import { POSTGRES } from '../support/databases.js';
 import { announce, MYSQL_URL, RGW_CREDENTIALS, RGW_ENDPOINT, uniqueName } from '../support/env.js';
 import { createBucket, deleteBucket, emptyBucket } from '../support/s3rver.js';
 
@@ -77,6 +78,35 @@ const variants: Variant[] = [
     },
   },
 ];
+if (POSTGRES) {
+  const pg = POSTGRES;
+  variants.push({
+    name: 'files → files, PostgreSQL',
+    async make() {
+      const { dir, logs, oldRoot } = await base();
+      const opened = await pg.open(dir);
+      const newConfig = { type: 'fs', root: join(dir, 'new') };
+      const config = await writeConfig(join(dir, 'blobshift.config.json'), {
+        meta: pg.configSection(opened.meta.table),
+        old: { type: 'fs', root: oldRoot },
+        new: newConfig,
+      });
+      return {
+        dir,
+        config,
+        logs,
+        meta: opened.meta,
+        oldDb: new FilesystemBlobDB({ root: oldRoot }),
+        newDb: new FilesystemBlobDB({ root: join(dir, 'new') }),
+        newConfig,
+        async dispose() {
+          await opened.drop();
+          await rm(dir, { recursive: true, force: true });
+        },
+      };
+    },
+  });
+}
 if (RGW_ENDPOINT && MYSQL_URL) {
   const endpoint = RGW_ENDPOINT;
   const mysql = MYSQL_URL;
