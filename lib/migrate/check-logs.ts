@@ -53,6 +53,7 @@ import {
   type CopyOutcome,
   copyBlob,
   DEFAULT_RETRY,
+  NewCopyDisagreement,
   ReferenceChecker,
   type RetryPolicy,
   SizeDisagreement,
@@ -395,6 +396,12 @@ export async function checkBlobLogs(opts: CheckLogsOptions): Promise<CheckLogsRe
         tally(p, 'notFound');
         return;
       case 'failed':
+        if (outcome.cause instanceof NewCopyDisagreement) {
+          tally(p, 'wrongSizeInNew', {
+            size: { where: 'new', expected: outcome.cause.expected, actual: outcome.cause.actual },
+          });
+          return;
+        }
         if (outcome.cause instanceof SizeDisagreement) {
           tally(p, 'wrongSizeInOld', {
             size: { where: 'old', expected: outcome.cause.expected, actual: outcome.cause.actual },

@@ -189,7 +189,7 @@ async function copyOnce(ctx: CopyContext, row: CopyRow, done: Attempts): Promise
     if (serverSide) info = await oldDb.stat(key);
     else ({ info, body } = await getWithInfo(oldDb, key));
   } catch (err) {
-    if (err instanceof BlobNotFoundError) return notInOld(ctx, key, done);
+    if (err instanceof BlobNotFoundError) return notInOld(ctx, row, done);
     throw err;
   }
   try {
@@ -217,8 +217,8 @@ async function copyOnce(ctx: CopyContext, row: CopyRow, done: Attempts): Promise
       else await newDb.put(key, body, putOptions);
     } catch (err) {
       // The blob in new may be our own earlier put: it gets the same recheck.
-      if (err instanceof BlobExistsError) return afterExisting(ctx, key, done);
-      if (err instanceof BlobNotFoundError && body === undefined) return notInOld(ctx, key, done);
+      if (err instanceof BlobExistsError) return afterExisting(ctx, row, done);
+      if (err instanceof BlobNotFoundError && body === undefined) return notInOld(ctx, row, done);
       done.mayHaveWritten = true;
       throw err;
     }
@@ -241,16 +241,32 @@ async function afterCopy(ctx: CopyContext, key: string, success: OnceOutcome): P
 
 /**
  * The new backend holds the blob already. Ordinarily the app (or an earlier
- * run) put it there, and it stays. After a put of ours that failed partway
- * it may be that put's copy, so the row is checked as after a copy.
+ * run) put it there, and it stays; but only a copy of the row's size counts
+ * as present: anything else (a write that a killed client left truncated on a
+ * server that stores partial uploads, a damaged object) is a failure, logged
+ * and never overwritten, unless the row, read again, says the app rewrote the
+ * blob with that size. After a put of ours that failed partway the copy may be
+ * that put's, so the row is checked as after a copy.
  */
-async function afterExisting(ctx: CopyContext, key: string, done: Attempts): Promise<OnceOutcome> {
-  return done.mayHaveWritten ? afterCopy(ctx, key, { kind: 'present' }) : { kind: 'present' };
+async function afterExisting(ctx: CopyContext, row: CopyRow, done: Attempts): Promise<OnceOutcome> {
+  const inNew = await statOrUndefined(ctx.newDb, row.key);
+  if (inNew === undefined) {
+    // Gone between the refusal and the look: try the copy again.
+    throw new BlobShiftError(`${row.key}: the blob in the new backend vanished while it was being checked`);
+  }
+  if (inNew.size !== row.contentLength) {
+    const fresh = ctx.meta ? await ctx.meta.get(row.key) : undefined;
+    if (ctx.meta && !fresh) return { kind: 'deleted' };
+    if (!fresh || fresh.contentLength !== inNew.size) {
+      throw new NewCopyDisagreement(row.key, row.contentLength, inNew.size);
+    }
+  }
+  return done.mayHaveWritten ? afterCopy(ctx, row.key, { kind: 'present' }) : { kind: 'present' };
 }
 
-async function notInOld(ctx: CopyContext, key: string, done: Attempts): Promise<OnceOutcome> {
-  if (await ctx.newDb.exists(key)) return afterExisting(ctx, key, done);
-  if (!(await ctx.references.isReferenced(key))) return { kind: 'deleted' };
+async function notInOld(ctx: CopyContext, row: CopyRow, done: Attempts): Promise<OnceOutcome> {
+  if (await ctx.newDb.exists(row.key)) return afterExisting(ctx, row, done);
+  if (!(await ctx.references.isReferenced(row.key))) return { kind: 'deleted' };
   return { kind: 'notFound' };
 }
 
@@ -371,6 +387,27 @@ export async function refreshStale(
   return after.kind === 'copied'
     ? { kind: 'copied', bytes: row.contentLength, retries: 0, replaced: true }
     : { kind: after.kind, retries: 0 };
+}
+
+/**
+ * The new backend already holds another size than the metadata says under
+ * the key: never overwritten (it may be the app's), not retried, logged.
+ */
+export class NewCopyDisagreement extends BlobShiftError {
+  readonly key: string;
+  /** The metadata's size. */
+  readonly expected: number;
+  /** What the new backend holds. */
+  readonly actual: number;
+  constructor(key: string, expected: number, actual: number) {
+    super(
+      `size mismatch in the new backend: it holds ${actual} bytes, the metadata says ${expected}; not overwritten`,
+      { code: 'E_SIZE_MISMATCH' },
+    );
+    this.key = key;
+    this.expected = expected;
+    this.actual = actual;
+  }
 }
 
 function staleFailure(error: string): CopyOutcome {

@@ -184,6 +184,25 @@ function backfillEngineSuite(this: Mocha.Suite, database: MetaDatabase): void {
     expect((await readAll(await f.newDb.get(key))).equals(appBytes)).to.equal(true);
   });
 
+  it('never counts a copy of another size already in new as present: a truncated leftover is a failure, not overwritten', async () => {
+    const key = (await seed(f, 1, { size: 64 }))[0] as string;
+    // What a killed client can leave on a server that stores partial uploads (s3rver): a
+    // shorter object under the key, appearing after the snapshot was taken.
+    const leftover = Buffer.alloc(0);
+    const newDb = new WrappedBlobDB(f.newDb, {
+      before: async (method, k) => {
+        if (method === 'put' && k === key && !(await f.newDb.exists(key))) await f.newDb.put(key, leftover);
+      },
+    });
+    const summary = await backfill(opts(f, { newDb }));
+    expect(summary).to.include({ present: 0, copied: 0, failed: 1, exitCode: 1 });
+    const records = await logRecords(summary.logs);
+    expect(records.map((r) => [r.key, r.error])).to.deep.equal([
+      [key, 'size mismatch in the new backend: it holds 0 bytes, the metadata says 64; not overwritten'],
+    ]);
+    expect((await readAll(await f.newDb.get(key))).length).to.equal(0, 'never overwritten');
+  });
+
   it('takes a blob the app rewrote twice meanwhile as present, not as a size mismatch', async () => {
     const key = (await seed(f, 1, { size: 10 }))[0] as string;
     const rewrite = async (n: number) => {

@@ -13,6 +13,7 @@ import { expect } from 'chai';
 import type { MetaDatabase } from '../support/databases.js';
 import { announce, REDIS_URL, uniqueName } from '../support/env.js';
 import { createBucket, deleteBucket, type S3rverHandle, startS3rver } from '../support/s3rver.js';
+import { truncatedLeftovers } from '../support/s3rver-leftovers.js';
 import {
   type Child,
   makeFixture,
@@ -134,19 +135,19 @@ if (!REDIS_URL || QUEUE_DATABASES.length === 0) {
       await waitFor('the victim to be copying', () => victim.stderr.includes('chunk done'), 60_000);
       victim.proc.kill('SIGKILL');
       expect(await victim.exited).to.equal('SIGKILL');
-      expect(await p.exited, p.stderr).to.equal(0);
-      expect(summaryOf(p)).to.include({
-        status: 'completed',
-        exitCode: 0,
-        total: SMALL,
-        failed: 0,
-        notFound: 0,
-      });
+      const code = await p.exited;
+      // 0; or 1 when the kill cut a PUT short and s3rver kept the part it got
+      // (logged as a size mismatch in new, never counted present, never overwritten).
+      expect(code, p.stderr).to.be.oneOf([0, 1]);
+      const summary = summaryOf(p);
+      const leftovers = await truncatedLeftovers(summary.logs as string[], fx.oldDb, fx.newDb);
+      expect(summary).to.include({ status: 'completed', total: SMALL, notFound: 0, failed: leftovers.size });
+      expect(code).to.equal(leftovers.size > 0 ? 1 : 0);
       await stopAll(workers.slice(1));
       expect(fx.count('PUT'))
         .to.be.at.least(SMALL)
         .and.at.most(SMALL + 2 * SMALL_CHUNK);
-      await expectAllCopied(seeded);
+      await expectAllCopied(seeded.filter((s) => !leftovers.has(s.key)));
     });
 
     it('producer interrupted and restarted: finished chunks are not redone', async () => {

@@ -9,8 +9,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ListMultipartUploadsCommand, type S3Client } from '@aws-sdk/client-s3';
 import { expect } from 'chai';
-import { createS3Client } from '../../lib/backends/s3.js';
+import { FilesystemBlobDB } from '../../lib/backends/fs.js';
+import { createS3Client, S3BlobDB } from '../../lib/backends/s3.js';
 import { MetaDB } from '../../lib/meta/index.js';
+import type { BlobDB } from '../../lib/types.js';
 import {
   bucketShas,
   fileSha,
@@ -24,6 +26,7 @@ import {
 import { announce, RGW_CREDENTIALS, RGW_ENDPOINT } from '../support/env.js';
 import { type FaultProxy, startFaultProxy } from '../support/fault-proxy.js';
 import { createBucket, deleteBucket, S3RVER_CREDENTIALS, startS3rver } from '../support/s3rver.js';
+import { truncatedLeftovers } from '../support/s3rver-leftovers.js';
 
 const KILLS = 10;
 const WINDOW = 16;
@@ -62,6 +65,11 @@ interface NewSide {
   puts(): number;
   /** Between the last kill and the run that completes. */
   beforeFinal?(): Promise<void>;
+  /**
+   * s3rver keeps the part of a PUT a killed client sent: the new backend as a
+   * BlobDB, to check that every blob the final run logs is such a leftover.
+   */
+  partialPuts?: () => BlobDB;
   dispose(): Promise<void>;
 }
 
@@ -111,15 +119,35 @@ async function crashAndRestart(dir: string, blobs: SeededBlob[], side: NewSide):
   }
   await side.beforeFinal?.();
   const last = await runCli(args, { env, cwd: dir, timeoutMs: 180_000 });
-  expect(last.code, `seed ${SEED}, kills at ${moments.join(',')} ms: ${last.stderr}`).to.equal(0);
-  const summary = JSON.parse(last.stdout) as { status: string; failed: number; notFound: number };
+  const summary = JSON.parse(last.stdout) as {
+    status: string;
+    failed: number;
+    notFound: number;
+    logs: string[];
+  };
+  // On s3rver a kill can leave a PUT's first bytes as an object: logged, never counted present.
+  let truncated = new Set<string>();
+  if (side.partialPuts && last.code === 1) {
+    const newDb = side.partialPuts();
+    truncated = await truncatedLeftovers(
+      summary.logs,
+      new FilesystemBlobDB({ root: join(dir, 'old') }),
+      newDb,
+    );
+    await newDb.close();
+  }
+  expect(last.code, `seed ${SEED}, kills at ${moments.join(',')} ms: ${last.stderr}`).to.equal(
+    truncated.size > 0 ? 1 : 0,
+  );
   expect(summary.status).to.equal('completed');
-  expect(summary.failed + summary.notFound).to.equal(0);
+  expect(summary.failed + summary.notFound).to.equal(truncated.size);
 
   const { blobs: found, leftovers } = await side.inspect();
   const want = new Map(blobs.map((b) => [b.key, b.sha256]));
   const lost = [...want.keys()].filter((k) => !found.has(k));
-  const wrong = [...want].filter(([k, s]) => found.has(k) && found.get(k) !== s).map(([k]) => k);
+  const wrong = [...want]
+    .filter(([k, s]) => found.has(k) && found.get(k) !== s && !truncated.has(k))
+    .map(([k]) => k);
   const orphans = [...found.keys()].filter((k) => !want.has(k));
   expect(lost, `seed ${SEED}: blobs lost`).to.deep.equal([]);
   expect(wrong, `seed ${SEED}: blobs not byte-identical`).to.deep.equal([]);
@@ -192,6 +220,7 @@ describe('reliability: SIGKILL at 10 random moments, restarted each time', funct
       await crashAndRestart(dir, blobs, {
         ...side,
         config: { ...side.config, credentials: { ...S3RVER_CREDENTIALS } },
+        partialPuts: () => new S3BlobDB({ bucket, clientConfig: s3.clientConfig() }),
         dispose: async () => {},
       });
     } finally {
