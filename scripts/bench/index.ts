@@ -7,6 +7,7 @@
  */
 import { benchBackfill } from './backfill.js';
 import { type BenchRow, formatTable, log } from './common.js';
+import { benchCpu } from './cpu.js';
 import { benchLarge } from './large.js';
 import { benchMigratingGet } from './migrating-get.js';
 import { benchS3ToS3 } from './s3-to-s3.js';
@@ -20,6 +21,7 @@ interface Bench {
 }
 
 const benches: Bench[] = [
+  { name: 'cpu', run: () => benchCpu() },
   { name: 'small', run: () => benchSmall() },
   { name: 'get', run: () => benchMigratingGet() },
   { name: 'startup', run: () => benchStartup() },
