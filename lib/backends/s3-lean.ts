@@ -356,7 +356,10 @@ async function serviceError(
   method: string,
 ): Promise<S3ServiceException & { ServerTime?: string }> {
   const status = response.statusCode;
-  const text = method === 'HEAD' ? '' : await readSmall(response.body as Readable | undefined);
+  const body = response.body as Readable | undefined;
+  // A HEAD answer has no body, but its stream must still end for the socket to go back to the pool.
+  if (method === 'HEAD') body?.resume();
+  const text = method === 'HEAD' ? '' : await readSmall(body);
   const code = text === '' ? undefined : xmlText(text, 'Code');
   const message = (text === '' ? undefined : xmlText(text, 'Message')) || 'UnknownError';
   const headers = response.headers;

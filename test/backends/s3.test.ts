@@ -1078,6 +1078,19 @@ describe('S3BlobDB', function () {
       client.destroy();
     });
 
+    it('releases the socket of every answer, bodiless refusals included (200 HEADs of missing keys on 2 sockets)', async () => {
+      const db = new S3BlobDB({
+        bucket,
+        clientConfig: { ...server.clientConfig(), maxAttempts: 1 },
+        maxSockets: 2,
+        connectionTimeoutMs: 2000,
+      });
+      expect(await db.usesLeanPath()).to.equal(true);
+      const answers = await Promise.all(Array.from({ length: 200 }, (_, i) => db.exists(`missing/${i}`)));
+      expect(answers.every((a) => a === false)).to.equal(true);
+      await db.close();
+    });
+
     it('sends what the SDK sends for a put (headers, metadata, CRC32 under WHEN_SUPPORTED) and reads back the same info', async () => {
       for (const mode of ['WHEN_REQUIRED', 'WHEN_SUPPORTED'] as const) {
         const config = { ...server.clientConfig(), requestChecksumCalculation: mode };
