@@ -504,6 +504,18 @@ export class LeanS3 {
     return objectOutput(response.headers);
   }
 
+  /**
+   * HeadObject that resolves `undefined` for a 404 instead of building an
+   * error: the existence check a no-overwrite copy makes where writes are not
+   * conditional, for nearly every blob. A 404 is final, as in the SDK (never
+   * retried); here it counts as an answer for the retry strategy.
+   */
+  async headIfPresent(key: string): Promise<LeanObjectOutput | undefined> {
+    const response = await this.#send('HeadObjectCommand', 'HEAD', key, {}, undefined, true);
+    (response.body as Readable | undefined)?.resume();
+    return response.statusCode === 404 ? undefined : objectOutput(response.headers);
+  }
+
   /** GetObject: the headers and the body stream (not read here); rejects with `NoSuchKey` when absent. */
   async get(key: string): Promise<LeanObjectOutput & { Body: Readable }> {
     const response = await this.#send('GetObjectCommand', 'GET', key, {}, undefined);
@@ -525,6 +537,7 @@ export class LeanS3 {
     key: string,
     headers: Record<string, string>,
     body: Buffer | undefined,
+    notFoundIsAnswer = false,
   ): Promise<HttpResponse> {
     let token = await this.#strategy.acquireInitialRetryToken('');
     const invocation = ++invocations;
@@ -567,7 +580,7 @@ export class LeanS3 {
       if (response !== undefined) {
         this.#sampleClock(response.headers.date, response.headers.age, sentAt);
         const status = response.statusCode;
-        if (status >= 200 && status < 300) {
+        if ((status >= 200 && status < 300) || (status === 404 && notFoundIsAnswer)) {
           this.#strategy.recordSuccess(token);
           return response;
         }

@@ -1624,7 +1624,7 @@ export class S3BlobDB implements BlobDB {
     this.#checkOpen();
     try {
       const lean = await this.#leanPath();
-      if (lean) return await lean.head(fullKey);
+      if (lean) return await lean.headIfPresent(fullKey);
       return await this.#client.send(new HeadObjectCommand({ Bucket: this.#bucket, Key: fullKey }));
     } catch (err) {
       if (isS3NotFoundError(err)) return undefined;
