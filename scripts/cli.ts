@@ -16,6 +16,7 @@ import {
   parseExistence,
   parseLogFormat,
   parsePath,
+  parseProcesses,
   parseQueueName,
   parseQueueUrl,
   parseRate,
@@ -234,6 +235,11 @@ export function buildProgram(options: CliOptions = {}): Command {
     )
     .option('--max-rate <n>', 'at most N blobs per second', (v: string) => parseRate(v))
     .option('--reset', 'start the run over, forgetting its checkpoint')
+    .option(
+      '--processes <n>',
+      'run N processes on disjoint shards of this run (auto: one a core)',
+      (v: string) => parseProcesses(v),
+    )
     .option('--dry-run', 'estimate, and count what the new backend already holds; write nothing');
   json(backfill)
     .option('--no-progress', 'no progress output on stderr')

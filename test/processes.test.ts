@@ -1,0 +1,314 @@
+/**
+ * `blobshift backfill --processes N`: N child processes on disjoint shards of
+ * one run, one progress display and summary, the usual checkpoints and logs,
+ * signals passed on, the worst child's exit code.
+ */
+import { mkdtemp, readdir, rm, unlink } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { expect } from 'chai';
+import { backfillChildArgs, childShard, combineSummaries, worstExitCode } from '../lib/cli/processes.js';
+import { MetaDB } from '../lib/meta/index.js';
+import type { BackfillSummary } from '../lib/migrate/backfill.js';
+import {
+  bucketShas,
+  fileSha,
+  listBucket,
+  readJsonLines,
+  runCli,
+  type SeededBlob,
+  seedOldFs,
+  startCli,
+  writeConfig,
+} from './support/cli.js';
+import {
+  createBucket,
+  deleteBucket,
+  S3RVER_CREDENTIALS,
+  type S3rverHandle,
+  startS3rver,
+} from './support/s3rver.js';
+
+describe('backfill --processes (one host, every core)', function () {
+  this.timeout(120_000);
+
+  describe('pieces', () => {
+    it('child shards are disjoint and cover exactly the run (or the user’s --shard)', () => {
+      for (const outer of [undefined, { index: 1, count: 3 }]) {
+        const count = 4;
+        const owner = new Map<number, number>();
+        for (let id = 1; id <= 600; id++) {
+          for (let k = 0; k < count; k++) {
+            const s = childShard(k, count, outer);
+            if (id % s.count === s.index) {
+              expect(owner.has(id), `id ${id} in two shards`).to.equal(false);
+              owner.set(id, k);
+            }
+          }
+          const wanted = outer === undefined || id % outer.count === outer.index;
+          expect(owner.has(id), `id ${id}`).to.equal(wanted);
+        }
+      }
+    });
+
+    it('the exit code is the worst child’s: 2, then 3, then 130, then 1, then 0', () => {
+      expect(worstExitCode([0, 0])).to.equal(0);
+      expect(worstExitCode([0, 1])).to.equal(1);
+      expect(worstExitCode([1, 130, 0])).to.equal(130);
+      expect(worstExitCode([130, 3, 1])).to.equal(3);
+      expect(worstExitCode([3, 2, 130])).to.equal(2);
+      expect(worstExitCode([0, 7])).to.equal(1);
+    });
+
+    it('children get the same flags, their shard, and report in JSON', () => {
+      const args = backfillChildArgs(
+        {
+          config: 'c.json',
+          run: 'r1',
+          logDir: 'logs',
+          chunkSize: 500,
+          concurrency: 8,
+          types: ['a', 'b'],
+          existence: 'list',
+          logFormat: 'text',
+          reset: true,
+          processes: 2,
+          progress: true,
+        },
+        { index: 1, count: 2 },
+      );
+      expect(args).to.deep.equal([
+        'backfill',
+        '--config',
+        'c.json',
+        '--run',
+        'r1',
+        '--log-dir',
+        'logs',
+        '--chunk-size',
+        '500',
+        '--concurrency',
+        '8',
+        '--types',
+        'a,b',
+        '--existence',
+        'list',
+        '--log-format',
+        'text',
+        '--reset',
+        '--shard',
+        '1/2',
+        '--json',
+        '--no-progress',
+      ]);
+    });
+
+    it('one summary: counts summed, logs of every shard, the worst status and code', () => {
+      const part = (over: Partial<BackfillSummary>): BackfillSummary => ({
+        run: 'r',
+        shard: '0/2',
+        status: 'completed',
+        exitCode: 0,
+        total: 10,
+        copied: 8,
+        present: 2,
+        notFound: 0,
+        failed: 0,
+        deletedDuringMigration: 0,
+        expired: 0,
+        bytes: 100,
+        retries: 1,
+        seconds: 2,
+        rate: 5,
+        logs: [],
+        attempts: 1,
+        lowWaterMark: 40,
+        reprinted: false,
+        ...over,
+      });
+      const s = combineSummaries(
+        [
+          part({}),
+          part({
+            shard: '1/2',
+            status: 'interrupted',
+            exitCode: 130,
+            notFound: 1,
+            copied: 7,
+            logs: ['l1'],
+            seconds: 4,
+            lowWaterMark: 30,
+          }),
+        ],
+        '',
+      );
+      expect(s).to.include({
+        status: 'interrupted',
+        exitCode: 130,
+        total: 20,
+        copied: 15,
+        present: 4,
+        notFound: 1,
+        bytes: 200,
+        retries: 2,
+        seconds: 4,
+        lowWaterMark: 30,
+        reprinted: false,
+      });
+      expect(s.logs).to.deep.equal(['l1']);
+    });
+  });
+
+  describe('through the CLI (files → s3rver)', () => {
+    let s3: S3rverHandle;
+    let admin: S3Client;
+    let dir: string;
+    let bucket: string;
+    let blobs: SeededBlob[];
+    before(async () => {
+      s3 = await startS3rver();
+      admin = s3.client();
+    });
+    after(async () => {
+      admin.destroy();
+      await s3.stop();
+    });
+    beforeEach(async () => {
+      dir = await mkdtemp(join(tmpdir(), 'blobshift-processes-'));
+      bucket = await createBucket(admin);
+      const meta = await MetaDB.open({
+        client: 'better-sqlite3',
+        connection: { filename: join(dir, 'meta.sqlite') },
+      });
+      try {
+        blobs = await seedOldFs(meta, join(dir, 'old'), 300);
+      } finally {
+        await meta.close();
+      }
+      await writeConfig(join(dir, 'blobshift.config.json'), {
+        meta: { client: 'better-sqlite3', connection: { filename: './meta.sqlite' } },
+        old: { type: 'fs', root: './old' },
+        new: {
+          type: 's3',
+          bucket,
+          endpoint: s3.endpoint,
+          region: 'us-east-1',
+          forcePathStyle: true,
+          credentials: { ...S3RVER_CREDENTIALS },
+          requestChecksumCalculation: 'WHEN_REQUIRED',
+          responseChecksumValidation: 'WHEN_REQUIRED',
+        },
+      });
+    });
+    afterEach(async () => {
+      await deleteBucket(admin, bucket).catch(() => {});
+      await rm(dir, { recursive: true, force: true });
+    });
+
+    const backfill = (extra: string[]) =>
+      runCli(
+        ['backfill', '-c', 'blobshift.config.json', '--log-dir', 'logs', '--concurrency', '8', ...extra],
+        {
+          cwd: dir,
+        },
+      );
+
+    it('copies every blob once over 2 processes, one summary, a log per shard, exit 1 for the missing; a rerun reprints', async () => {
+      const missing = [blobs[3], blobs[150]].map((b) => b?.key as string);
+      for (const key of missing) await unlink(join(dir, 'old', key));
+      const r = await backfill(['--processes', '2', '--json']);
+      expect(r.code, r.stderr).to.equal(1);
+      const summary = JSON.parse(r.stdout) as {
+        copied: number;
+        notFound: number;
+        total: number;
+        exitCode: number;
+        logs: string[];
+        processes: { shard: string; copied: number }[];
+      };
+      expect(summary).to.include({ copied: 298, notFound: 2, total: 300, exitCode: 1 });
+      expect(summary.processes.map((p) => p.shard).sort()).to.deep.equal(['0/2', '1/2']);
+      expect(summary.processes.every((p) => p.copied > 100)).to.equal(true);
+      // Each shard writes its own missing-blob log, named as a --shard run's.
+      const logs = (await readdir(join(dir, 'logs'))).sort();
+      expect(logs).to.have.length(2);
+      expect(logs.every((l) => /^backfill-default-\d{8}T\d{6}Z-shard-[01]-of-2\.jsonl$/.test(l))).to.equal(
+        true,
+      );
+      const records = await readJsonLines(summary.logs.map((l) => join(dir, l)));
+      expect(records.map((x) => x.key).sort()).to.deep.equal([...missing].sort());
+      const listed = await listBucket(admin, bucket);
+      expect(listed.size).to.equal(298);
+      const shas = await bucketShas(admin, bucket, [...listed.keys()]);
+      for (const b of blobs) if (!missing.includes(b.key)) expect(shas.get(b.key), b.key).to.equal(b.sha256);
+      // The same command again: every shard's run is complete, its summary reprinted.
+      const again = await backfill(['--processes', '2']);
+      expect(again.code, again.stderr).to.equal(1);
+      expect(again.stdout).to.include('completed earlier');
+      expect(again.stdout).to.match(/copied: +298/);
+      expect(again.stdout).to.include('processes:                2 (shards 0/2, 1/2)');
+    });
+
+    it('SIGINT reaches every process once: exit 130, checkpoints saved; the same command resumes and finishes', async () => {
+      const running = startCli(
+        [
+          'backfill',
+          '-c',
+          'blobshift.config.json',
+          '--log-dir',
+          'logs',
+          '--concurrency',
+          '2',
+          '--max-rate',
+          '40',
+          '--processes',
+          '2',
+          '--json',
+        ],
+        { cwd: dir },
+      );
+      // Let both children start copying: blobs of both shards (ids 1, 2, … in seeding order) in the bucket.
+      const shardOf = new Map(blobs.map((b, i) => [b.key, (i + 1) % 2]));
+      const deadline = Date.now() + 60_000;
+      for (;;) {
+        const listed = [...(await listBucket(admin, bucket)).keys()];
+        const shards = new Set(listed.map((k) => shardOf.get(k)));
+        if ((listed.length >= 20 && shards.size === 2) || Date.now() > deadline) break;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      running.child.kill('SIGINT');
+      const r = await running.done;
+      expect(r.code, r.stderr).to.equal(130);
+      const first = JSON.parse(r.stdout) as {
+        copied: number;
+        status: string;
+        processes: { status: string }[];
+      };
+      expect(first.status).to.equal('interrupted');
+      expect(first.processes.map((p) => p.status)).to.deep.equal(['interrupted', 'interrupted']);
+      expect(r.stderr).to.include('SIGINT: passing it on to 2 backfill processes');
+      expect(r.stderr, 'one signal each: no second one').to.not.include('SIGINT again');
+      expect(first.copied).to.be.lessThan(300);
+      const resumed = await backfill(['--processes', '2', '--json']);
+      expect(resumed.code, resumed.stderr).to.equal(0);
+      const second = JSON.parse(resumed.stdout) as { copied: number; present: number };
+      expect(second.copied + second.present).to.be.at.least(300 - first.copied);
+      const listed = await listBucket(admin, bucket);
+      expect(listed.size).to.equal(300);
+      for (const b of blobs.slice(0, 20)) expect(listed.get(b.key), b.key).to.equal(b.size);
+    });
+
+    it('refuses --processes with --queue (exit 2) and takes --processes 1 as an ordinary run', async () => {
+      const refused = await backfill(['--processes', '2', '--queue', 'redis://127.0.0.1:1']);
+      expect(refused.code).to.equal(2);
+      expect(refused.stderr).to.match(/--processes and --queue/);
+      const bad = await backfill(['--processes', '0']);
+      expect(bad.code).to.equal(2);
+      const one = await backfill(['--processes', '1', '--json']);
+      expect(one.code, one.stderr).to.equal(0);
+      expect(JSON.parse(one.stdout)).to.include({ copied: 300, shard: null });
+      expect(await fileSha(join(dir, 'old', blobs[0]?.key as string))).to.equal(blobs[0]?.sha256);
+    });
+  });
+});
