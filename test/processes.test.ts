@@ -299,6 +299,52 @@ describe('backfill --processes (one host, every core)', function () {
       for (const b of blobs.slice(0, 20)) expect(listed.get(b.key), b.key).to.equal(b.size);
     });
 
+    it('a killed parent leaves no process copying: each stops as on SIGTERM and saves its checkpoint', async () => {
+      const running = startCli(
+        [
+          'backfill',
+          '-c',
+          'blobshift.config.json',
+          '--log-dir',
+          'logs',
+          '--concurrency',
+          '2',
+          '--max-rate',
+          '40',
+          '--processes',
+          '2',
+        ],
+        { cwd: dir },
+      );
+      const shardOf = new Map(blobs.map((b, i) => [b.key, (i + 1) % 2]));
+      const deadline = Date.now() + 60_000;
+      for (;;) {
+        const listed = [...(await listBucket(admin, bucket)).keys()];
+        if (new Set(listed.map((k) => shardOf.get(k))).size === 2 || Date.now() > deadline) break;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      running.child.kill('SIGKILL');
+      await running.done;
+      // Both shards' rows leave "running" (the children saved their checkpoints and ended).
+      let states: string[] = [];
+      for (const until = Date.now() + 30_000; Date.now() < until; ) {
+        const st = await runCli(['status', '-c', 'blobshift.config.json', '--json'], { cwd: dir });
+        const parsed = JSON.parse(st.stdout) as
+          | { runs?: { shard: string; state: string }[] }
+          | { shard: string; state: string }[];
+        const runs = Array.isArray(parsed) ? parsed : (parsed.runs ?? []);
+        states = runs.map((x) => `${x.shard} ${x.state}`).sort();
+        if (states.length === 2 && states.every((x) => x.endsWith('interrupted'))) break;
+        await new Promise((r) => setTimeout(r, 300));
+      }
+      expect(states).to.deep.equal(['0/2 interrupted', '1/2 interrupted']);
+      // Nothing is copied any more.
+      const settled = (await listBucket(admin, bucket)).size;
+      await new Promise((r) => setTimeout(r, 1000));
+      expect((await listBucket(admin, bucket)).size).to.equal(settled);
+      expect(settled).to.be.lessThan(300);
+    });
+
     it('refuses --processes with --queue (exit 2) and takes --processes 1 as an ordinary run', async () => {
       const refused = await backfill(['--processes', '2', '--queue', 'redis://127.0.0.1:1']);
       expect(refused.code).to.equal(2);

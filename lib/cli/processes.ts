@@ -55,6 +55,9 @@ export interface ChildLink {
  */
 export function childLink(): ChildLink | undefined {
   if (process.env[CHILD_ENV] === undefined || typeof process.send !== 'function') return undefined;
+  // With the parent gone, stdout and stderr are broken pipes: a log line must not end the
+  // process (EPIPE) before it has stopped cleanly and saved its checkpoint.
+  for (const stream of [process.stdout, process.stderr]) stream.on('error', () => {});
   process.once('disconnect', () => process.kill(process.pid, 'SIGTERM'));
   let last = 0;
   const send = (message: ChildMessage) => {
