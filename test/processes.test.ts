@@ -182,7 +182,7 @@ describe('backfill --processes (one host, every core)', function () {
         connection: { filename: join(dir, 'meta.sqlite') },
       });
       try {
-        blobs = await seedOldFs(meta, join(dir, 'old'), 300);
+        blobs = await seedOldFs(meta, join(dir, 'old'), 120);
       } finally {
         await meta.close();
       }
@@ -215,7 +215,7 @@ describe('backfill --processes (one host, every core)', function () {
       );
 
     it('copies every blob once over 2 processes, one summary, a log per shard, exit 1 for the missing; a rerun reprints', async () => {
-      const missing = [blobs[3], blobs[150]].map((b) => b?.key as string);
+      const missing = [blobs[3], blobs[60]].map((b) => b?.key as string);
       for (const key of missing) await unlink(join(dir, 'old', key));
       const r = await backfill(['--processes', '2', '--json']);
       expect(r.code, r.stderr).to.equal(1);
@@ -227,9 +227,9 @@ describe('backfill --processes (one host, every core)', function () {
         logs: string[];
         processes: { shard: string; copied: number }[];
       };
-      expect(summary).to.include({ copied: 298, notFound: 2, total: 300, exitCode: 1 });
+      expect(summary).to.include({ copied: 118, notFound: 2, total: 120, exitCode: 1 });
       expect(summary.processes.map((p) => p.shard).sort()).to.deep.equal(['0/2', '1/2']);
-      expect(summary.processes.every((p) => p.copied > 100)).to.equal(true);
+      expect(summary.processes.every((p) => p.copied > 40)).to.equal(true);
       // Each shard writes its own missing-blob log, named as a --shard run's.
       const logs = (await readdir(join(dir, 'logs'))).sort();
       expect(logs).to.have.length(2);
@@ -239,14 +239,14 @@ describe('backfill --processes (one host, every core)', function () {
       const records = await readJsonLines(summary.logs.map((l) => join(dir, l)));
       expect(records.map((x) => x.key).sort()).to.deep.equal([...missing].sort());
       const listed = await listBucket(admin, bucket);
-      expect(listed.size).to.equal(298);
+      expect(listed.size).to.equal(118);
       const shas = await bucketShas(admin, bucket, [...listed.keys()]);
       for (const b of blobs) if (!missing.includes(b.key)) expect(shas.get(b.key), b.key).to.equal(b.sha256);
       // The same command again: every shard's run is complete, its summary reprinted.
       const again = await backfill(['--processes', '2']);
       expect(again.code, again.stderr).to.equal(1);
       expect(again.stdout).to.include('completed earlier');
-      expect(again.stdout).to.match(/copied: +298/);
+      expect(again.stdout).to.match(/copied: +118/);
       expect(again.stdout).to.include('processes:                2 (shards 0/2, 1/2)');
     });
 
@@ -261,7 +261,7 @@ describe('backfill --processes (one host, every core)', function () {
           '--concurrency',
           '2',
           '--max-rate',
-          '40',
+          '20',
           '--processes',
           '2',
           '--json',
@@ -289,13 +289,13 @@ describe('backfill --processes (one host, every core)', function () {
       expect(first.processes.map((p) => p.status)).to.deep.equal(['interrupted', 'interrupted']);
       expect(r.stderr).to.include('SIGINT: passing it on to 2 backfill processes');
       expect(r.stderr, 'one signal each: no second one').to.not.include('SIGINT again');
-      expect(first.copied).to.be.lessThan(300);
+      expect(first.copied).to.be.lessThan(120);
       const resumed = await backfill(['--processes', '2', '--json']);
       expect(resumed.code, resumed.stderr).to.equal(0);
       const second = JSON.parse(resumed.stdout) as { copied: number; present: number };
-      expect(second.copied + second.present).to.be.at.least(300 - first.copied);
+      expect(second.copied + second.present).to.be.at.least(120 - first.copied);
       const listed = await listBucket(admin, bucket);
-      expect(listed.size).to.equal(300);
+      expect(listed.size).to.equal(120);
       for (const b of blobs.slice(0, 20)) expect(listed.get(b.key), b.key).to.equal(b.size);
     });
 
@@ -310,7 +310,7 @@ describe('backfill --processes (one host, every core)', function () {
           '--concurrency',
           '2',
           '--max-rate',
-          '40',
+          '20',
           '--processes',
           '2',
         ],
@@ -342,7 +342,7 @@ describe('backfill --processes (one host, every core)', function () {
       const settled = (await listBucket(admin, bucket)).size;
       await new Promise((r) => setTimeout(r, 1000));
       expect((await listBucket(admin, bucket)).size).to.equal(settled);
-      expect(settled).to.be.lessThan(300);
+      expect(settled).to.be.lessThan(120);
     });
 
     it('refuses --processes with --queue (exit 2) and takes --processes 1 as an ordinary run', async () => {
@@ -353,7 +353,7 @@ describe('backfill --processes (one host, every core)', function () {
       expect(bad.code).to.equal(2);
       const one = await backfill(['--processes', '1', '--json']);
       expect(one.code, one.stderr).to.equal(0);
-      expect(JSON.parse(one.stdout)).to.include({ copied: 300, shard: null });
+      expect(JSON.parse(one.stdout)).to.include({ copied: 120, shard: null });
       expect(await fileSha(join(dir, 'old', blobs[0]?.key as string))).to.equal(blobs[0]?.sha256);
     });
   });
