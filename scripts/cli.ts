@@ -278,7 +278,11 @@ export function buildProgram(options: CliOptions = {}): Command {
   const verify = sub(
     'verify',
     'check every referenced blob is in the new backend; prints SAFE TO FLIP or NOT SAFE',
-  ).option('--checksum', 'also compare content hashes (reads every blob)');
+  )
+    .option('--checksum', 'also compare content hashes (reads every blob)')
+    .option('--processes <n>', 'judge the rows in N processes (auto: one a core)', (v: string) =>
+      parseProcesses(v),
+    );
   types(verify);
   logDir(verify, 'directory for the report files');
   json(verify);

@@ -4,6 +4,12 @@
  * or `NOT SAFE: …`; exit 0 only when safe.
  */
 export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
+  const processes = options.processes as number | undefined;
+  const multi = await import('../lib/cli/processes.js');
+  // One host's every core: N children, each judging the rows with id % N = k (lib/cli/processes.ts).
+  if (processes !== undefined && processes > 1) return multi.runVerifyProcesses(options, processes);
+  const shard = multi.processShard();
+  if (shard) multi.childLink();
   const [{ openContext }, v, out, { trapSignals }] = await Promise.all([
     import('../lib/cli/context.js'),
     import('../lib/migrate/verify.js'),
@@ -15,7 +21,7 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
   try {
     const types = options.types as string[] | undefined;
     const report = await v.verify({
-      meta: ctx.meta,
+      meta: shard ? multi.shardedMeta(ctx.meta, shard) : ctx.meta,
       newDb: ctx.newDb!,
       ...(ctx.oldDb ? { oldDb: ctx.oldDb } : {}),
       checksum: options.checksum === true,

@@ -6,7 +6,7 @@
 import { mkdtemp, readdir, rm, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { S3Client } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { expect } from 'chai';
 import { backfillChildArgs, childShard, combineSummaries, worstExitCode } from '../lib/cli/processes.js';
 import { MetaDB } from '../lib/meta/index.js';
@@ -343,6 +343,52 @@ describe('backfill --processes (one host, every core)', function () {
       await new Promise((r) => setTimeout(r, 1000));
       expect((await listBucket(admin, bucket)).size).to.equal(settled);
       expect(settled).to.be.lessThan(120);
+    });
+
+    it('verify --checksum --processes 2 gives the one-process verdict and counts, key files per process', async () => {
+      expect((await backfill(['--json'])).code).to.equal(0);
+      // One blob gone from new, one with other bytes of the same size, one orphan.
+      const gone = blobs[10] as SeededBlob;
+      const changed = blobs[11] as SeededBlob;
+      await admin.send(new DeleteObjectCommand({ Bucket: bucket, Key: gone.key }));
+      await admin.send(
+        new PutObjectCommand({ Bucket: bucket, Key: changed.key, Body: Buffer.alloc(changed.size, 7) }),
+      );
+      await admin.send(new PutObjectCommand({ Bucket: bucket, Key: 'orphan/x', Body: Buffer.from('o') }));
+      const verify = (extra: string[]) =>
+        runCli(['verify', '-c', 'blobshift.config.json', '--log-dir', 'vlogs', '--checksum', ...extra], {
+          cwd: dir,
+        });
+      const one = await verify(['--json']);
+      const two = await verify(['--json', '--processes', '2']);
+      expect(one.code, one.stderr).to.equal(1);
+      expect(two.code, two.stderr).to.equal(1);
+      const a = JSON.parse(one.stdout) as Record<string, unknown>;
+      const b = JSON.parse(two.stdout) as Record<string, unknown> & {
+        files: Record<string, string>;
+        orphans: { count: number };
+      };
+      for (const field of [
+        'verdict',
+        'rows',
+        'checked',
+        'ok',
+        'okBytes',
+        'missing',
+        'checksumMismatches',
+        'hashed',
+      ]) {
+        expect(b[field], field).to.deep.equal(a[field]);
+      }
+      expect(b.orphans.count).to.equal(1);
+      expect(b.processes).to.equal(2);
+      expect(b.missing).to.equal(1);
+      expect(b.checksumMismatches).to.equal(1);
+      expect(b.files.missing).to.match(/verify-process-[01]-of-2/);
+      const text = await verify(['--processes', '2']);
+      expect(text.code).to.equal(1);
+      expect(text.stdout).to.include('NOT SAFE: 1 missing, 0 size mismatches, 1 checksum mismatches');
+      expect(text.stdout).to.include(gone.key);
     });
 
     it('refuses --processes with --queue (exit 2) and takes --processes 1 as an ordinary run', async () => {

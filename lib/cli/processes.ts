@@ -24,11 +24,13 @@
  *
  * The same command with the same `--processes N` resumes every shard.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { BackfillSummary } from '../migrate/backfill.js';
 import { backfillJson, formatBackfillSummary } from '../migrate/report.js';
+import type { VerifyReport } from '../migrate/verify.js';
 import type { Shard } from './args.js';
 import { printJson, printLines } from './output.js';
 import { createProgress, type Progress } from './progress.js';
@@ -122,18 +124,6 @@ function cliEntry(): string {
   return fileURLToPath(new URL('../../scripts/cli.ts', import.meta.url));
 }
 
-interface Child {
-  index: number;
-  shard: Shard;
-  proc: ChildProcess;
-  stdout: string;
-  estimate: { count: number; bytes: number } | undefined;
-  done: number;
-  total: number;
-  bytes: number;
-  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
 /** Sums the children's backfill summaries into one (the shard is the user's, if any). */
 export function combineSummaries(parts: BackfillSummary[], shardLabel: string): BackfillSummary {
   const sum = (f: (s: BackfillSummary) => number) => parts.reduce((a, s) => a + f(s), 0);
@@ -174,57 +164,40 @@ export function combineSummaries(parts: BackfillSummary[], shardLabel: string): 
   return out;
 }
 
-/** The summary a child printed with `--json` (backfillJson's fields), or undefined. */
-function parseSummary(stdout: string): BackfillSummary | undefined {
-  const text = stdout.trim();
-  if (!text.startsWith('{')) return undefined;
-  try {
-    const j = JSON.parse(text) as Record<string, unknown> & BackfillSummary;
-    return { ...j, shard: typeof j.shard === 'string' ? j.shard : '' };
-  } catch {
-    return undefined;
-  }
+interface Finished {
+  /** Each child's parsed `--json` output, or undefined where it printed none. */
+  outputs: (Record<string, unknown> | undefined)[];
+  /** The worst exit code (see `worstExitCode`). */
+  exitCode: number;
+  /** One line per child that ended without a JSON output. */
+  lost: string[];
 }
 
 /**
- * Runs `blobshift backfill` as `count` child processes on disjoint shards and
- * returns the exit code (see the module comment).
+ * Starts `count` children of the CLI (`argsOf(k)`), forwards their log lines
+ * (prefixed `[process k/N]` in text format), hands their IPC messages to
+ * `onMessage`, passes SIGINT/SIGTERM on, and waits for all of them.
  */
-export async function runBackfillProcesses(options: Record<string, unknown>, count: number): Promise<number> {
+async function runChildren(
+  what: string,
+  count: number,
+  argsOf: (k: number) => string[],
+  opts: { textLogs: boolean; onMessage?: (k: number, m: ChildMessage) => void },
+): Promise<Finished> {
   const stderr = process.stderr;
-  const json = options.json === true;
-  const outer = options.shard as Shard | undefined;
-  const textLogs = options.logFormat !== 'json';
   const entry = cliEntry();
-  const children: Child[] = [];
-  let progress: Progress | undefined;
   let interrupted = false;
-  const redraw = () => {
-    if (!progress) return;
-    progress.setTotal(children.reduce((a, c) => a + c.total, 0));
-    progress.update(
-      children.reduce((a, c) => a + c.done, 0),
-      children.reduce((a, c) => a + c.bytes, 0),
-    );
-  };
-  for (let k = 0; k < count; k++) {
-    const shard = childShard(k, count, outer);
-    const proc = spawn(process.execPath, [...process.execArgv, entry, ...backfillChildArgs(options, shard)], {
+  const children = Array.from({ length: count }, (_, k) => {
+    const proc = spawn(process.execPath, [...process.execArgv, entry, ...argsOf(k)], {
       env: { ...process.env, [CHILD_ENV]: `${k}/${count}` },
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
       // Its own process group: a terminal's Ctrl-C reaches it through the parent only, once.
       detached: true,
     });
-    const child: Child = {
-      index: k,
-      shard,
+    const child = {
       proc,
       stdout: '',
-      estimate: undefined,
-      done: 0,
-      total: 0,
-      bytes: 0,
-      exit: new Promise((resolve) => {
+      exit: new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
         proc.once('close', (code, signal) => resolve({ code, signal }));
         proc.once('error', () => resolve({ code: null, signal: null }));
       }),
@@ -232,38 +205,22 @@ export async function runBackfillProcesses(options: Record<string, unknown>, cou
     proc.stdout?.setEncoding('utf8').on('data', (d: string) => {
       child.stdout += d;
     });
+    const prefix = opts.textLogs ? `[process ${k}/${count}] ` : '';
     let partial = '';
     proc.stderr?.setEncoding('utf8').on('data', (d: string) => {
       const lines = (partial + d).split('\n');
       partial = lines.pop() ?? '';
-      for (const line of lines) stderr.write(textLogs ? `[process ${k}/${count}] ${line}\n` : `${line}\n`);
+      for (const line of lines) stderr.write(`${prefix}${line}\n`);
     });
     proc.stderr?.on('end', () => {
-      if (partial !== '') stderr.write(textLogs ? `[process ${k}/${count}] ${partial}\n` : `${partial}\n`);
+      if (partial !== '') stderr.write(`${prefix}${partial}\n`);
     });
-    proc.on('message', (m: ChildMessage) => {
-      if (m.type === 'start') {
-        child.estimate = m.estimate;
-        child.total = m.estimate.count;
-        if (!progress && children.every((c) => c.estimate !== undefined)) {
-          progress = createProgress({
-            total: children.reduce((a, c) => a + (c.estimate?.count ?? 0), 0),
-            totalBytes: children.reduce((a, c) => a + (c.estimate?.bytes ?? 0), 0),
-            enabled: options.progress !== false && !json,
-          });
-        }
-      } else if (m.type === 'progress') {
-        child.done = m.done;
-        child.total = m.total;
-        child.bytes = m.bytes;
-      }
-      redraw();
-    });
-    children.push(child);
-  }
+    proc.on('message', (m: ChildMessage) => opts.onMessage?.(k, m));
+    return child;
+  });
   const forward = (signal: NodeJS.Signals) => () => {
     interrupted = true;
-    stderr.write(`blobshift: ${signal}: passing it on to ${count} backfill processes\n`);
+    stderr.write(`blobshift: ${signal}: passing it on to ${count} ${what} processes\n`);
     for (const c of children) if (c.proc.exitCode === null && c.proc.signalCode === null) c.proc.kill(signal);
   };
   const onInt = forward('SIGINT');
@@ -276,20 +233,19 @@ export async function runBackfillProcesses(options: Record<string, unknown>, cou
   } finally {
     process.off('SIGINT', onInt);
     process.off('SIGTERM', onTerm);
-    progress?.stop();
   }
-  const summaries: BackfillSummary[] = [];
+  const outputs: (Record<string, unknown> | undefined)[] = [];
   const codes: number[] = [];
   const lost: string[] = [];
-  children.forEach((c, i) => {
-    const summary = parseSummary(c.stdout);
-    const exit = exits[i];
-    if (summary) {
-      summaries.push(summary);
-      codes.push(summary.exitCode);
+  children.forEach((c, k) => {
+    const output = parseJsonOutput(c.stdout);
+    const exit = exits[k];
+    outputs.push(output);
+    if (output && typeof output.exitCode === 'number') {
+      codes.push(output.exitCode);
       return;
     }
-    // No summary: a failed start (its one-line error is above), or a process that died.
+    // No output: a failed start (its one-line error is above), or a process that died.
     const code =
       exit?.code !== null && exit?.code !== undefined
         ? exit.code
@@ -298,28 +254,216 @@ export async function runBackfillProcesses(options: Record<string, unknown>, cou
           : EXIT.INFRA;
     codes.push(code);
     lost.push(
-      `process ${c.index}/${count} (shard ${c.shard.index}/${c.shard.count}) ended without a summary: ` +
-        (exit?.signal ? `killed by ${exit.signal}` : `exit ${code}`),
+      `process ${k}/${count} ended without a summary: ${exit?.signal ? `killed by ${exit.signal}` : `exit ${code}`}`,
     );
   });
-  const exitCode = worstExitCode(codes);
   for (const line of lost) stderr.write(`blobshift: ${line}\n`);
+  return { outputs, exitCode: worstExitCode(codes), lost };
+}
+
+/** A child's `--json` output (one JSON object on stdout), or undefined. */
+function parseJsonOutput(stdout: string): Record<string, unknown> | undefined {
+  const text = stdout.trim();
+  if (!text.startsWith('{')) return undefined;
+  try {
+    return JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    return undefined;
+  }
+}
+
+type ChildEstimate = { count: number; bytes: number };
+
+/**
+ * Runs `blobshift backfill` as `count` child processes on disjoint shards and
+ * returns the exit code (see the module comment).
+ */
+export async function runBackfillProcesses(options: Record<string, unknown>, count: number): Promise<number> {
+  const json = options.json === true;
+  const outer = options.shard as Shard | undefined;
+  const shards = Array.from({ length: count }, (_, k) => childShard(k, count, outer));
+  const state = shards.map(() => ({
+    estimate: undefined as ChildEstimate | undefined,
+    done: 0,
+    total: 0,
+    bytes: 0,
+  }));
+  let progress: Progress | undefined;
+  const sum = (f: (c: (typeof state)[number]) => number) => state.reduce((a, c) => a + f(c), 0);
+  const finished = await runChildren(
+    'backfill',
+    count,
+    (k) => backfillChildArgs(options, shards[k] as Shard),
+    {
+      textLogs: options.logFormat !== 'json',
+      onMessage: (k, m) => {
+        const child = state[k];
+        if (!child) return;
+        if (m.type === 'start') {
+          child.estimate = m.estimate;
+          child.total = m.estimate.count;
+          if (!progress && state.every((c) => c.estimate !== undefined)) {
+            progress = createProgress({
+              total: sum((c) => c.estimate?.count ?? 0),
+              totalBytes: sum((c) => c.estimate?.bytes ?? 0),
+              enabled: options.progress !== false && !json,
+            });
+          }
+        } else if (m.type === 'progress') {
+          child.done = m.done;
+          child.total = m.total;
+          child.bytes = m.bytes;
+        }
+        progress?.setTotal(sum((c) => c.total));
+        progress?.update(
+          sum((c) => c.done),
+          sum((c) => c.bytes),
+        );
+      },
+    },
+  ).finally(() => progress?.stop());
+  const summaries = finished.outputs.flatMap((o) => (o ? [toSummary(o)] : []));
   if (summaries.length > 0) {
     const label = outer && outer.count > 1 ? `${outer.index}/${outer.count}` : '';
     const combined = combineSummaries(summaries, label);
-    combined.exitCode = exitCode;
+    combined.exitCode = finished.exitCode;
     if (json) {
       printJson({
         ...backfillJson(combined),
         processes: summaries.map((s) => backfillJson(s)),
-        ...(lost.length > 0 ? { lostProcesses: lost } : {}),
+        ...(finished.lost.length > 0 ? { lostProcesses: finished.lost } : {}),
       });
     } else {
       printLines([
         ...formatBackfillSummary(combined),
-        `  processes:                ${count} (shards ${children.map((c) => `${c.shard.index}/${c.shard.count}`).join(', ')})`,
+        `  processes:                ${count} (shards ${shards.map((s) => `${s.index}/${s.count}`).join(', ')})`,
       ]);
     }
   }
-  return exitCode;
+  return finished.exitCode;
+}
+
+function toSummary(j: Record<string, unknown>): BackfillSummary {
+  const s = j as unknown as BackfillSummary;
+  return { ...s, shard: typeof j.shard === 'string' ? j.shard : '' };
+}
+
+// ---------------------------------------------------------------------------
+// verify --processes
+
+/** The shard of the rows this child of `--processes` judges (`BLOBSHIFT_PROCESS=k/N`), if it is one. */
+export function processShard(): Shard | undefined {
+  const m = /^(\d+)\/(\d+)$/.exec(process.env[CHILD_ENV] ?? '');
+  if (!m) return undefined;
+  const index = Number(m[1]);
+  const count = Number(m[2]);
+  return count > 1 && index < count ? { index, count } : undefined;
+}
+
+/**
+ * A metadata store whose walks cover only `shard` (`id % N = k`); everything
+ * else (the row count that refuses an empty table, reference rechecks,
+ * orphans) sees every row.
+ */
+export function shardedMeta<M extends { walk(opts: object): AsyncIterable<unknown> }>(
+  meta: M,
+  shard: Shard,
+): M {
+  return new Proxy(meta, {
+    get(target, prop, receiver) {
+      if (prop === 'walk') return (opts: object) => target.walk({ ...opts, shard });
+      const value = Reflect.get(target, prop, receiver);
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
+}
+
+/** The verify flags of `options` for child `k` of `count`: its own report directory, JSON out. */
+export function verifyChildArgs(options: Record<string, unknown>, k: number, count: number): string[] {
+  const args = ['verify'];
+  if (options.config !== undefined) args.push('--config', String(options.config));
+  if (options.checksum === true) args.push('--checksum');
+  if (Array.isArray(options.types) && options.types.length > 0) args.push('--types', options.types.join(','));
+  const logDir = String(options.logDir ?? './blobshift-logs');
+  args.push('--log-dir', join(logDir, `verify-process-${k}-of-${count}`), '--json');
+  return args;
+}
+
+/**
+ * The children's verify reports as one: counts summed, key files and samples
+ * of every process, orphans and the snapshot from the first (every process
+ * judges every orphan; they agree), the verdict made again from the sums.
+ */
+export function combineVerifyReports(parts: VerifyReport[]): VerifyReport {
+  const first = parts[0] as VerifyReport;
+  const sum = (f: (r: VerifyReport) => number) => parts.reduce((a, r) => a + f(r), 0);
+  const files: VerifyReport['files'] = {};
+  const samples: VerifyReport['samples'] = {
+    ...(first.samples.orphans ? { orphans: first.samples.orphans } : {}),
+  };
+  for (const c of ['missing', 'sizeMismatch', 'checksumMismatch', 'unverifiable', 'unreadable'] as const) {
+    const paths = parts.flatMap((r) => (r.files[c] ? [r.files[c]] : []));
+    if (paths.length > 0) files[c] = paths.join(', ');
+    const keys = parts.flatMap((r) => r.samples[c] ?? []).slice(0, 10);
+    if (keys.length > 0) samples[c] = keys;
+  }
+  const missing = sum((r) => r.missing);
+  const sizeMismatches = sum((r) => r.sizeMismatches);
+  const checksumMismatches = sum((r) => r.checksumMismatches);
+  const unverifiable = sum((r) => r.unverifiable);
+  const unreadable = sum((r) => r.unreadable);
+  const unsafe = missing + sizeMismatches + checksumMismatches + unverifiable + unreadable;
+  let verdict: VerifyReport['verdict'] = 'SAFE TO FLIP';
+  if (unsafe > 0) {
+    let text = `${missing} missing, ${sizeMismatches} size mismatches, ${checksumMismatches} checksum mismatches`;
+    if (unverifiable > 0) text += `, ${unverifiable} unverifiable`;
+    if (unreadable > 0) text += `, ${unreadable} unreadable`;
+    verdict = `NOT SAFE: ${text}`;
+  }
+  return {
+    ...first,
+    safe: unsafe === 0,
+    verdict,
+    exitCode: unsafe === 0 ? 0 : 1,
+    rows: sum((r) => r.rows),
+    expired: sum((r) => r.expired),
+    checked: sum((r) => r.checked),
+    ok: sum((r) => r.ok),
+    okBytes: sum((r) => r.okBytes),
+    missing,
+    sizeMismatches,
+    checksumMismatches,
+    unverifiable,
+    unreadable,
+    deletedDuringVerify: sum((r) => r.deletedDuringVerify),
+    hashed: sum((r) => r.hashed),
+    hashedAgainstOld: sum((r) => r.hashedAgainstOld),
+    files,
+    samples,
+    seconds: Math.max(...parts.map((r) => r.seconds)),
+  };
+}
+
+/**
+ * Runs `blobshift verify` as `count` children, each judging the rows with
+ * `id % count = k` (its key files in `--log-dir/verify-process-k-of-N/`), and
+ * prints one report; the exit code is the worst child's.
+ */
+export async function runVerifyProcesses(options: Record<string, unknown>, count: number): Promise<number> {
+  const finished = await runChildren('verify', count, (k) => verifyChildArgs(options, k, count), {
+    textLogs: true,
+  });
+  const reports = finished.outputs.flatMap((o) => (o ? [o as unknown as VerifyReport] : []));
+  if (reports.length === count) {
+    const combined = combineVerifyReports(reports);
+    if (options.json === true) printJson({ ...combined, processes: count });
+    else {
+      // Loaded here only: a backfill (which imports this module) does not need it.
+      const { formatVerifyReport } = await import('../migrate/verify.js');
+      process.stdout.write(formatVerifyReport(combined));
+    }
+    return worstExitCode([finished.exitCode, combined.exitCode]);
+  }
+  // A process ended without its report (interrupted, refused, killed): no verdict.
+  return finished.exitCode === EXIT.OK ? EXIT.INCOMPLETE : finished.exitCode;
 }
