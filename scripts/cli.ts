@@ -267,6 +267,9 @@ export function buildProgram(options: CliOptions = {}): Command {
     'classify the blobs a backfill could not find; --migrate re-copies them',
   )
     .option('--migrate', 'copy the blobs found in the old backend')
+    .option('--processes <n>', 'check (and copy) in N processes (auto: one a core)', (v: string) =>
+      parseProcesses(v),
+    )
     .argument('<log...>', 'missing-blob log files');
   concurrency(check, 'blobs checked at once');
   logDir(check, 'directory for the logs of this check');

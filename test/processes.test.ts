@@ -3,7 +3,7 @@
  * one run, one progress display and summary, the usual checkpoints and logs,
  * signals passed on, the worst child's exit code.
  */
-import { mkdtemp, readdir, rm, unlink } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DeleteObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
@@ -389,6 +389,55 @@ describe('backfill --processes (one host, every core)', function () {
       expect(text.code).to.equal(1);
       expect(text.stdout).to.include('NOT SAFE: 1 missing, 0 size mismatches, 1 checksum mismatches');
       expect(text.stdout).to.include(gone.key);
+    });
+
+    it('check-blob-logs --migrate --processes 2 classifies every record once and copies the stragglers', async () => {
+      const lost = [blobs[4], blobs[5], blobs[6], blobs[7]] as SeededBlob[];
+      const kept = new Map<string, Buffer>();
+      for (const b of lost) {
+        kept.set(b.key, await readFile(join(dir, 'old', b.key)));
+        await unlink(join(dir, 'old', b.key));
+      }
+      const r = await backfill(['--processes', '2', '--json']);
+      expect(r.code, r.stderr).to.equal(1);
+      const logs = (JSON.parse(r.stdout) as { logs: string[] }).logs;
+      // Two come back in old; one row is deleted by the app; one stays lost.
+      for (const b of lost.slice(0, 2)) await writeFile(join(dir, 'old', b.key), kept.get(b.key) as Buffer);
+      const meta = await MetaDB.open({
+        client: 'better-sqlite3',
+        connection: { filename: join(dir, 'meta.sqlite') },
+      });
+      await meta.delete((lost[2] as SeededBlob).key);
+      await meta.close();
+      const check = (extra: string[]) =>
+        runCli(['check-blob-logs', '-c', 'blobshift.config.json', '--log-dir', 'logs', ...extra, ...logs], {
+          cwd: dir,
+        });
+      const migrated = await check(['--migrate', '--processes', '2', '--json']);
+      expect(migrated.code, migrated.stderr).to.equal(1);
+      const report = JSON.parse(migrated.stdout) as {
+        records: number;
+        totals: Record<string, number>;
+        notFound: { key: string }[];
+        processes: number;
+      };
+      expect(report.processes).to.equal(2);
+      expect(report.records).to.equal(4);
+      expect(report.totals).to.include({
+        checked: 4,
+        foundInOld: 2,
+        migrated: 2,
+        notReferenced: 1,
+        notFound: 1,
+      });
+      expect(report.notFound.map((x) => x.key)).to.deep.equal([(lost[3] as SeededBlob).key]);
+      const listed = await listBucket(admin, bucket);
+      for (const b of lost.slice(0, 2)) expect(listed.get(b.key), b.key).to.equal(b.size);
+      const again = await check(['--processes', '2']);
+      expect(again.code).to.equal(1);
+      expect(again.stdout).to.match(
+        /attachment: checked 4 records\n {2}Found in new db: 2\n {2}Found in old db: 0\n {2}Not referenced: 1\n {2}Not found: 1/,
+      );
     });
 
     it('refuses --processes with --queue (exit 2) and takes --processes 1 as an ordinary run', async () => {

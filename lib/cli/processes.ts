@@ -29,6 +29,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { BackfillSummary } from '../migrate/backfill.js';
+import type { CheckLogsReport, CheckTypeReport } from '../migrate/check-logs.js';
 import { backfillJson, formatBackfillSummary } from '../migrate/report.js';
 import type { VerifyReport } from '../migrate/verify.js';
 import type { Shard } from './args.js';
@@ -466,4 +467,81 @@ export async function runVerifyProcesses(options: Record<string, unknown>, count
   }
   // A process ended without its report (interrupted, refused, killed): no verdict.
   return finished.exitCode === EXIT.OK ? EXIT.INCOMPLETE : finished.exitCode;
+}
+
+// ---------------------------------------------------------------------------
+// check-blob-logs --processes
+
+/** The check-blob-logs flags of `options` for a child: JSON out, the same logs. */
+export function checkLogsChildArgs(options: Record<string, unknown>, files: string[]): string[] {
+  const args = ['check-blob-logs'];
+  if (options.config !== undefined) args.push('--config', String(options.config));
+  if (options.migrate === true) args.push('--migrate');
+  if (options.concurrency !== undefined) args.push('--concurrency', String(options.concurrency));
+  if (options.logDir !== undefined) args.push('--log-dir', String(options.logDir));
+  args.push('--json', '--', ...files);
+  return args;
+}
+
+/**
+ * The children's check reports as one: counts summed per type, every "Not
+ * found" record and failed copy, malformed lines and warnings once (every
+ * process reads every line), the exit code made again from the sums.
+ */
+export function combineCheckReports(parts: CheckLogsReport[]): CheckLogsReport {
+  const first = parts[0] as CheckLogsReport;
+  const byType = new Map<string, CheckTypeReport>();
+  for (const r of parts) {
+    for (const t of r.byType) {
+      const into = byType.get(t.type);
+      if (!into) {
+        byType.set(t.type, { ...t });
+        continue;
+      }
+      for (const k of Object.keys(t) as (keyof CheckTypeReport)[]) {
+        if (k !== 'type') (into[k] as number) += t[k] as number;
+      }
+    }
+  }
+  const totals = { ...first.totals };
+  for (const r of parts.slice(1)) {
+    for (const k of Object.keys(totals) as (keyof typeof totals)[]) totals[k] += r.totals[k];
+  }
+  const leftBehind = totals.foundInOld - totals.migrated + totals.notFound;
+  return {
+    ...first,
+    records: parts.reduce((a, r) => a + r.records, 0),
+    duplicates: parts.reduce((a, r) => a + r.duplicates, 0),
+    byType: [...byType.values()].sort((a, b) => (a.type < b.type ? -1 : a.type > b.type ? 1 : 0)),
+    totals,
+    notFound: parts.flatMap((r) => r.notFound),
+    migrateFailures: parts.flatMap((r) => r.migrateFailures),
+    exitCode: leftBehind > 0 || first.malformed.length > 0 ? 1 : 0,
+  };
+}
+
+/**
+ * Runs `blobshift check-blob-logs` as `count` children, each taking the
+ * records with `id % count = k`, and prints one report (with one key file of
+ * every "Not found" when there are many); the exit code is the worst child's.
+ */
+export async function runCheckLogsProcesses(
+  options: Record<string, unknown>,
+  files: string[],
+  count: number,
+): Promise<number> {
+  const finished = await runChildren('check-blob-logs', count, () => checkLogsChildArgs(options, files), {
+    textLogs: true,
+  });
+  const reports = finished.outputs.flatMap((o) => (o ? [o as unknown as CheckLogsReport] : []));
+  if (reports.length !== count) return finished.exitCode === EXIT.OK ? EXIT.INCOMPLETE : finished.exitCode;
+  const check = await import('../migrate/check-logs.js');
+  const combined = combineCheckReports(reports);
+  const logDir = (options.logDir as string | undefined) ?? './blobshift-logs';
+  const notFoundFile =
+    combined.notFound.length > check.MAX_LISTED ? await check.writeNotFoundFile(combined, logDir) : undefined;
+  if (options.json === true)
+    printJson({ ...combined, ...(notFoundFile ? { notFoundFile } : {}), processes: count });
+  else process.stdout.write(check.formatCheckReport(combined, notFoundFile ? { notFoundFile } : {}));
+  return worstExitCode([finished.exitCode, combined.exitCode]);
 }

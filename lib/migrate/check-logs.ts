@@ -46,6 +46,12 @@ export interface CheckLogsOptions {
   signal?: AbortSignal;
   onProgress?: (p: CheckLogsProgress) => void;
   logger?: EngineLogger;
+  /**
+   * Only the records with `id % count = index` (one process of
+   * `--processes`); records, duplicates and copies count within it. Lines
+   * that are not records are reported by every shard.
+   */
+  shard?: { index: number; count: number };
 }
 
 export interface CheckLogsProgress {
@@ -331,6 +337,7 @@ export async function checkBlobLogs(opts: CheckLogsOptions): Promise<CheckLogsRe
         file,
         async (record) => {
           if (stopped) throw stopped.error;
+          if (opts.shard && record.id % opts.shard.count !== opts.shard.index) return;
           records++;
           if (seen.has(record.key)) {
             duplicates++;
