@@ -1,5 +1,6 @@
 /**
- * Issue 17, target 3: `blobshift backfill --processes N` scales without
+ * Issue 17, target 3: `blobshift backfill --processes N` (and `verify --checksum
+ * --processes N`, over the first bucket) scales without
  * costing more CPU a blob. BENCH_PROC_COUNT (10,000) files of 4 KiB are
  * copied with `--processes 1`, then 2 … BENCH_PROC_MAX (the host's cores),
  * each into a fresh bucket of the same server (Ceph RGW when
@@ -14,11 +15,13 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import {
   type BenchRow,
+  cliCommand,
   createBuckets,
   deleteBuckets,
   envNumber,
   fmt,
   isMain,
+  lastJson,
   log,
   RGW_CREDENTIALS,
   ratioText,
@@ -33,7 +36,7 @@ import {
   uniqueTag,
   writeConfig,
 } from './common.js';
-import { timedBackfill } from './cpu.js';
+import { timed, timedBackfill } from './cpu.js';
 
 export async function benchProcesses(): Promise<BenchRow[]> {
   const count = envNumber('BENCH_PROC_COUNT', 10_000);
@@ -77,8 +80,46 @@ export async function benchProcesses(): Promise<BenchRow[]> {
       );
       results.push({ n, cpuMs: (t.cpu / count) * 1000, rate: count / t.wall });
     }
+    // verify --checksum over the first bucket (every blob read and hashed), 1 … N processes.
+    const verifyResults: { n: number; cpuMs: number; rate: number }[] = [];
+    const firstConfig = join(dir, 'p1', 'blobshift.config.json');
+    for (const n of counts) {
+      log(`processes (${name}): verify --checksum --processes ${n}`);
+      const t = await timed(
+        process.execPath,
+        [
+          ...cliCommand().args,
+          'verify',
+          '-c',
+          firstConfig,
+          '--checksum',
+          '--json',
+          '--log-dir',
+          join(dir, `vlogs${n}`),
+          '--processes',
+          String(n),
+        ],
+        dir,
+      );
+      const report = lastJson<{ ok: number; safe: boolean }>(t.result, 'verify');
+      if (!report.safe || report.ok !== count) throw new Error(`verify found ${report.ok} of ${count} ok`);
+      verifyResults.push({ n, cpuMs: (t.cpu / count) * 1000, rate: count / t.wall });
+    }
     const one = results[0] as { cpuMs: number; rate: number };
-    return results.map((r) => ({
+    const vOne = verifyResults[0] as { cpuMs: number; rate: number };
+    const verifyRows: BenchRow[] = verifyResults.map((r) => ({
+      target: `3. verify --checksum --processes ${r.n}, ${name} (${fmt(count)} × ${size / 1024} KiB): CPU a blob`,
+      ours: `${r.cpuMs.toFixed(3)} ms/blob, ${fmt(r.rate)} blobs/s`,
+      comparison:
+        r.n === 1 ? 'the base' : `1 process: ${vOne.cpuMs.toFixed(3)} ms/blob, ${fmt(vOne.rate)} blobs/s`,
+      ratio: r.n === 1 ? '1.00×' : ratioText(r.cpuMs / vOne.cpuMs),
+      met: r.n === 1 ? undefined : r.cpuMs <= 1.15 * vOne.cpuMs,
+      note:
+        r.n === 1
+          ? 'every blob read and hashed; CPU of the whole process tree'
+          : `target ≤ 1.15× the CPU a blob of one process; blobs/s ${ratioText(r.rate / vOne.rate)} of one process`,
+    }));
+    const backfillRows: BenchRow[] = results.map((r) => ({
       target: `3. backfill --processes ${r.n}, fs→${name} (${fmt(count)} × ${size / 1024} KiB, c=${concurrency} each): CPU a blob`,
       ours: `${r.cpuMs.toFixed(3)} ms/blob, ${fmt(r.rate)} blobs/s`,
       comparison:
@@ -90,6 +131,7 @@ export async function benchProcesses(): Promise<BenchRow[]> {
           ? `CPU of the whole process tree under GNU time; the server under test shares the ${availableParallelism()} cores`
           : `target ≤ 1.15× the CPU a blob of one process; blobs/s ${ratioText(r.rate / one.rate)} of one process`,
     }));
+    return [...backfillRows, ...verifyRows];
   } finally {
     await deleteBuckets(endpoint, buckets, credentials).catch(() => {});
     await s3?.stop();
