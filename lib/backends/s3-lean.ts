@@ -617,7 +617,10 @@ export class LeanS3 {
       }
       attempts = token.getRetryCount();
       const delay = token.getRetryDelay();
-      totalRetryDelay += delay;
+      // The strategy may have waited inside the refresh already (it logs how long), as the SDK counts it.
+      const waited =
+        (token as { $retryLog?: { acquisitionDelay?: number } }).$retryLog?.acquisitionDelay ?? 0;
+      totalRetryDelay += waited + delay;
       if (delay > 0) await new Promise((resolve) => setTimeout(resolve, delay));
     }
   }

@@ -1231,6 +1231,7 @@ describe('S3BlobDB', function () {
         const cause = (err as Error).cause as { $metadata?: { httpStatusCode?: number; attempts?: number } };
         expect(cause.$metadata?.httpStatusCode).to.equal(503);
         expect(cause.$metadata?.attempts).to.equal(3);
+        expect((cause.$metadata as { totalRetryDelay?: number }).totalRetryDelay).to.be.greaterThan(0);
         expect(proxy.count('HEAD', (p) => p === `/${bucket}/always`)).to.equal(3);
         await db.close();
       } finally {
