@@ -28,6 +28,20 @@ export async function runBackfillCommand(
     import('../lib/cli/backfill-reporter.js'),
     import('../lib/cli/signals.js'),
   ]);
+  const processes = options.processes as number | undefined;
+  if (processes !== undefined && processes > 1) {
+    // One host's every core: N children of this command on disjoint shards (lib/cli/processes.ts).
+    if (options.queue !== undefined) {
+      const { UsageError } = await import('../lib/cli/args.js');
+      throw new UsageError('--processes and --queue do not go together: queue workers are the processes', {
+        flag: '--processes',
+      });
+    }
+    const { runBackfillProcesses } = await import('../lib/cli/processes.js');
+    return runBackfillProcesses(options, processes);
+  }
+  const { childLink } = await import('../lib/cli/processes.js');
+  const link = childLink();
   const dryRun = options.dryRun === true;
   const json = options.json === true;
   const concurrency = (options.concurrency as number | undefined) ?? 16;
@@ -80,13 +94,17 @@ export async function runBackfillCommand(
       logger,
       onStart: (info) => {
         report.onStart(info);
+        link?.start(info.estimate);
         if (!dryRun && !ctx.newDb!.capabilities.conditionalWrites) {
           logger.warn(
             `the ${rollback ? 'old' : 'new'} backend does not honour conditional writes: a copy checks, then writes, so an app write landing in between could be overwritten`,
           );
         }
       },
-      onProgress: (p) => report.onProgress(p),
+      onProgress: (p) => {
+        report.onProgress(p);
+        link?.progress(p);
+      },
     });
     return report.finish(summary);
   } finally {

@@ -8,6 +8,12 @@
 import { exitWith, isMainModule } from '../lib/cli/run.js';
 
 export async function main(options: Record<string, unknown>, args: string[]): Promise<number> {
+  const processes = options.processes as number | undefined;
+  const multi = await import('../lib/cli/processes.js');
+  // One host's every core: N children, each taking the records with id % N = k (lib/cli/processes.ts).
+  if (processes !== undefined && processes > 1) return multi.runCheckLogsProcesses(options, args, processes);
+  const shard = multi.processShard();
+  if (shard) multi.childLink();
   const [{ openContext }, check, out, { trapSignals }] = await Promise.all([
     import('../lib/cli/context.js'),
     import('../lib/migrate/check-logs.js'),
@@ -33,10 +39,14 @@ export async function main(options: Record<string, unknown>, args: string[]): Pr
       concurrency: (options.concurrency as number | undefined) ?? 16,
       signal: signals.soft,
       logger: ctx.logger,
+      ...(shard ? { shard } : {}),
     });
     const logDir = (options.logDir as string | undefined) ?? './blobshift-logs';
+    // A process of --processes leaves the key file to its parent, which writes one for all.
     const notFoundFile =
-      report.notFound.length > check.MAX_LISTED ? await check.writeNotFoundFile(report, logDir) : undefined;
+      report.notFound.length > check.MAX_LISTED && !shard
+        ? await check.writeNotFoundFile(report, logDir)
+        : undefined;
     for (const p of report.malformed) ctx.logger.warn(`${p.file}:${p.line}: ${p.why}`);
     for (const p of report.warnings) ctx.logger.warn(`${p.file}:${p.line}: ${p.why}`);
     if (options.json === true) out.printJson({ ...report, ...(notFoundFile ? { notFoundFile } : {}) });

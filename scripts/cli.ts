@@ -16,6 +16,7 @@ import {
   parseExistence,
   parseLogFormat,
   parsePath,
+  parseProcesses,
   parseQueueName,
   parseQueueUrl,
   parseRate,
@@ -237,6 +238,11 @@ export function buildProgram(options: CliOptions = {}): Command {
     )
     .option('--max-rate <n>', 'at most N blobs per second', (v: string) => parseRate(v))
     .option('--reset', 'start the run over, forgetting its checkpoint')
+    .option(
+      '--processes <n>',
+      'run N processes on disjoint shards of this run (auto: one a core)',
+      (v: string) => parseProcesses(v),
+    )
     .option('--dry-run', 'estimate, and count what the new backend already holds; write nothing');
   json(backfill)
     .option('--no-progress', 'no progress output on stderr')
@@ -305,6 +311,9 @@ export function buildProgram(options: CliOptions = {}): Command {
     'classify the blobs a backfill could not find; --migrate re-copies them',
   )
     .option('--migrate', 'copy the blobs found in the old backend')
+    .option('--processes <n>', 'check (and copy) in N processes (auto: one a core)', (v: string) =>
+      parseProcesses(v),
+    )
     .argument('<log...>', 'missing-blob log files');
   concurrency(check, 'blobs checked at once');
   logDir(check, 'directory for the logs of this check');
@@ -318,9 +327,9 @@ export function buildProgram(options: CliOptions = {}): Command {
     'check every referenced blob is in the new backend; prints SAFE TO FLIP or NOT SAFE',
   )
     .option('--checksum', 'also compare content hashes (reads every blob)')
-    .option(
-      '--reverse',
-      'judge the old backend instead (after a rollback: is old ready to be the only one?)',
+    .option('--reverse', 'judge the old backend instead (after a rollback: is old ready to be the only one?)')
+    .option('--processes <n>', 'judge the rows in N processes (auto: one a core)', (v: string) =>
+      parseProcesses(v),
     );
   types(verify);
   logDir(verify, 'directory for the report files');

@@ -4,6 +4,12 @@
  * or `NOT SAFE: …`; exit 0 only when safe.
  */
 export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
+  const processes = options.processes as number | undefined;
+  const multi = await import('../lib/cli/processes.js');
+  // One host's every core: N children, each judging the rows with id % N = k (lib/cli/processes.ts).
+  if (processes !== undefined && processes > 1) return verifyInProcesses(options, processes);
+  const shard = multi.processShard();
+  if (shard) multi.childLink();
   const [{ openContext }, v, out, { trapSignals }, { sameLocation }] = await Promise.all([
     import('../lib/cli/context.js'),
     import('../lib/migrate/verify.js'),
@@ -24,12 +30,14 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
   try {
     const types = options.types as string[] | undefined;
     const report = await v.verify({
-      meta: ctx.meta,
+      meta: shard ? multi.shardedMeta(ctx.meta, shard) : ctx.meta,
       newDb: ctx.newDb!,
       ...(ctx.oldDb ? { oldDb: ctx.oldDb } : {}),
       checksum: options.checksum === true,
       sameLocation: ctx.config.old && ctx.config.new ? sameLocation(ctx.config.old, ctx.config.new) : false,
       identity: { old: ctx.names.old ?? null, new: ctx.names.new ?? 'new' },
+      // A child judges a share of the rows: the parent records the combined verdict.
+      ...(shard ? { record: false } : {}),
       ...(types ? { types } : {}),
       logDir: (options.logDir as string | undefined) ?? './blobshift-logs',
       signal: signals.soft,
@@ -44,5 +52,60 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
   } finally {
     signals.dispose();
     await ctx.close();
+  }
+}
+
+/**
+ * `verify --processes N`: the children judge shares of the rows and record
+ * nothing; this parent records the combined verdict in the run-state table
+ * (`running` first, so an interrupted run leaves no clean verdict).
+ */
+async function verifyInProcesses(options: Record<string, unknown>, processes: number): Promise<number> {
+  const [
+    multi,
+    { loadConfig, describeBackend },
+    { openQuietMeta },
+    { createLogger },
+    ledger,
+    { shortError },
+  ] = await Promise.all([
+    import('../lib/cli/processes.js'),
+    import('../lib/config.js'),
+    import('../lib/cli/context.js'),
+    import('../lib/log.js'),
+    import('../lib/migrate/ledger.js'),
+    import('../lib/migrate/errors.js'),
+  ]);
+  const loaded = await loadConfig(options.config as string, { requireNew: true, sqliteMustExist: true });
+  const { config } = loaded;
+  const reverse = options.reverse === true;
+  const judged = reverse ? config.old : config.new;
+  const other = reverse ? config.new : config.old;
+  const identity = {
+    old: other ? describeBackend(other) : null,
+    new: judged ? describeBackend(judged) : 'new',
+  };
+  const meta = await openQuietMeta(loaded, createLogger({ format: 'text' }));
+  try {
+    const types = options.types as string[] | undefined;
+    const state = await ledger.recordVerifyStart(
+      meta,
+      {
+        identity,
+        types: types && types.length > 0 ? [...new Set(types)].sort() : null,
+        checksum: options.checksum === true,
+      },
+      new Date(),
+    );
+    try {
+      return await multi.runVerifyProcesses(options, processes, async (report) => {
+        await ledger.recordVerifyEnd(meta, state, report ?? { error: 'a process ended without its report' });
+      });
+    } catch (err) {
+      await ledger.recordVerifyEnd(meta, state, { error: shortError(err) }).catch(() => {});
+      throw err;
+    }
+  } finally {
+    await meta.close();
   }
 }

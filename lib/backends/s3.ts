@@ -41,7 +41,6 @@ import {
   DeleteObjectsCommand,
   GetObjectAclCommand,
   GetObjectCommand,
-  type GetObjectCommandOutput,
   HeadObjectCommand,
   type HeadObjectCommandOutput,
   ListObjectsV2Command,
@@ -83,6 +82,7 @@ import type {
   PutOptions,
   SignedUrlOptions,
 } from '../types.js';
+import { type LeanObjectOutput, type LeanPutInput, LeanS3, leanPutFits } from './s3-lean.js';
 
 export const DEFAULT_MAX_SOCKETS = 64;
 export const DEFAULT_CONNECTION_TIMEOUT_MS = 5_000;
@@ -184,6 +184,17 @@ export interface S3BlobDBOptions {
    * migration whose objects are individually public.
    */
   readAcl?: boolean;
+  /**
+   * How PutObject of in-memory bodies (up to 2 MiB), HeadObject, GetObject
+   * and DeleteObject are sent. `'lean'` (the default for a client this
+   * instance builds): signed by the client's own SigV4 signer and sent
+   * through its HTTP handler without the SDK's middleware stack, with the
+   * same endpoint, credentials, retries, clock-skew correction, region
+   * redirects and errors (see `s3-lean.ts`). `'sdk'`: every request through
+   * the SDK. A client passed in always goes through the SDK (its middleware
+   * is the caller's).
+   */
+  requestPath?: 'lean' | 'sdk';
 }
 
 /** The canned ACLs S3 accepts in `x-amz-acl`. */
@@ -335,6 +346,8 @@ export function createS3Client(config: S3ClientOptions = {}): S3Client {
     retryMode: 'adaptive',
     maxAttempts: config.maxAttempts ?? 3,
     logger: sdkLogger,
+    // A bucket in another region than configured: its 301 names the region; follow it.
+    followRegionRedirects: true,
   };
   if (config.endpoint !== undefined) clientConfig.endpoint = config.endpoint;
   const region = config.region ?? (config.endpoint !== undefined ? 'us-east-1' : undefined);
@@ -524,18 +537,8 @@ function stripQuotes(etag: string | undefined): string | undefined {
   return bare === undefined || bare === '' ? undefined : bare;
 }
 
-/** The headers HeadObject and GetObject share. */
-type ObjectHeaders = Pick<
-  HeadObjectCommandOutput,
-  | 'ETag'
-  | 'ContentType'
-  | 'LastModified'
-  | 'ContentEncoding'
-  | 'CacheControl'
-  | 'ContentDisposition'
-  | 'ContentLanguage'
-  | 'Metadata'
->;
+/** The headers HeadObject and GetObject share (the SDK's output fields, or the lean path's). */
+type ObjectHeaders = LeanObjectOutput;
 
 function toHttpMeta(head: ObjectHeaders): HttpMeta | undefined {
   const meta: HttpMeta = {};
@@ -594,6 +597,8 @@ export class S3BlobDB implements BlobDB {
   #copyProbed = false;
   #multipartProbed = false;
   #closed = false;
+  /** The lean request path: a promise until resolved, then the path or null (not usable here). */
+  #lean: Promise<LeanS3 | undefined> | LeanS3 | null | undefined;
   readonly capabilities: S3Capabilities;
 
   constructor(options: S3BlobDBOptions) {
@@ -644,7 +649,9 @@ export class S3BlobDB implements BlobDB {
       if (options.requestTimeoutMs !== undefined) config.requestTimeoutMs = options.requestTimeoutMs;
       this.#client = createS3Client(config);
       this.#ownsClient = true;
+      if (options.requestPath === 'sdk') this.#lean = null;
     }
+    if (!this.#ownsClient) this.#lean = null;
     const known = clientIdentities.get(this.#client);
     this.#endpoint = known?.endpoint ?? awsEndpoint(process.env.AWS_REGION);
     this.#accessKeyId = known?.accessKeyId;
@@ -984,6 +991,31 @@ export class S3BlobDB implements BlobDB {
     if (this.#closed) throw new BackendError(`this S3BlobDB (${this.#where()}) is closed`);
   }
 
+  /** The lean request path, set up on first use; undefined where this client goes through the SDK. */
+  #leanPath(): LeanS3 | undefined | Promise<LeanS3 | undefined> {
+    const lean = this.#lean;
+    if (lean === null) return undefined;
+    if (lean instanceof LeanS3) return lean;
+    if (lean !== undefined) return lean;
+    const made = LeanS3.create(this.#client, this.#bucket).then(
+      (path) => {
+        this.#lean = path ?? null;
+        return path;
+      },
+      () => {
+        this.#lean = null;
+        return undefined;
+      },
+    );
+    this.#lean = made;
+    return made;
+  }
+
+  /** Whether requests of this instance take the lean path (resolves it on first call). */
+  async usesLeanPath(): Promise<boolean> {
+    return (await this.#leanPath()) !== undefined;
+  }
+
   async put(key: string, body: BlobBody, opts: PutOptions = {}): Promise<BlobInfo> {
     const stream = bodyBuffer(body) === undefined ? (body as Readable) : undefined;
     try {
@@ -1095,9 +1127,13 @@ export class S3BlobDB implements BlobDB {
     const conditional = params.IfNoneMatch !== undefined;
     for (let attempt = 1; ; attempt++) {
       try {
-        const out = await this.#client.send(
-          new PutObjectCommand({ ...params, Body: buf, ContentLength: buf.length }),
-        );
+        const lean = await this.#leanPath();
+        const out =
+          lean && leanPutFits(params, buf.length)
+            ? await lean.put(params as LeanPutInput, buf)
+            : await this.#client.send(
+                new PutObjectCommand({ ...params, Body: buf, ContentLength: buf.length }),
+              );
         return this.#putResult(key, buf.length, out.ETag, opts);
       } catch (err) {
         // An in-memory body can be re-sent: a 409 from a concurrent conditional write is retried.
@@ -1639,7 +1675,7 @@ export class S3BlobDB implements BlobDB {
     this.#checkOpen();
     try {
       // GetObject resolves after the response headers: a missing key rejects here.
-      const out = await this.#client.send(new GetObjectCommand({ Bucket: this.#bucket, Key: fullKey }));
+      const out = await this.#getObject(fullKey);
       if (out.Body === undefined) throw new Error('GetObject returned no body');
       return out.Body as Readable;
     } catch (err) {
@@ -1648,10 +1684,19 @@ export class S3BlobDB implements BlobDB {
     }
   }
 
-  async #head(key: string): Promise<HeadObjectCommandOutput | undefined> {
+  /** GetObject through the lean path where it serves GETs, else the SDK. */
+  async #getObject(fullKey: string): Promise<LeanObjectOutput & { Body?: unknown }> {
+    const lean = await this.#leanPath();
+    if (lean?.getsLean) return lean.get(fullKey);
+    return this.#client.send(new GetObjectCommand({ Bucket: this.#bucket, Key: fullKey }));
+  }
+
+  async #head(key: string): Promise<LeanObjectOutput | undefined> {
     const fullKey = this.#fullKey(key);
     this.#checkOpen();
     try {
+      const lean = await this.#leanPath();
+      if (lean) return await lean.headIfPresent(fullKey);
       return await this.#client.send(new HeadObjectCommand({ Bucket: this.#bucket, Key: fullKey }));
     } catch (err) {
       if (isS3NotFoundError(err)) return undefined;
@@ -1687,9 +1732,9 @@ export class S3BlobDB implements BlobDB {
   async getWithInfo(key: string): Promise<BlobWithInfo> {
     const fullKey = this.#fullKey(key);
     this.#checkOpen();
-    let out: GetObjectCommandOutput;
+    let out: LeanObjectOutput & { Body?: unknown };
     try {
-      out = await this.#client.send(new GetObjectCommand({ Bucket: this.#bucket, Key: fullKey }));
+      out = await this.#getObject(fullKey);
     } catch (err) {
       if (isS3NotFoundError(err)) throw new BlobNotFoundError(key, { cause: err, where: this.#where() });
       throw this.#backendError('GetObject', key, err);
@@ -1783,7 +1828,9 @@ export class S3BlobDB implements BlobDB {
     // S3's DeleteObject does not say whether anything was there: ask first.
     if (!(await this.exists(key))) return false;
     try {
-      await this.#client.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key: fullKey }));
+      const lean = await this.#leanPath();
+      if (lean) await lean.delete(fullKey);
+      else await this.#client.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key: fullKey }));
       return true;
     } catch (err) {
       if (isS3NotFoundError(err)) return false;

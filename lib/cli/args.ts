@@ -3,6 +3,7 @@
  * the parsed value or throw a `UsageError` naming the flag and the value (with
  * any URL password redacted). The CLI maps a `UsageError` to exit code 2.
  */
+import { availableParallelism } from 'node:os';
 import { redactString } from '../redact.js';
 
 /** Bad command-line usage: an unknown flag, a bad flag value, a missing argument. */
@@ -35,6 +36,7 @@ export const LIMITS = {
   concurrency: 1024,
   chunkSize: 100_000,
   shards: 10_000,
+  processes: 256,
   maxRate: 1_000_000,
   nameLength: 64,
   typeLength: 255,
@@ -95,6 +97,12 @@ export function parseIntFlag(value: string, opts: { flag: string; min?: number; 
 /** `--concurrency`: 1 … 1024. */
 export function parseConcurrency(value: string, flag = '--concurrency'): number {
   return parseIntFlag(value, { flag, min: 1, max: LIMITS.concurrency });
+}
+
+/** `--processes`: 1 … 256, or `auto` (one a core). */
+export function parseProcesses(value: string, flag = '--processes'): number {
+  if (value.trim() === 'auto') return Math.min(LIMITS.processes, availableParallelism());
+  return parseIntFlag(value, { flag, min: 1, max: LIMITS.processes });
 }
 
 /** `--chunk-size`: 1 … 100000. */

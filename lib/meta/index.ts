@@ -988,12 +988,13 @@ export class MetaDB implements MetaStore {
   }
 
   /** Rows within `types` and `id <= upToId` (NULL-id rows included), all of them: see `MetaStore.count`. */
-  async count(opts: { types?: string[]; upToId?: number } = {}): Promise<number> {
+  async count(opts: { types?: string[]; upToId?: number; shard?: ShardSpec } = {}): Promise<number> {
     const typeCol = this.#typeColumn(opts.types);
-    const { upToId } = opts;
+    const { upToId, shard } = opts;
     if (upToId !== undefined && !Number.isSafeInteger(upToId)) {
       throw new ConfigError('upToId', `must be an integer, got ${upToId}`);
     }
+    checkShard(shard);
     const counted = async (filter: (q: Knex.QueryBuilder) => void): Promise<number> => {
       const q = this.#blobs().count({ n: '*' });
       if (typeCol !== undefined) q.whereIn(typeCol, uniq(opts.types ?? []));
@@ -1001,9 +1002,20 @@ export class MetaDB implements MetaStore {
       const row = (await q.first()) as Record<string, unknown> | undefined;
       return toSafeNumber(row?.n ?? 0, 'row count');
     };
-    if (upToId === undefined) return counted(() => {});
-    let n = await counted((q) => q.where(this.#cols.id, '<=', upToId));
-    if (this.#idNullable) n += await counted((q) => q.whereNull(this.#cols.id));
+    const inShard = (q: Knex.QueryBuilder) => {
+      if (shard !== undefined && shard.count > 1)
+        q.whereRaw('?? % ? = ?', [this.#cols.id, shard.count, shard.index]);
+    };
+    if (upToId === undefined && shard === undefined) return counted(() => {});
+    let n = await counted((q) => {
+      if (upToId !== undefined) q.where(this.#cols.id, '<=', upToId);
+      else q.whereNotNull(this.#cols.id);
+      inShard(q);
+    });
+    // Rows with a NULL id belong to no shard: the first shard counts them.
+    if (this.#idNullable && (shard === undefined || shard.index === 0)) {
+      n += await counted((q) => q.whereNull(this.#cols.id));
+    }
     return n;
   }
 

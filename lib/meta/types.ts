@@ -159,9 +159,10 @@ export interface MetaStore {
    * Rows, all of them (NULL keys and invalid rows included), within `types`
    * and, when `upToId` is given, with `id <= upToId`; rows whose id is NULL
    * (which no walk can reach) are counted too. A walk's rows checked against
-   * this count show rows it never visited.
+   * this count show rows it never visited. With `shard`, the rows with
+   * `id % count = index` (rows with a NULL id count in shard 0).
    */
-  count(opts?: { types?: string[]; upToId?: number }): Promise<number>;
+  count(opts?: { types?: string[]; upToId?: number; shard?: ShardSpec }): Promise<number>;
   /**
    * Keys held by more than one row: how many distinct non-NULL keys (compared
    * byte for byte: `A` and `a`, `a` and `a `, are different keys) have two or

@@ -63,6 +63,7 @@ import { type BackendIdentity, recordCheck } from './ledger.js';
 import { compactUtc, type LogProblem, type MissingRecord, NOT_FOUND, readMissingLog } from './missing-log.js';
 import { JsonLinesFile } from './report-file.js';
 import { withRetry } from './retry.js';
+import { unresolvedRecords } from './verdict.js';
 
 export interface CheckLogsOptions {
   /** Missing-blob logs to read, in order. */
@@ -90,6 +91,12 @@ export interface CheckLogsOptions {
   signal?: AbortSignal;
   onProgress?: (p: CheckLogsProgress) => void;
   logger?: EngineLogger;
+  /**
+   * Only the records with `id % count = index` (one process of
+   * `--processes`); records, duplicates and copies count within it. Lines
+   * that are not records are reported by every shard.
+   */
+  shard?: { index: number; count: number };
 }
 
 export interface CheckLogsProgress {
@@ -478,6 +485,7 @@ export async function checkBlobLogs(opts: CheckLogsOptions): Promise<CheckLogsRe
         file,
         async (record) => {
           if (stopped) throw stopped.error;
+          if (opts.shard && record.id % opts.shard.count !== opts.shard.index) return;
           records++;
           if (seen.has(record.key)) {
             duplicates++;
@@ -530,13 +538,7 @@ export async function checkBlobLogs(opts: CheckLogsOptions): Promise<CheckLogsRe
     for (const k of Object.keys(totals) as (keyof CheckCounts)[]) totals[k] += c[k];
     return { type, ...c };
   });
-  const leftBehind =
-    totals.foundInOld -
-    totals.migrated +
-    totals.notFound +
-    totals.wrongSizeInNew +
-    totals.wrongSizeInOld +
-    totals.errors;
+  const leftBehind = unresolvedRecords(totals);
   const strip = <T extends { seq: number }>(list: T[]) =>
     list.sort((a, b) => a.seq - b.seq).map(({ seq: _seq, ...rest }) => rest);
   const exitCode = leftBehind > 0 || malformed.length > 0 ? 1 : 0;

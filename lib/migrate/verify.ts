@@ -48,6 +48,7 @@ import { PROBE_PREFIX, proveDistinct } from './preflight.js';
 import { PresentIndex } from './present-index.js';
 import { LazyJsonLinesFile } from './report-file.js';
 import { withRetry } from './retry.js';
+import { verdictFor } from './verdict.js';
 
 export interface VerifyOptions {
   meta: MetaStore;
@@ -106,7 +107,10 @@ export type VerifyClass =
   | 'invalidRow'
   | 'duplicateKey';
 
-export type VerifyVerdict = 'SAFE TO FLIP' | `NOT SAFE: ${string}`;
+export type { VerdictCounts, VerifyVerdict } from './verdict.js';
+export { verdictFor } from './verdict.js';
+
+import type { VerifyVerdict } from './verdict.js';
 
 /**
  * What verify knows of old and new being two places: `distinct` (a probe
@@ -596,29 +600,20 @@ async function judge(
     else paths[c] = path;
   }
 
-  const unsafe =
-    counts.missing +
-    counts.sizeMismatch +
-    counts.checksumMismatch +
-    counts.unverifiable +
-    counts.unreadable +
-    counts.invalidRow +
-    duplicateKeys +
-    unvisitedRows;
-  let verdict: VerifyVerdict = 'SAFE TO FLIP';
-  if (unsafe > 0) {
-    let text = `${counts.missing} missing, ${counts.sizeMismatch} size mismatches, ${counts.checksumMismatch} checksum mismatches`;
-    if (counts.unverifiable > 0) text += `, ${counts.unverifiable} unverifiable`;
-    if (counts.unreadable > 0) text += `, ${counts.unreadable} unreadable`;
-    if (counts.invalidRow > 0) text += `, ${counts.invalidRow} invalid rows`;
-    if (duplicateKeys > 0) text += `, ${duplicateKeys} keys held by more than one row`;
-    if (unvisitedRows > 0) text += `, ${unvisitedRows} rows never visited by the walk`;
-    verdict = `NOT SAFE: ${text}`;
-  }
+  const { safe, verdict } = verdictFor({
+    missing: counts.missing,
+    sizeMismatches: counts.sizeMismatch,
+    checksumMismatches: counts.checksumMismatch,
+    unverifiable: counts.unverifiable,
+    unreadable: counts.unreadable,
+    invalidRows: counts.invalidRow,
+    duplicateKeys,
+    unvisitedRows,
+  });
   return {
-    safe: unsafe === 0,
+    safe,
     verdict,
-    exitCode: unsafe === 0 ? 0 : 1,
+    exitCode: safe ? 0 : 1,
     checksum,
     types: types.length > 0 ? types : null,
     backends,

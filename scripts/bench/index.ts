@@ -7,8 +7,11 @@
  */
 import { benchBackfill } from './backfill.js';
 import { type BenchRow, formatTable, log } from './common.js';
+import { benchCpu } from './cpu.js';
 import { benchLarge } from './large.js';
+import { benchLatency } from './latency.js';
 import { benchMigratingGet } from './migrating-get.js';
+import { benchProcesses } from './processes.js';
 import { benchS3ToS3 } from './s3-to-s3.js';
 import { benchSmall } from './small.js';
 import { benchStartup } from './startup.js';
@@ -20,6 +23,9 @@ interface Bench {
 }
 
 const benches: Bench[] = [
+  { name: 'cpu', run: () => benchCpu() },
+  { name: 'latency', run: () => benchLatency() },
+  { name: 'processes', run: () => benchProcesses() },
   { name: 'small', run: () => benchSmall() },
   { name: 'get', run: () => benchMigratingGet() },
   { name: 'startup', run: () => benchStartup() },

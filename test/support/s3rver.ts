@@ -17,6 +17,7 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { createS3Client, type S3ClientConfigLike, type S3ClientOptions } from '../../lib/backends/s3.js';
+import { observeLeanRequests } from '../../lib/backends/s3-lean.js';
 import { RGW_CREDENTIALS, RGW_ENDPOINT, uniqueName } from './env.js';
 
 /** s3rver signs with this fixed account. */
@@ -150,10 +151,18 @@ function calls(requests: SeenRequest[]): number {
   return new Set(requests.map((r, i) => r.headers['amz-sdk-invocation-id'] ?? `#${i}`)).size;
 }
 
-/** Counts the HTTP requests a client sends, by command (a middleware placed inside the retry loop). */
+/**
+ * Counts the HTTP requests a client sends, by command: a middleware placed
+ * inside the retry loop, and an observer of the lean request path (which
+ * sends PutObject, HeadObject, GetObject and DeleteObject past the middleware).
+ */
 export function countRequests(client: S3Client): RequestCounter {
   const name = `blobshiftTestCounter${++counterId}`;
   const requests: SeenRequest[] = [];
+  const stopObserving = observeLeanRequests(client, (event) => {
+    const headers = { ...event.headers, 'amz-sdk-invocation-id': `lean-${event.invocation}` };
+    requests.push({ command: event.command, method: event.method, path: event.path, headers });
+  });
   client.middlewareStack.add(
     (next, context) => async (args) => {
       const request = args.request as {
@@ -187,6 +196,7 @@ export function countRequests(client: S3Client): RequestCounter {
     },
     remove: () => {
       client.middlewareStack.remove(name);
+      stopObserving();
     },
   };
 }
