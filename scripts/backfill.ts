@@ -24,7 +24,7 @@ export async function runBackfillCommand(
   const rollback = mode === 'rollback';
   const [{ openContext }, { backfill }, { backfillReporter }, { trapSignals }] = await Promise.all([
     import('../lib/cli/context.js'),
-    import('../lib/migrate/backfill.js'),
+    import('../lib/engine/backfill.js'),
     import('../lib/cli/backfill-reporter.js'),
     import('../lib/cli/signals.js'),
   ]);
@@ -49,7 +49,7 @@ export async function runBackfillCommand(
   const types = (options.types as string[] | undefined) ?? [];
   if (options.queue !== undefined && !rollback) {
     // Scale-out over queue workers: BullMQ loads only on this path.
-    const { producerCommand } = await import('../lib/queue/command.js');
+    const { producerCommand } = await import('../lib/cli/queue-command.js');
     return producerCommand(options);
   }
 

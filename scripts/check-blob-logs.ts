@@ -16,7 +16,7 @@ export async function main(options: Record<string, unknown>, args: string[]): Pr
   if (shard) multi.childLink();
   const [{ openContext }, check, out, { trapSignals }] = await Promise.all([
     import('../lib/cli/context.js'),
-    import('../lib/migrate/check-logs.js'),
+    import('../lib/engine/check-logs.js'),
     import('../lib/cli/output.js'),
     import('../lib/cli/signals.js'),
   ]);

@@ -7,10 +7,10 @@
 export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
   const [{ openContext }, c, out, { trapSignals }, { sameLocation }] = await Promise.all([
     import('../lib/cli/context.js'),
-    import('../lib/migrate/cleanup.js'),
+    import('../lib/engine/cleanup.js'),
     import('../lib/cli/output.js'),
     import('../lib/cli/signals.js'),
-    import('../lib/config.js'),
+    import('../lib/config/index.js'),
   ]);
   const ctx = await openContext({ config: options.config as string, requireOld: true, requireNew: true });
   const signals = trapSignals(ctx.logger, {

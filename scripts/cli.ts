@@ -28,7 +28,7 @@ import {
 } from '../lib/cli/args.js';
 import { EXIT, exitWith, isMainModule, reportError, runCommand } from '../lib/cli/run.js';
 import { pendingSignal, trapEarlySignals } from '../lib/cli/signals.js';
-import { registerSecret } from '../lib/redact.js';
+import { registerSecret } from '../lib/contract/redact.js';
 
 export const COMMANDS = [
   'backfill',

@@ -21,10 +21,10 @@ import type { AddressInfo } from 'node:net';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
-import { FilesystemBlobDB } from '../lib/backends/fs.js';
-import { S3BlobDB } from '../lib/backends/s3.js';
+import { BlobStore } from '../lib/app/store.js';
+import { FilesystemBlobDB } from '../lib/backends/fs/index.js';
+import { S3BlobDB } from '../lib/backends/s3/index.js';
 import { MetaDB } from '../lib/meta/index.js';
-import { BlobStore } from '../lib/store.js';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 

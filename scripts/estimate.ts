@@ -4,10 +4,10 @@
  */
 export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
   const [{ loadConfig }, out, { openQuietMeta }, { createLogger }] = await Promise.all([
-    import('../lib/config.js'),
+    import('../lib/config/index.js'),
     import('../lib/cli/output.js'),
     import('../lib/cli/context.js'),
-    import('../lib/log.js'),
+    import('../lib/cli/log.js'),
   ]);
   const loaded = await loadConfig(options.config as string, { sqliteMustExist: true });
   // knex's own printout of a failed connection goes: the error comes back as one line.

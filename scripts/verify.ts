@@ -12,10 +12,10 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
   if (shard) multi.childLink();
   const [{ openContext }, v, out, { trapSignals }, { sameLocation }] = await Promise.all([
     import('../lib/cli/context.js'),
-    import('../lib/migrate/verify.js'),
+    import('../lib/engine/verify.js'),
     import('../lib/cli/output.js'),
     import('../lib/cli/signals.js'),
-    import('../lib/config.js'),
+    import('../lib/config/index.js'),
   ]);
   // Old and new being one place is verify's verdict to give (NOT SAFE), not a refusal.
   // --reverse (after a rollback): the old backend is judged, the new one is the comparison copy.
@@ -70,11 +70,11 @@ async function verifyInProcesses(options: Record<string, unknown>, processes: nu
     { shortError },
   ] = await Promise.all([
     import('../lib/cli/processes.js'),
-    import('../lib/config.js'),
+    import('../lib/config/index.js'),
     import('../lib/cli/context.js'),
-    import('../lib/log.js'),
-    import('../lib/migrate/ledger.js'),
-    import('../lib/migrate/errors.js'),
+    import('../lib/cli/log.js'),
+    import('../lib/engine/ledger.js'),
+    import('../lib/engine/errors.js'),
   ]);
   const loaded = await loadConfig(options.config as string, { requireNew: true, sqliteMustExist: true });
   const { config } = loaded;

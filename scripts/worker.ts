@@ -8,7 +8,7 @@
 import { exitWith, isMainModule } from '../lib/cli/run.js';
 
 export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
-  const { workerCommand } = await import('../lib/queue/command.js');
+  const { workerCommand } = await import('../lib/cli/queue-command.js');
   return workerCommand(options);
 }
 

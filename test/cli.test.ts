@@ -21,6 +21,7 @@ import {
   UsageError,
   urlPassword,
 } from '../lib/cli/args.js';
+import { createLogger } from '../lib/cli/log.js';
 import { humanBytes, humanDuration, printJson, printLines } from '../lib/cli/output.js';
 import { createProgress, formatProgressLine } from '../lib/cli/progress.js';
 import { EXIT, exitCodeFor, reportError, runCommand } from '../lib/cli/run.js';
@@ -31,9 +32,8 @@ import {
   LogFormatError,
   PreflightError,
   RunStateError,
-} from '../lib/errors.js';
-import { createLogger } from '../lib/log.js';
-import { clearSecrets, registerSecret } from '../lib/redact.js';
+} from '../lib/contract/errors.js';
+import { clearSecrets, registerSecret } from '../lib/contract/redact.js';
 import { COMMANDS, type CommandName, runCli } from '../scripts/cli.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -213,7 +213,7 @@ describe('scripts/cli.ts startup', () => {
     // Nothing of the engine, the backends, the metadata layer or the other subcommands.
     for (const f of files) {
       expect(f).to.match(
-        /^(scripts\/cli\.ts|lib\/cli\/(args|run|signals)\.ts|lib\/(errors|redact|keys)\.ts)$/,
+        /^(scripts\/cli\.ts|lib\/cli\/(args|run|signals)\.ts|lib\/contract\/(errors|redact|keys)\.ts)$/,
       );
     }
   });

@@ -11,10 +11,10 @@ import {
   loadConfig,
   parseConfig,
   sameLocation,
-} from '../lib/config.js';
-import { ConfigError } from '../lib/errors.js';
+} from '../lib/config/index.js';
+import { ConfigError } from '../lib/contract/errors.js';
+import { redact, redactString } from '../lib/contract/redact.js';
 import { createKnex, parseMysqlUrl } from '../lib/meta/index.js';
-import { redact, redactString } from '../lib/redact.js';
 import { announce, MYSQL_URL, PG_URL, uniqueName } from './support/env.js';
 
 const SECRET = 'wJalrXUtnFEMI-literal-secret-K7MDENG';

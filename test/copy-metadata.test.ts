@@ -14,12 +14,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GetObjectAclCommand } from '@aws-sdk/client-s3';
 import { expect } from 'chai';
-import { FilesystemBlobDB } from '../lib/backends/fs.js';
-import { S3BlobDB, type S3BlobDBOptions, type S3ClientConfigLike } from '../lib/backends/s3.js';
-import { readAll } from '../lib/body.js';
+import { FilesystemBlobDB } from '../lib/backends/fs/index.js';
+import { S3BlobDB, type S3BlobDBOptions, type S3ClientConfigLike } from '../lib/backends/s3/index.js';
+import { readAll } from '../lib/contract/body.js';
+import type { BlobDB, HttpMeta } from '../lib/contract/types.js';
+import { backfill } from '../lib/engine/backfill.js';
 import { MetaDB } from '../lib/meta/index.js';
-import { backfill } from '../lib/migrate/backfill.js';
-import type { BlobDB, HttpMeta } from '../lib/types.js';
 import { announce, RGW_ENDPOINT } from './support/env.js';
 import {
   countRequests,

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
-import { InvalidKeyError } from '../lib/errors.js';
-import { compareKeys, isValidKey, keyProblem, validateKey, validatePrefix } from '../lib/keys.js';
+import { InvalidKeyError } from '../lib/contract/errors.js';
+import { compareKeys, isValidKey, keyProblem, validateKey, validatePrefix } from '../lib/contract/keys.js';
 import { INVALID_KEYS } from './conformance/invalid-keys.js';
 
 describe('keys', () => {

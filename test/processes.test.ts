@@ -9,9 +9,9 @@ import { join } from 'node:path';
 import { DeleteObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { expect } from 'chai';
 import { backfillChildArgs, childShard, combineSummaries, worstExitCode } from '../lib/cli/processes.js';
+import type { BackfillSummary } from '../lib/engine/backfill.js';
+import { VERIFY_RUN } from '../lib/engine/ledger.js';
 import { MetaDB } from '../lib/meta/index.js';
-import type { BackfillSummary } from '../lib/migrate/backfill.js';
-import { VERIFY_RUN } from '../lib/migrate/ledger.js';
 import {
   bucketShas,
   fileSha,

@@ -8,15 +8,15 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
-import { FilesystemBlobDB } from '../lib/backends/fs.js';
-import { MemoryBlobDB } from '../lib/backends/memory.js';
-import { S3BlobDB, type S3ClientConfigLike } from '../lib/backends/s3.js';
-import { readAll } from '../lib/body.js';
-import { InvalidFieldError, NotSupportedError } from '../lib/errors.js';
+import { MigratingBlobDB } from '../lib/app/migrating.js';
+import { BlobStore } from '../lib/app/store.js';
+import { FilesystemBlobDB } from '../lib/backends/fs/index.js';
+import { MemoryBlobDB } from '../lib/backends/memory/index.js';
+import { S3BlobDB, type S3ClientConfigLike } from '../lib/backends/s3/index.js';
+import { readAll } from '../lib/contract/body.js';
+import { InvalidFieldError, NotSupportedError } from '../lib/contract/errors.js';
+import type { BlobDB } from '../lib/contract/types.js';
 import { MetaDB } from '../lib/meta/index.js';
-import { MigratingBlobDB } from '../lib/migrating.js';
-import { BlobStore } from '../lib/store.js';
-import type { BlobDB } from '../lib/types.js';
 import { announce, RGW_ENDPOINT } from './support/env.js';
 import {
   countRequests,

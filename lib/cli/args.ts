@@ -4,7 +4,7 @@
  * any URL password redacted). The CLI maps a `UsageError` to exit code 2.
  */
 import { availableParallelism } from 'node:os';
-import { redactString } from '../redact.js';
+import { redactString } from '../contract/redact.js';
 
 /** Bad command-line usage: an unknown flag, a bad flag value, a missing argument. */
 export class UsageError extends Error {

@@ -3,9 +3,10 @@
  * start line, the progress on stderr, and the summary (text or `--json`) on
  * stdout.
  */
-import type { Logger } from '../log.js';
-import type { BackfillProgress, BackfillStartInfo, BackfillSummary } from '../migrate/backfill.js';
-import { backfillJson, formatBackfillSummary } from '../migrate/report.js';
+
+import type { BackfillProgress, BackfillStartInfo, BackfillSummary } from '../engine/backfill.js';
+import { backfillJson, formatBackfillSummary } from '../engine/report.js';
+import type { Logger } from './log.js';
 import { printJson, printLines } from './output.js';
 import { createProgress, type Progress } from './progress.js';
 

@@ -3,15 +3,15 @@
  * the backends it needs, run the preflight, and hand back one object that
  * closes everything. The subcommand scripts stay thin on top of it.
  */
-import type { BlobShiftConfig, LoadedConfig } from '../config.js';
-import { AbortedError, ConfigError, PreflightError } from '../errors.js';
-import type { Logger } from '../log.js';
+import type { BlobShiftConfig, LoadedConfig } from '../config/index.js';
+import { AbortedError, ConfigError, PreflightError } from '../contract/errors.js';
+import type { MetaStore } from '../contract/meta.js';
+import { redact, redactString } from '../contract/redact.js';
+import type { BlobDB } from '../contract/types.js';
+import { shortError } from '../engine/errors.js';
+import type { SnapshotBuild } from '../engine/present-index.js';
 import { isKnexNoise } from '../meta/index.js';
-import type { MetaStore } from '../meta/types.js';
-import { shortError } from '../migrate/errors.js';
-import type { SnapshotBuild } from '../migrate/present-index.js';
-import { redact, redactString } from '../redact.js';
-import type { BlobDB } from '../types.js';
+import type { Logger } from './log.js';
 import { oneLine } from './run.js';
 import { pendingSignal, throwIfInterrupted } from './signals.js';
 
@@ -65,7 +65,7 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
   const [
     { loadConfig, describeBackend, sameLocation },
     { preflight, sweepProbes, sweepProbesFrom, PROBE_PREFIX },
-  ] = await Promise.all([import('../config.js'), import('../migrate/preflight.js')]);
+  ] = await Promise.all([import('../config/index.js'), import('../engine/preflight.js')]);
   const loaded = await loadConfig(opts.config ?? './blobshift.config.json', {
     ...(opts.requireOld ? { requireOld: true } : {}),
     ...(opts.requireNew ? { requireNew: true } : {}),
@@ -105,7 +105,7 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
       newDb = opts.requireNew || destCfg ? await buildDest() : undefined;
       if (newDb) opened.push(newDb);
       if (newDb && opts.snapshot) {
-        const { PresentIndex } = await import('../migrate/present-index.js');
+        const { PresentIndex } = await import('../engine/present-index.js');
         const db = newDb;
         let build: SnapshotBuild;
         try {
@@ -140,7 +140,7 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
     throwIfInterrupted();
     // The listing is the long part of a run's setup: start it first.
     if (opts.snapshot) await openNew();
-    const { createLogger } = await import('../log.js');
+    const { createLogger } = await import('./log.js');
     logger = createLogger({ format: opts.logFormat ?? 'text' });
     const meta = await openQuietMeta(loaded, logger).catch((err: unknown) => {
       throw asPreflight(names.meta, err);
@@ -194,7 +194,7 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
 export async function openQuietMeta(loaded: LoadedConfig, logger: Pick<Logger, 'warn'>): Promise<MetaStore> {
   const [{ MetaDB }, { metaOpenOptions }] = await Promise.all([
     import('../meta/index.js'),
-    import('../config.js'),
+    import('../config/index.js'),
   ]);
   const say = (message: unknown) => {
     const text = typeof message === 'string' ? message : String(message);

@@ -2,7 +2,7 @@
  * Printing helpers for the CLI. stdout carries summaries and `--json`; every
  * printed value passes through the redactor first.
  */
-import { redact, redactString } from '../redact.js';
+import { redact, redactString } from '../contract/redact.js';
 
 /** Writes `value` as one pretty-printed JSON document (redacted) and a newline to `stream` (default stdout). */
 export function printJson(value: unknown, stream: NodeJS.WritableStream = process.stdout): void {
@@ -24,4 +24,4 @@ export function printLines(
   stream.write(`${all.map((l) => redactString(l)).join('\n')}\n`);
 }
 
-export { humanBytes, humanDuration } from '../format.js';
+export { humanBytes, humanDuration } from '../contract/format.js';

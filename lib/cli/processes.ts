@@ -28,11 +28,11 @@ import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { BackfillSummary } from '../migrate/backfill.js';
-import type { CheckLogsReport, CheckTypeReport } from '../migrate/check-logs.js';
-import { backfillJson, formatBackfillSummary } from '../migrate/report.js';
-import { unresolvedRecords, verdictFor } from '../migrate/verdict.js';
-import type { VerifyReport } from '../migrate/verify.js';
+import type { BackfillSummary } from '../engine/backfill.js';
+import type { CheckLogsReport, CheckTypeReport } from '../engine/check-logs.js';
+import { backfillJson, formatBackfillSummary } from '../engine/report.js';
+import { unresolvedRecords, verdictFor } from '../engine/verdict.js';
+import type { VerifyReport } from '../engine/verify.js';
 import type { Shard } from './args.js';
 import { printJson, printLines } from './output.js';
 import { createProgress, type Progress } from './progress.js';
@@ -484,7 +484,7 @@ export async function runVerifyProcesses(
     if (options.json === true) printJson({ ...combined, processes: count });
     else {
       // Loaded here only: a backfill (which imports this module) does not need it.
-      const { formatVerifyReport } = await import('../migrate/verify.js');
+      const { formatVerifyReport } = await import('../engine/verify.js');
       process.stdout.write(formatVerifyReport(combined));
     }
     return worstExitCode([finished.exitCode, combined.exitCode]);
@@ -562,7 +562,7 @@ export async function runCheckLogsProcesses(
   });
   const reports = finished.outputs.flatMap((o) => (o ? [o as unknown as CheckLogsReport] : []));
   if (reports.length !== count) return finished.exitCode === EXIT.OK ? EXIT.INCOMPLETE : finished.exitCode;
-  const check = await import('../migrate/check-logs.js');
+  const check = await import('../engine/check-logs.js');
   const combined = combineCheckReports(reports);
   const logDir = (options.logDir as string | undefined) ?? './blobshift-logs';
   const notFoundFile =

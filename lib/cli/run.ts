@@ -15,8 +15,8 @@ import {
   LogFormatError,
   PreflightError,
   RunStateError,
-} from '../errors.js';
-import { redactString } from '../redact.js';
+} from '../contract/errors.js';
+import { redactString } from '../contract/redact.js';
 import { UsageError } from './args.js';
 
 /** Process exit codes. */

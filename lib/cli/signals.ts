@@ -3,8 +3,8 @@
  * gracefully (in-flight work finishes, the checkpoint is saved), the second
  * abandons in-flight work. Handlers are removed when the command ends.
  */
-import { AbortedError } from '../errors.js';
-import type { Logger } from '../log.js';
+import { AbortedError } from '../contract/errors.js';
+import type { Logger } from './log.js';
 
 /**
  * Signals that arrive before a command has trapped them (while the CLI loads,

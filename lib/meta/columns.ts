@@ -5,7 +5,7 @@
  * maps a table with `columns`.
  */
 import type { Knex } from 'knex';
-import { ConfigError } from '../errors.js';
+import { ConfigError } from '../contract/errors.js';
 import { type Dialect, qualified } from './schema.js';
 
 /** What `knex(table).columnInfo()` says of one column. */

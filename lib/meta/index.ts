@@ -5,10 +5,29 @@
  */
 import { access } from 'node:fs/promises';
 import type { Knex } from 'knex';
-import { BlobShiftError, ConfigError, errorMessage, PreflightError, ReadOnlyError } from '../errors.js';
-import { validateKey } from '../keys.js';
-import { redactString } from '../redact.js';
-import type { BlobMeta } from '../types.js';
+import {
+  BlobShiftError,
+  ConfigError,
+  errorMessage,
+  PreflightError,
+  ReadOnlyError,
+} from '../contract/errors.js';
+import { validateKey } from '../contract/keys.js';
+import type {
+  ColumnMap,
+  DuplicateKeys,
+  DuplicateKeysOptions,
+  Estimate,
+  MetaOpenOptions,
+  MetaStore,
+  NewBlobMeta,
+  RunState,
+  ShardSpec,
+  TypeTotals,
+  WalkOptions,
+} from '../contract/meta.js';
+import { redactString } from '../contract/redact.js';
+import type { BlobMeta } from '../contract/types.js';
 import {
   type ColumnFacts,
   checkIdColumn,
@@ -35,19 +54,6 @@ import {
   tableQuery,
   validateIdentifier,
 } from './schema.js';
-import type {
-  ColumnMap,
-  DuplicateKeys,
-  DuplicateKeysOptions,
-  Estimate,
-  MetaOpenOptions,
-  MetaStore,
-  NewBlobMeta,
-  RunState,
-  ShardSpec,
-  TypeTotals,
-  WalkOptions,
-} from './types.js';
 import { keyProblem, readSize, toDate, toKey, toNullableText, toSafeNumber, toText } from './values.js';
 
 export { emptyCounts } from './runs.js';

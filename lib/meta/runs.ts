@@ -2,27 +2,14 @@
  * Run state (backfill checkpoints) rows: one per (name, shard), JSON text for
  * the structured fields so SQLite and MySQL store them the same way.
  */
-import { RunStateError } from '../errors.js';
-import type { RunCounts, RunState, RunStatus } from './types.js';
+import { RunStateError } from '../contract/errors.js';
+import { emptyCounts, type RunCounts, type RunState, type RunStatus } from '../contract/meta.js';
+
+export { emptyCounts };
+
 import { parseJson, toDate, toSafeNumber, toText } from './values.js';
 
 const STATUSES: readonly RunStatus[] = ['running', 'interrupted', 'failed', 'completed'];
-
-export function emptyCounts(): RunCounts {
-  return {
-    total: 0,
-    copied: 0,
-    replaced: 0,
-    present: 0,
-    notFound: 0,
-    failed: 0,
-    deletedDuringMigration: 0,
-    expired: 0,
-    bytes: 0,
-    retries: 0,
-    seconds: 0,
-  };
-}
 
 export interface RunRow {
   name: string;

@@ -7,7 +7,7 @@
  * function here takes it and names it in every statement.
  */
 import type { Knex } from 'knex';
-import { ConfigError, errorMessage, PreflightError } from '../errors.js';
+import { ConfigError, errorMessage, PreflightError } from '../contract/errors.js';
 
 /** SQL identifiers blobshift accepts for table and column names. */
 export const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;

@@ -6,7 +6,7 @@
  * and pg (text for a PostgreSQL `timestamp` without zone, read as UTC) and
  * epoch milliseconds from SQLite (or text, in an app's own table).
  */
-import { BlobShiftError } from '../errors.js';
+import { BlobShiftError } from '../contract/errors.js';
 
 /** A driver's integer value as a safe JS number; `BlobShiftError` beyond 2^53. */
 export function toSafeNumber(value: unknown, what: string): number {

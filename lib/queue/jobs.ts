@@ -8,10 +8,10 @@
  * ioredis at load time.
  */
 import { createHash } from 'node:crypto';
-import { PreflightError } from '../errors.js';
-import type { RunCounts } from '../meta/types.js';
-import type { MissingRecord } from '../migrate/missing-log.js';
-import { redactString } from '../redact.js';
+import { PreflightError } from '../contract/errors.js';
+import type { RunCounts } from '../contract/meta.js';
+import { redactString } from '../contract/redact.js';
+import type { MissingRecord } from '../engine/missing-log.js';
 
 /** The job format this code reads and writes. */
 export const JOB_VERSION = 1;

@@ -18,8 +18,9 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Job, Queue, QueueEvents } from 'bullmq';
-import { ConfigError } from '../errors.js';
-import type { MetaStore, RunCounts, RunState, ShardSpec } from '../meta/types.js';
+import { ConfigError } from '../contract/errors.js';
+import type { MetaStore, RunCounts, RunState, ShardSpec } from '../contract/meta.js';
+import type { BlobDB, BlobMeta } from '../contract/types.js';
 import {
   addCounts,
   type BackfillProgress,
@@ -35,11 +36,10 @@ import {
   shardLabel,
   silentLogger,
   summaryFromState,
-} from '../migrate/backfill.js';
-import { shortError } from '../migrate/errors.js';
-import { MissingLogWriter, type MissingRecord } from '../migrate/missing-log.js';
-import { PresentIndex } from '../migrate/present-index.js';
-import type { BlobDB, BlobMeta } from '../types.js';
+} from '../engine/backfill.js';
+import { shortError } from '../engine/errors.js';
+import { MissingLogWriter, type MissingRecord } from '../engine/missing-log.js';
+import { PresentIndex } from '../engine/present-index.js';
 import {
   CHUNK_JOB,
   type ChunkJobData,

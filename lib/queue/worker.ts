@@ -13,8 +13,9 @@
  */
 import { hostname } from 'node:os';
 import PQueue from 'p-queue';
-import { BlobShiftError } from '../errors.js';
-import type { MetaStore, RunCounts } from '../meta/types.js';
+import { BlobShiftError } from '../contract/errors.js';
+import type { MetaStore, RunCounts } from '../contract/meta.js';
+import type { BlobDB } from '../contract/types.js';
 import {
   checkNew,
   type EngineLogger,
@@ -22,11 +23,10 @@ import {
   type Outcome,
   silentLogger,
   tallyOutcome,
-} from '../migrate/backfill.js';
-import { copyBlob, DEFAULT_RETRY, ReferenceChecker, type RetryPolicy } from '../migrate/copy.js';
-import { isInfrastructureError, shortError } from '../migrate/errors.js';
-import { type MissingRecord, NOT_FOUND } from '../migrate/missing-log.js';
-import type { BlobDB } from '../types.js';
+} from '../engine/backfill.js';
+import { copyBlob, DEFAULT_RETRY, ReferenceChecker, type RetryPolicy } from '../engine/copy.js';
+import { isInfrastructureError, shortError } from '../engine/errors.js';
+import { type MissingRecord, NOT_FOUND } from '../engine/missing-log.js';
 import {
   type ChunkJobData,
   type ChunkJobResult,

@@ -6,9 +6,10 @@
  * through a counting proxy; gets are sequential, each body read to its end,
  * the two kinds interleaved so drift hits both alike.
  */
-import { S3BlobDB } from '../../lib/backends/s3.js';
-import { MigratingBlobDB } from '../../lib/migrating.js';
-import type { BlobDB } from '../../lib/types.js';
+
+import { MigratingBlobDB } from '../../lib/app/migrating.js';
+import { S3BlobDB } from '../../lib/backends/s3/index.js';
+import type { BlobDB } from '../../lib/contract/types.js';
 import {
   type BenchRow,
   createBuckets,

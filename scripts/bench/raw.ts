@@ -17,7 +17,7 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import { createS3Client, DEFAULT_PART_SIZE, DEFAULT_QUEUE_SIZE } from '../../lib/backends/s3.js';
+import { createS3Client, DEFAULT_PART_SIZE, DEFAULT_QUEUE_SIZE } from '../../lib/backends/s3/index.js';
 import { s3rverClientConfig } from './common.js';
 
 const [mode, endpoint = '', bucket = '', a = '', b = ''] = process.argv.slice(2);

@@ -15,7 +15,7 @@
 import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { S3BlobDB } from '../../lib/backends/s3.js';
+import { S3BlobDB } from '../../lib/backends/s3/index.js';
 import {
   type BenchRow,
   backfillCli,

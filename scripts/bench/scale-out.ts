@@ -107,7 +107,7 @@ async function main(): Promise<void> {
   ) => { run(): Promise<AddressInfo>; close(): Promise<void> };
   const [{ MetaDB, createKnex }, { createS3Client }, { CreateBucketCommand }] = await Promise.all([
     import('../../lib/meta/index.js'),
-    import('../../lib/backends/s3.js'),
+    import('../../lib/backends/s3/index.js'),
     import('@aws-sdk/client-s3'),
   ]);
   const dir = await mkdtemp(join(tmpdir(), 'blobshift-scale-out-'));

@@ -17,16 +17,16 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { expect } from 'chai';
-import { FilesystemBlobDB, META_PREFIX, TEMP_PREFIX } from '../../lib/backends/fs.js';
-import { getWithInfo, readAll } from '../../lib/body.js';
+import { FilesystemBlobDB, META_PREFIX, TEMP_PREFIX } from '../../lib/backends/fs/index.js';
+import { getWithInfo, readAll } from '../../lib/contract/body.js';
 import {
   BackendError,
   BlobExistsError,
   BlobNotFoundError,
   KeyConflictError,
   SizeMismatchError,
-} from '../../lib/errors.js';
-import type { HttpMeta } from '../../lib/types.js';
+} from '../../lib/contract/errors.js';
+import type { HttpMeta } from '../../lib/contract/types.js';
 import { describeBlobDB, getBytes, listKeys, rejectionOf } from '../conformance/blobdb.suite.js';
 
 const roots: string[] = [];

@@ -1,8 +1,8 @@
 import { Readable } from 'node:stream';
 import { expect } from 'chai';
-import { MemoryBlobDB } from '../../lib/backends/memory.js';
-import { readAll } from '../../lib/body.js';
-import { BlobExistsError } from '../../lib/errors.js';
+import { MemoryBlobDB } from '../../lib/backends/memory/index.js';
+import { readAll } from '../../lib/contract/body.js';
+import { BlobExistsError } from '../../lib/contract/errors.js';
 import { describeBlobDB, listKeys } from '../conformance/blobdb.suite.js';
 
 // Everything on: atomic overwrite: false, byte-ordered listing, no key conflicts.

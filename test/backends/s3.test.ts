@@ -23,16 +23,16 @@ import {
   S3BlobDB,
   type S3BlobDBOptions,
   type S3ClientConfigLike,
-} from '../../lib/backends/s3.js';
-import { getWithInfo, readAll } from '../../lib/body.js';
+} from '../../lib/backends/s3/index.js';
+import { getWithInfo, readAll } from '../../lib/contract/body.js';
 import {
   BackendError,
   BlobExistsError,
   BlobNotFoundError,
   InvalidKeyError,
   SizeMismatchError,
-} from '../../lib/errors.js';
-import type { BlobBody, BlobDB, BlobInfo, ListOptions, PutOptions } from '../../lib/types.js';
+} from '../../lib/contract/errors.js';
+import type { BlobBody, BlobDB, BlobInfo, ListOptions, PutOptions } from '../../lib/contract/types.js';
 import { describeBlobDB, getBytes, listKeys, rejectionOf } from '../conformance/blobdb.suite.js';
 import { announce, RGW_CREDENTIALS, RGW_ENDPOINT, uniqueName } from '../support/env.js';
 import { startFaultProxy } from '../support/fault-proxy.js';

@@ -11,8 +11,9 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
 import { expect } from 'chai';
-import { MemoryBlobDB } from '../../lib/backends/memory.js';
-import { getWithInfo, readAll } from '../../lib/body.js';
+import { MigratingBlobDB } from '../../lib/app/migrating.js';
+import { MemoryBlobDB } from '../../lib/backends/memory/index.js';
+import { getWithInfo, readAll } from '../../lib/contract/body.js';
 import {
   BlobExistsError,
   BlobNotFoundError,
@@ -20,9 +21,8 @@ import {
   KeyConflictError,
   NotSupportedError,
   SizeMismatchError,
-} from '../../lib/errors.js';
-import { MigratingBlobDB } from '../../lib/migrating.js';
-import type { BlobDB, BlobInfo, HttpMeta, ListOptions, SignedUrlOptions } from '../../lib/types.js';
+} from '../../lib/contract/errors.js';
+import type { BlobDB, BlobInfo, HttpMeta, ListOptions, SignedUrlOptions } from '../../lib/contract/types.js';
 import { uniqueName } from '../support/env.js';
 import { INVALID_KEYS } from './invalid-keys.js';
 

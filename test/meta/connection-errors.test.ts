@@ -14,9 +14,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import type { Knex } from 'knex';
-import { PreflightError } from '../../lib/errors.js';
+import { PreflightError } from '../../lib/contract/errors.js';
+import { isInfrastructureError, isTransientError } from '../../lib/engine/errors.js';
 import { createKnex, MetaDB } from '../../lib/meta/index.js';
-import { isInfrastructureError, isTransientError } from '../../lib/migrate/errors.js';
 import { runCli, writeConfig } from '../support/cli.js';
 import { announce, MYSQL_URL, PG_URL, uniqueName } from '../support/env.js';
 

@@ -9,11 +9,11 @@ import { join } from 'node:path';
 import { expect } from 'chai';
 import fc from 'fast-check';
 import type { Knex } from 'knex';
-import { BlobShiftError, ConfigError, PreflightError, ReadOnlyError } from '../../lib/errors.js';
+import { BlobShiftError, ConfigError, PreflightError, ReadOnlyError } from '../../lib/contract/errors.js';
+import type { ColumnMap, MetaOpenOptions, NewBlobMeta, RunState } from '../../lib/contract/meta.js';
+import type { BlobMeta } from '../../lib/contract/types.js';
 import { createKnex, emptyCounts, MetaDB, parseMysqlUrl } from '../../lib/meta/index.js';
-import type { ColumnMap, MetaOpenOptions, NewBlobMeta, RunState } from '../../lib/meta/types.js';
 import { keyProblem, readSize, toKey } from '../../lib/meta/values.js';
-import type { BlobMeta } from '../../lib/types.js';
 import { announce, MYSQL_URL, PG_URL, uniqueName } from '../support/env.js';
 
 /** A case-insensitive collation the PostgreSQL suite creates (ICU, non-deterministic). */

@@ -3,11 +3,11 @@ import { join } from 'node:path';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { expect } from 'chai';
 import PQueue from 'p-queue';
-import { MemoryBlobDB } from '../../lib/backends/memory.js';
-import { ConfigError } from '../../lib/errors.js';
+import { MemoryBlobDB } from '../../lib/backends/memory/index.js';
+import { ConfigError } from '../../lib/contract/errors.js';
+import type { BackfillSummary } from '../../lib/engine/backfill.js';
+import { ReferenceChecker } from '../../lib/engine/copy.js';
 import { MetaDB } from '../../lib/meta/index.js';
-import type { BackfillSummary } from '../../lib/migrate/backfill.js';
-import { ReferenceChecker } from '../../lib/migrate/copy.js';
 import {
   chunkJobId,
   describeQueue,

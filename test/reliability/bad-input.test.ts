@@ -12,11 +12,11 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { expect } from 'chai';
 import fc from 'fast-check';
-import { FilesystemBlobDB } from '../../lib/backends/fs.js';
-import { MemoryBlobDB } from '../../lib/backends/memory.js';
-import { InvalidKeyError } from '../../lib/errors.js';
+import { FilesystemBlobDB } from '../../lib/backends/fs/index.js';
+import { MemoryBlobDB } from '../../lib/backends/memory/index.js';
+import { InvalidKeyError } from '../../lib/contract/errors.js';
+import { type LogProblem, type MissingRecord, readMissingLog } from '../../lib/engine/missing-log.js';
 import { MetaDB } from '../../lib/meta/index.js';
-import { type LogProblem, type MissingRecord, readMissingLog } from '../../lib/migrate/missing-log.js';
 import { type CliResult, readJsonLines, runCli, seedOldFs, writeConfig } from '../support/cli.js';
 import { createBucket, type S3rverHandle, startS3rver } from '../support/s3rver.js';
 

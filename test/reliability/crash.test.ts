@@ -9,10 +9,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ListMultipartUploadsCommand, type S3Client } from '@aws-sdk/client-s3';
 import { expect } from 'chai';
-import { FilesystemBlobDB } from '../../lib/backends/fs.js';
-import { createS3Client, S3BlobDB } from '../../lib/backends/s3.js';
+import { FilesystemBlobDB } from '../../lib/backends/fs/index.js';
+import { createS3Client, S3BlobDB } from '../../lib/backends/s3/index.js';
+import type { BlobDB } from '../../lib/contract/types.js';
 import { MetaDB } from '../../lib/meta/index.js';
-import type { BlobDB } from '../../lib/types.js';
 import {
   bucketShas,
   fileSha,

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { expect } from 'chai';
-import { createS3Client, type S3ClientConfigLike } from '../../lib/backends/s3.js';
+import { createS3Client, type S3ClientConfigLike } from '../../lib/backends/s3/index.js';
 import { MetaDB } from '../../lib/meta/index.js';
 import {
   blobKey,

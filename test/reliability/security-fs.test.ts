@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { expect } from 'chai';
-import { FilesystemBlobDB } from '../../lib/backends/fs.js';
+import { FilesystemBlobDB } from '../../lib/backends/fs/index.js';
 import { MetaDB } from '../../lib/meta/index.js';
 import { readJsonLines, runCli, type SeededBlob, seedOldFs, writeConfig } from '../support/cli.js';
 import { createBucket, type S3rverHandle, startS3rver } from '../support/s3rver.js';

@@ -10,8 +10,8 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { GetObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import type { NewBlobMeta } from '../../lib/contract/meta.js';
 import type { MetaDB } from '../../lib/meta/index.js';
-import type { NewBlobMeta } from '../../lib/meta/types.js';
 
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const CLI = join(REPO, 'scripts', 'cli.ts');

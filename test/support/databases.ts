@@ -6,8 +6,8 @@
  */
 import { join } from 'node:path';
 import type { Knex } from 'knex';
+import type { MetaOpenOptions } from '../../lib/contract/meta.js';
 import { createKnex, MetaDB } from '../../lib/meta/index.js';
-import type { MetaOpenOptions } from '../../lib/meta/types.js';
 import { announce, MYSQL_URL, PG_URL, uniqueName } from './env.js';
 
 export interface MetaDatabase {

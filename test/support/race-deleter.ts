@@ -8,10 +8,11 @@
  * Arguments: one JSON object `{ sqlite, newRoot, oldRoot, keys, rounds }`.
  * Exits 0 when every delete resolved, 1 with the error on stderr otherwise.
  */
-import { FilesystemBlobDB } from '../../lib/backends/fs.js';
+
+import { MigratingBlobDB } from '../../lib/app/migrating.js';
+import { BlobStore } from '../../lib/app/store.js';
+import { FilesystemBlobDB } from '../../lib/backends/fs/index.js';
 import { MetaDB } from '../../lib/meta/index.js';
-import { MigratingBlobDB } from '../../lib/migrating.js';
-import { BlobStore } from '../../lib/store.js';
 import { WrappedBlobDB } from './wrap.js';
 
 interface Args {

@@ -7,9 +7,9 @@
  * and exits 1. The kill tests on s3rver accept exactly that, and nothing else.
  */
 import { expect } from 'chai';
-import { readAll } from '../../lib/body.js';
-import { readMissingLog } from '../../lib/migrate/missing-log.js';
-import type { BlobDB } from '../../lib/types.js';
+import { readAll } from '../../lib/contract/body.js';
+import type { BlobDB } from '../../lib/contract/types.js';
+import { readMissingLog } from '../../lib/engine/missing-log.js';
 
 const LEFTOVER =
   /^size mismatch in the new backend: it holds (\d+) bytes, the metadata says (\d+); not overwritten$/;

@@ -16,8 +16,12 @@ import {
   ListObjectsV2Command,
   type S3Client,
 } from '@aws-sdk/client-s3';
-import { createS3Client, type S3ClientConfigLike, type S3ClientOptions } from '../../lib/backends/s3.js';
-import { observeLeanRequests } from '../../lib/backends/s3-lean.js';
+import {
+  createS3Client,
+  type S3ClientConfigLike,
+  type S3ClientOptions,
+} from '../../lib/backends/s3/index.js';
+import { observeLeanRequests } from '../../lib/backends/s3/lean.js';
 import { RGW_CREDENTIALS, RGW_ENDPOINT, uniqueName } from './env.js';
 
 /** s3rver signs with this fixed account. */

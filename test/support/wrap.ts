@@ -12,7 +12,7 @@ import type {
   BulkDeleteResult,
   ListOptions,
   PutOptions,
-} from '../../lib/types.js';
+} from '../../lib/contract/types.js';
 
 export type Method = 'put' | 'get' | 'stat' | 'exists' | 'size' | 'delete' | 'bulkDelete' | 'list';
 

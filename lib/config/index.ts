@@ -1,0 +1,1081 @@
+/**
+ * The config file (`blobshift.config.json`): read, validate, and build the
+ * metadata store and backends from it.
+ *
+ * - Every object is strict: an unknown key is a `ConfigError` naming its path,
+ *   with a did-you-mean from the allowed keys.
+ * - `$NAME` and `${NAME}` in string values come from the environment (a
+ *   whole value as is; inside a URL percent-encoded); unset is a
+ *   `ConfigError` naming NAME and the field. `$$` is a literal `$`. Number
+ *   and boolean fields also take their value as a string, so they can come
+ *   from the environment.
+ * - Relative paths (an `fs` root, a SQLite filename) are resolved against the
+ *   config file's directory.
+ * - Secrets (S3 secret keys and session tokens, database passwords, passwords
+ *   inside URLs) are registered with the redactor as they are read, and never
+ *   appear in a `ConfigError`. Print the config with `redact(loaded.config)`.
+ * - Heavy modules load only in the builders that need them: knex when the
+ *   metadata is opened, the AWS SDK when an S3 backend is built. The other
+ *   modules are light and imported statically, so errors they throw are the
+ *   same classes callers import.
+ */
+import { realpathSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { dirname, isAbsolute, relative, resolve, sep } from 'node:path';
+import { z } from 'zod';
+import { MigratingBlobDB } from '../app/migrating.js';
+import { FilesystemBlobDB } from '../backends/fs/index.js';
+import { MemoryBlobDB } from '../backends/memory/index.js';
+import { ConfigError, isErrnoException } from '../contract/errors.js';
+import { keyProblem } from '../contract/keys.js';
+import type { ColumnMap, MetaOpenOptions } from '../contract/meta.js';
+import { redactString, registerSecret } from '../contract/redact.js';
+import type { BlobDB } from '../contract/types.js';
+import { MetaDB } from '../meta/index.js';
+import { IDENTIFIER, MAX_TABLE_NAME } from '../meta/schema.js';
+
+/** The config file the CLI reads when `-c` is not given. */
+export const DEFAULT_CONFIG_FILE = 'blobshift.config.json';
+
+// ---------------------------------------------------------------------------
+// Did-you-mean
+
+/**
+ * Edit distance between two short strings: insertions, deletions,
+ * substitutions and swaps of neighbours (`nwe` → `new` is 1), each costing 1.
+ */
+export function editDistance(a: string, b: string): number {
+  const rows: number[][] = [];
+  for (let i = 0; i <= a.length; i++) {
+    const row: number[] = [i];
+    for (let j = 1; j <= b.length; j++) {
+      if (i === 0) {
+        row.push(j);
+        continue;
+      }
+      const above = rows[i - 1] as number[];
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let d = Math.min((above[j] as number) + 1, (row[j - 1] as number) + 1, (above[j - 1] as number) + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        d = Math.min(d, ((rows[i - 2] as number[])[j - 2] as number) + 1);
+      }
+      row.push(d);
+    }
+    rows.push(row);
+  }
+  return (rows[a.length] as number[])[b.length] as number;
+}
+
+/** The allowed word closest to `word`, when it is close enough to be a likely typo. */
+export function didYouMean(word: string, allowed: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestDistance = Number.POSITIVE_INFINITY;
+  for (const candidate of allowed) {
+    const d = candidate.toLowerCase() === word.toLowerCase() ? 0 : editDistance(word, candidate);
+    if (d < bestDistance) {
+      best = candidate;
+      bestDistance = d;
+    }
+  }
+  const limit = word.length <= 3 ? 1 : Math.max(2, Math.floor(word.length / 3));
+  return bestDistance <= limit ? best : undefined;
+}
+
+function unknownKeyMessage(key: string, allowed: readonly string[]): string {
+  const guess = didYouMean(key, allowed);
+  return (
+    `unknown key "${key}"` +
+    (guess !== undefined ? `; did you mean "${guess}"?` : '') +
+    ` (allowed: ${allowed.join(', ')})`
+  );
+}
+
+// ---------------------------------------------------------------------------
+// Schema
+
+/** A strict object whose unknown keys get a did-you-mean message. */
+function strict<T extends z.ZodRawShape>(shape: T) {
+  const allowed = Object.keys(shape);
+  return z.strictObject(shape, {
+    error: (iss) =>
+      iss.code === 'unrecognized_keys' ? unknownKeyMessage(String(iss.keys[0]), allowed) : undefined,
+  });
+}
+
+const intFromString = (v: unknown) => (typeof v === 'string' && /^-?\d+$/.test(v.trim()) ? Number(v) : v);
+const boolFromString = (v: unknown) => (v === 'true' ? true : v === 'false' ? false : v);
+
+function int(min: number, max = Number.MAX_SAFE_INTEGER) {
+  return z.preprocess(intFromString, z.number().int().min(min).max(max));
+}
+const bool = z.preprocess(boolFromString, z.boolean());
+const nonEmpty = z.string().min(1, { error: 'must not be empty' });
+
+const identifier = (max: number) =>
+  z
+    .string()
+    .regex(IDENTIFIER, {
+      error: 'must be a plain SQL name: letters, digits and "_", not starting with a digit',
+    })
+    .max(max);
+
+/** `"0644"` (octal string) or a number of mode bits (0–0o777). */
+const mode = z.preprocess(
+  (v) => {
+    if (typeof v === 'string' && /^0?[0-7]{3}$/.test(v.trim())) return Number.parseInt(v.trim(), 8);
+    return v;
+  },
+  z
+    .number({ error: 'must be an octal string such as "0644"' })
+    .int()
+    .min(0)
+    .max(0o777, { error: 'is not a file mode: write it as an octal string, e.g. "0644"' }),
+);
+
+const columnsSchema = strict({
+  id: identifier(64),
+  key: identifier(64),
+  size: identifier(64),
+  type: identifier(64).optional(),
+  parentId: identifier(64).optional(),
+  contentType: identifier(64).optional(),
+  sha256: identifier(64).optional(),
+  name: identifier(64).optional(),
+  createdOn: identifier(64).optional(),
+  expiresOn: identifier(64).optional(),
+});
+
+/** knex's pool options (tarn). */
+const poolSchema = strict({
+  min: int(0).optional(),
+  max: int(1).optional(),
+  acquireTimeoutMillis: int(1).optional(),
+  createTimeoutMillis: int(1).optional(),
+  destroyTimeoutMillis: int(1).optional(),
+  idleTimeoutMillis: int(1).optional(),
+  reapIntervalMillis: int(1).optional(),
+  createRetryIntervalMillis: int(1).optional(),
+  propagateCreateError: bool.optional(),
+});
+
+const sqliteConnection = strict({ filename: nonEmpty });
+
+const mysqlConnection = strict({
+  host: nonEmpty.optional(),
+  port: int(1, 65535).optional(),
+  user: z.string().optional(),
+  password: z.string().optional(),
+  database: nonEmpty.optional(),
+  socketPath: nonEmpty.optional(),
+  ssl: z.union([bool, z.record(z.string(), z.unknown())]).optional(),
+  charset: nonEmpty.optional(),
+  connectTimeout: int(1).optional(),
+});
+
+const mysqlUrl = z.string().refine((s) => /^(mysql2?|mariadb):\/\/./.test(s), {
+  error: 'must be a mysql://user:password@host:port/database URL or a connection object',
+});
+
+/** TLS for PostgreSQL: `true`, or node's TLS options (PEM text for ca, cert and key). */
+const pgSsl = z.union([
+  bool,
+  strict({
+    rejectUnauthorized: bool.optional(),
+    ca: nonEmpty.optional(),
+    cert: nonEmpty.optional(),
+    key: nonEmpty.optional(),
+    passphrase: z.string().optional(),
+    servername: nonEmpty.optional(),
+  }),
+]);
+
+/** The pg driver's connection options (`PGPASSWORD` and the other PG* variables fill what is left out). */
+const pgConnection = strict({
+  host: nonEmpty.optional(),
+  port: int(1, 65535).optional(),
+  user: z.string().optional(),
+  password: z.string().optional(),
+  database: nonEmpty.optional(),
+  ssl: pgSsl.optional(),
+  application_name: z.string().optional(),
+  options: z.string().optional(),
+  connectionTimeoutMillis: int(0).optional(),
+  statement_timeout: int(0).optional(),
+  query_timeout: int(0).optional(),
+  lock_timeout: int(0).optional(),
+  idle_in_transaction_session_timeout: int(0).optional(),
+  keepAlive: bool.optional(),
+  keepAliveInitialDelayMillis: int(0).optional(),
+});
+
+const pgUrl = z.string().refine((s) => /^postgres(ql)?:\/\/./.test(s), {
+  error:
+    'must be a postgres://user@host:port/database URL (a password goes after the user, or in PGPASSWORD) or a connection object',
+});
+
+const metaCommon = {
+  table: identifier(MAX_TABLE_NAME).optional(),
+  columns: columnsSchema.optional(),
+  runsTable: identifier(MAX_TABLE_NAME).optional(),
+  pool: poolSchema.optional(),
+  acquireConnectionTimeout: int(1).optional(),
+  useNullAsDefault: bool.optional(),
+  asyncStackTraces: bool.optional(),
+};
+
+const SQLITE_CLIENTS = ['better-sqlite3', 'sqlite3'] as const;
+const MYSQL_CLIENTS = ['mysql2', 'mysql'] as const;
+const PG_CLIENTS = ['pg', 'postgres', 'postgresql'] as const;
+const CLIENTS = [...SQLITE_CLIENTS, ...MYSQL_CLIENTS, ...PG_CLIENTS];
+
+const sqliteMeta = strict({
+  client: z.enum(SQLITE_CLIENTS),
+  connection: sqliteConnection,
+  ...metaCommon,
+});
+const mysqlMeta = strict({
+  client: z.enum(MYSQL_CLIENTS),
+  connection: z.union([mysqlUrl, mysqlConnection]),
+  ...metaCommon,
+});
+const pgMeta = strict({
+  client: z.enum(PG_CLIENTS),
+  connection: z.union([pgUrl, pgConnection]),
+  /** The schema that holds blobshift's tables (or the mapped app table). */
+  schema: identifier(63).optional(),
+  /** knex's: the search_path set on every connection. */
+  searchPath: z.union([nonEmpty, z.array(nonEmpty).min(1)]).optional(),
+  ...metaCommon,
+});
+
+const credentialsSchema = strict({
+  accessKeyId: nonEmpty,
+  secretAccessKey: nonEmpty,
+  sessionToken: nonEmpty.optional(),
+});
+
+const checksumMode = z.enum(['WHEN_SUPPORTED', 'WHEN_REQUIRED']);
+
+const fsBackend = strict({
+  type: z.literal('fs'),
+  root: nonEmpty,
+  fileMode: mode.optional(),
+  dirMode: mode.optional(),
+});
+
+const s3Backend = strict({
+  type: z.literal('s3'),
+  bucket: nonEmpty.regex(/^[^/\s]+$/, {
+    error: 'must be a bucket name (no "/" or spaces); use prefix for a path',
+  }),
+  prefix: z.string().optional(),
+  endpoint: z
+    .string()
+    .refine((s) => /^https?:\/\/[^/]/.test(s), { error: 'must be an http:// or https:// URL' })
+    .optional(),
+  region: nonEmpty.optional(),
+  forcePathStyle: bool.optional(),
+  credentials: credentialsSchema.optional(),
+  requestChecksumCalculation: checksumMode.optional(),
+  responseChecksumValidation: checksumMode.optional(),
+  maxSockets: int(1).optional(),
+  connectionTimeoutMs: int(1).optional(),
+  requestTimeoutMs: int(1).optional(),
+  maxAttempts: int(1, 100).optional(),
+  partSize: int(5 * 1024 * 1024).optional(),
+  queueSize: int(1, 1000).optional(),
+  /** A canned ACL on every object written (puts, multipart, server-side copies). */
+  acl: z
+    .enum([
+      'private',
+      'public-read',
+      'public-read-write',
+      'authenticated-read',
+      'aws-exec-read',
+      'bucket-owner-read',
+      'bucket-owner-full-control',
+    ])
+    .optional(),
+  /** Read each object's ACL with its info (one GetObjectAcl more a blob), so copies carry a public one. */
+  readAcl: bool.optional(),
+});
+
+/** In-process memory: for tests only; nothing survives the process. */
+const memoryBackend = strict({ type: z.literal('memory') });
+
+const BACKEND_TYPES = ['fs', 's3', 'memory'];
+
+const backendSchema = z.discriminatedUnion('type', [fsBackend, s3Backend, memoryBackend]);
+
+/**
+ * The Redis queue of `--queue` (scale-out over workers): its URL, and its
+ * password kept out of the command line (where `ps` shows it), usually as
+ * `"$REDIS_PASSWORD"`.
+ */
+const queueSchema = strict({
+  url: z
+    .string()
+    .refine((v) => /^rediss?:\/\/[^/]/.test(v), {
+      error: 'must be a redis://HOST[:PORT][/DB] or rediss:// URL',
+    })
+    .optional(),
+  password: nonEmpty.optional(),
+});
+
+const configSchema = strict({
+  meta: z.unknown(),
+  old: backendSchema.optional(),
+  new: backendSchema.optional(),
+  queue: queueSchema.optional(),
+});
+
+// ---------------------------------------------------------------------------
+// Types
+
+export type FsBackendConfig = { type: 'fs'; root: string; fileMode?: number; dirMode?: number };
+export type S3BackendConfig = z.output<typeof s3Backend>;
+export type MemoryBackendConfig = { type: 'memory' };
+export type BackendConfig = FsBackendConfig | S3BackendConfig | MemoryBackendConfig;
+
+export type MysqlConnectionConfig = z.output<typeof mysqlConnection>;
+export type PgConnectionConfig = z.output<typeof pgConnection>;
+
+/** The `meta` section, validated: clients normalised to `better-sqlite3` / `mysql2` / `pg`, paths absolute. */
+export type MetaConfig = {
+  table: string;
+  columns?: ColumnMap;
+  runsTable?: string;
+  pool?: z.output<typeof poolSchema>;
+  acquireConnectionTimeout?: number;
+  useNullAsDefault?: boolean;
+  asyncStackTraces?: boolean;
+} & (
+  | { client: 'better-sqlite3'; connection: { filename: string } }
+  | { client: 'mysql2'; connection: string | MysqlConnectionConfig }
+  | {
+      client: 'pg';
+      connection: string | PgConnectionConfig;
+      schema?: string;
+      searchPath?: string | string[];
+    }
+);
+
+export type QueueConfig = z.output<typeof queueSchema>;
+
+export interface BlobShiftConfig {
+  meta: MetaConfig;
+  old?: BackendConfig;
+  new?: BackendConfig;
+  /** The Redis queue of `--queue`: URL and password (see the README, Scaling out). */
+  queue?: QueueConfig;
+}
+
+export interface ConfigOptions {
+  /** The command needs `old` (backfill, check-blob-logs --migrate, cleanup-old). */
+  requireOld?: boolean;
+  /** The command needs `new`. */
+  requireNew?: boolean;
+  /** Open SQLite files that exist only (the CLI): a mistyped path is an error, not a new empty database. */
+  sqliteMustExist?: boolean;
+}
+
+export interface LoadedConfig {
+  /** The config file (absolute), when loaded from one. */
+  readonly file: string | undefined;
+  /** Relative paths were resolved against this directory. */
+  readonly baseDir: string;
+  /** The validated config, secrets included: print it through `redact()`. */
+  readonly config: BlobShiftConfig;
+  /** The knex config `openMeta` uses. */
+  knexConfig(): Record<string, unknown>;
+  /** Opens the metadata (lazy knex). Each call opens a new `MetaDB`; the caller closes it. */
+  openMeta(): Promise<MetaDB>;
+  /** The old backend, built once on first call; `undefined` when not configured. */
+  buildOld(): Promise<BlobDB | undefined>;
+  /** The new backend, built once on first call; `undefined` when not configured. */
+  buildNew(): Promise<BlobDB | undefined>;
+  /**
+   * What the app reads and writes: a `MigratingBlobDB(new, old)` when both
+   * are configured, else the one there is. Built from `buildOld`/`buildNew`,
+   * so it shares their instances.
+   */
+  buildDb(): Promise<BlobDB>;
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+type Path = readonly (string | number | symbol)[];
+
+function formatPath(path: Path): string {
+  let out = '';
+  for (const seg of path) {
+    if (typeof seg === 'number') out += `[${seg}]`;
+    else out += out === '' ? String(seg) : `.${String(seg)}`;
+  }
+  return out;
+}
+
+function valueAt(root: unknown, path: Path): unknown {
+  let v = root;
+  for (const seg of path) {
+    if (v === null || typeof v !== 'object') return undefined;
+    v = (v as Record<string | number, unknown>)[seg as string | number];
+  }
+  return v;
+}
+
+function describeType(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  if (typeof v === 'object') return 'an object';
+  return `a ${typeof v}`;
+}
+
+/** zod's own messages start like this; anything else was written here and is kept. */
+const ZOD_DEFAULT = /^(Invalid|Too (big|small)|Unrecognized)/;
+
+function issueMessage(iss: z.core.$ZodIssue, input: unknown): { path: Path; message: string } {
+  const value = valueAt(input, iss.path);
+  if (iss.code !== 'unrecognized_keys' && !ZOD_DEFAULT.test(iss.message) && value !== undefined) {
+    return { path: iss.path, message: iss.message };
+  }
+  switch (iss.code) {
+    case 'unrecognized_keys':
+      return { path: [...iss.path, String(iss.keys[0])], message: iss.message };
+    case 'invalid_type':
+      if (value === undefined) return { path: iss.path, message: `is required (${iss.expected})` };
+      return { path: iss.path, message: `must be ${articled(iss.expected)}, got ${describeType(value)}` };
+    case 'invalid_value': {
+      const options = iss.values.map((x) => JSON.stringify(x)).join(', ');
+      if (value === undefined) return { path: iss.path, message: `is required: one of ${options}` };
+      const guess = typeof value === 'string' ? didYouMean(value, iss.values.map(String)) : undefined;
+      return {
+        path: iss.path,
+        message:
+          `must be one of ${options}, got ${JSON.stringify(value)}` +
+          (guess !== undefined ? `; did you mean "${guess}"?` : ''),
+      };
+    }
+    case 'invalid_union': {
+      const discriminator = (iss as { discriminator?: string }).discriminator;
+      if (discriminator === 'type') {
+        if (value === undefined) {
+          return {
+            path: iss.path,
+            message: `is required: one of ${BACKEND_TYPES.join(', ')} (memory is for tests)`,
+          };
+        }
+        const guess = typeof value === 'string' ? didYouMean(value, BACKEND_TYPES) : undefined;
+        return {
+          path: iss.path,
+          message:
+            `unknown backend type ${JSON.stringify(value)}; expected one of ${BACKEND_TYPES.join(', ')} ` +
+            '(memory is for tests)' +
+            (guess !== undefined ? `; did you mean "${guess}"?` : ''),
+        };
+      }
+      // A union such as a URL or an object: report the option whose kind matches the value.
+      for (const option of iss.errors) {
+        if (option.some((e) => e.code === 'invalid_type' && e.path.length === 0)) continue;
+        const inner = [...option].sort(
+          (a, b) => Number(b.code === 'unrecognized_keys') - Number(a.code === 'unrecognized_keys'),
+        )[0];
+        if (inner !== undefined) return issueMessage({ ...inner, path: [...iss.path, ...inner.path] }, input);
+      }
+      const kinds = iss.errors.flatMap((option) =>
+        option.flatMap((e) =>
+          e.code === 'invalid_type' && e.path.length === 0 ? [articled(e.expected)] : [],
+        ),
+      );
+      return { path: iss.path, message: `must be ${kinds.join(' or ')}, got ${describeType(value)}` };
+    }
+    case 'too_small':
+      if (iss.origin === 'string' && Number(iss.minimum) === 1)
+        return { path: iss.path, message: 'must not be empty' };
+      return { path: iss.path, message: `must be at least ${String(iss.minimum)}, got ${String(value)}` };
+    case 'too_big':
+      return { path: iss.path, message: `must be at most ${String(iss.maximum)}, got ${String(value)}` };
+    default:
+      return { path: iss.path, message: iss.message };
+  }
+}
+
+function articled(word: string): string {
+  return /^[aeiou]/.test(word) ? `an ${word}` : `a ${word}`;
+}
+
+function zodToConfigError(error: z.ZodError, input: unknown, prefix: Path = []): ConfigError {
+  const issues = [...error.issues].sort(
+    (a, b) => Number(b.code === 'unrecognized_keys') - Number(a.code === 'unrecognized_keys'),
+  );
+  const described = issues.map((iss) => issueMessage(iss, valueAt(input, []))).slice(0, 6);
+  const [first, ...rest] = described;
+  if (first === undefined) return new ConfigError(formatPath(prefix), 'is invalid');
+  const path = formatPath([...prefix, ...first.path]);
+  let message = first.message;
+  for (const r of rest) message += `\n  also ${formatPath([...prefix, ...r.path])}: ${r.message}`;
+  return new ConfigError(path, redactString(message));
+}
+
+// ---------------------------------------------------------------------------
+// Environment and secrets
+
+const ENV_REF = /\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))/g;
+const URL_START = /^[a-z][a-z0-9+.-]*:\/\//i;
+
+/**
+ * Replaces `$NAME` and `${NAME}` in strings with environment variables, and
+ * `$$` with `$`. A whole-string reference takes the value as is; inside a URL
+ * (`mysql://app:$DB_PASSWORD@db/app`) the value is percent-encoded, so any
+ * password fits. Throws `ConfigError` naming the variable and the field when
+ * one is not set. A `$` not followed by a name stays as it is.
+ */
+export function substituteEnv(
+  value: unknown,
+  env: NodeJS.ProcessEnv = process.env,
+  path: Path = [],
+): unknown {
+  if (typeof value === 'string') {
+    const lookup = (name: string): string => {
+      const got = env[name];
+      if (got === undefined) {
+        throw new ConfigError(
+          formatPath(path),
+          `the environment variable ${name} is not set (the config refers to $${name})`,
+        );
+      }
+      return got;
+    };
+    const whole = /^\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))$/.exec(value);
+    if (whole) return lookup((whole[1] ?? whole[2]) as string);
+    const inUrl = URL_START.test(value);
+    return value.replace(ENV_REF, (match, braced: string | undefined, bare: string | undefined) => {
+      if (match === '$$') return '$';
+      const got = lookup((braced ?? bare) as string);
+      return inUrl ? encodeURIComponent(got) : got;
+    });
+  }
+  if (Array.isArray(value)) return value.map((v, i) => substituteEnv(v, env, [...path, i]));
+  if (value !== null && typeof value === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[k] = substituteEnv(v, env, [...path, k]);
+    return out;
+  }
+  return value;
+}
+
+// The access key id is not a secret by itself, but it names the account: redacted like one.
+const SECRET_KEY =
+  /^(accesskeyid|secretaccesskey|sessiontoken|password|passwd|pass|secret|token|apikey|api_key)$/i;
+const URL_PASSWORD = /[a-z][a-z0-9+.-]*:\/\/[^:/?#@\s]*:([^@/?#\s]+)@/gi;
+
+/** Registers every secret-looking value (by field name, or a password inside a URL) with the redactor. */
+export function registerConfigSecrets(value: unknown, key = ''): void {
+  if (typeof value === 'string') {
+    if (SECRET_KEY.test(key)) registerSecret(value);
+    for (const m of value.matchAll(URL_PASSWORD)) {
+      const raw = m[1] as string;
+      registerSecret(raw);
+      try {
+        registerSecret(decodeURIComponent(raw));
+      } catch {
+        // not percent-encoded
+      }
+    }
+    if (URL_START.test(value)) {
+      // A password may also ride in the query (postgres://app@db/app?password=…).
+      try {
+        for (const [k, v] of new URL(value).searchParams) {
+          if (SECRET_KEY.test(k) || /^ssl(password|key)$/i.test(k)) {
+            registerSecret(v);
+            registerSecret(encodeURIComponent(v));
+          }
+        }
+      } catch {
+        // not a URL after all
+      }
+    }
+    return;
+  }
+  if (Array.isArray(value)) {
+    for (const v of value) registerConfigSecrets(v, key);
+    return;
+  }
+  if (value !== null && typeof value === 'object') {
+    for (const [k, v] of Object.entries(value)) {
+      if (k === 'ssl' && v !== null && typeof v === 'object') {
+        for (const [sk, sv] of Object.entries(v)) {
+          if (sk === 'key' || sk === 'passphrase' || sk === 'pfx') registerSecret(sv);
+        }
+      }
+      registerConfigSecrets(v, k);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Parsing
+
+function parseMeta(raw: unknown, baseDir: string): MetaConfig {
+  if (raw === undefined)
+    throw new ConfigError('meta', 'is required (the metadata database: client, connection)');
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+    throw new ConfigError('meta', `must be an object, got ${describeType(raw)}`);
+  }
+  const client = (raw as { client?: unknown }).client;
+  if (client === undefined) {
+    throw new ConfigError('meta.client', `is required: one of ${CLIENTS.join(', ')}`);
+  }
+  let parsed: z.output<typeof sqliteMeta> | z.output<typeof mysqlMeta> | z.output<typeof pgMeta>;
+  if ((SQLITE_CLIENTS as readonly unknown[]).includes(client)) {
+    const r = sqliteMeta.safeParse(raw);
+    if (!r.success) throw zodToConfigError(r.error, raw, ['meta']);
+    parsed = r.data;
+  } else if ((MYSQL_CLIENTS as readonly unknown[]).includes(client)) {
+    const r = mysqlMeta.safeParse(raw);
+    if (!r.success) throw zodToConfigError(r.error, raw, ['meta']);
+    parsed = r.data;
+  } else if ((PG_CLIENTS as readonly unknown[]).includes(client)) {
+    const r = pgMeta.safeParse(raw);
+    if (!r.success) throw zodToConfigError(r.error, raw, ['meta']);
+    parsed = r.data;
+    // The pg driver reads the password from PGPASSWORD when the config has none.
+    registerSecret(process.env.PGPASSWORD);
+  } else {
+    const guess = typeof client === 'string' ? didYouMean(client, CLIENTS) : undefined;
+    throw new ConfigError(
+      'meta.client',
+      `unknown database client ${typeof client === 'string' ? JSON.stringify(client) : describeType(client)}; ` +
+        `expected one of ${CLIENTS.join(', ')}` +
+        (guess !== undefined ? `; did you mean "${guess}"?` : ''),
+    );
+  }
+  const common = {
+    table: parsed.table ?? 'blob_meta',
+    ...(parsed.columns !== undefined ? { columns: parsed.columns } : {}),
+    ...(parsed.runsTable !== undefined ? { runsTable: parsed.runsTable } : {}),
+    ...(parsed.pool !== undefined ? { pool: parsed.pool } : {}),
+    ...(parsed.acquireConnectionTimeout !== undefined
+      ? { acquireConnectionTimeout: parsed.acquireConnectionTimeout }
+      : {}),
+    ...(parsed.useNullAsDefault !== undefined ? { useNullAsDefault: parsed.useNullAsDefault } : {}),
+    ...(parsed.asyncStackTraces !== undefined ? { asyncStackTraces: parsed.asyncStackTraces } : {}),
+  };
+  if (parsed.runsTable !== undefined && parsed.columns === undefined) {
+    throw new ConfigError(
+      'meta.runsTable',
+      'applies only with meta.columns (an app table); blobshift uses <table>_runs',
+    );
+  }
+  if (parsed.client === 'better-sqlite3' || parsed.client === 'sqlite3') {
+    const filename = (parsed.connection as { filename: string }).filename;
+    const resolved =
+      filename === ':memory:' || filename.startsWith('file:') ? filename : resolve(baseDir, filename);
+    return { ...common, client: 'better-sqlite3', connection: { filename: resolved } };
+  }
+  if (parsed.client === 'pg' || parsed.client === 'postgres' || parsed.client === 'postgresql') {
+    const pg = parsed as z.output<typeof pgMeta>;
+    return {
+      ...common,
+      client: 'pg',
+      connection: pg.connection,
+      ...(pg.schema !== undefined ? { schema: pg.schema } : {}),
+      ...(pg.searchPath !== undefined ? { searchPath: pg.searchPath } : {}),
+    };
+  }
+  return { ...common, client: 'mysql2', connection: parsed.connection as string | MysqlConnectionConfig };
+}
+
+function normalizeBackend(
+  b: z.output<typeof backendSchema> | undefined,
+  baseDir: string,
+  path: string,
+): BackendConfig | undefined {
+  if (b === undefined) return undefined;
+  if (b.type === 'fs') {
+    return {
+      type: 'fs',
+      root: resolve(baseDir, b.root),
+      ...(b.fileMode !== undefined ? { fileMode: b.fileMode as number } : {}),
+      ...(b.dirMode !== undefined ? { dirMode: b.dirMode as number } : {}),
+    };
+  }
+  if (b.type === 's3') {
+    if (b.prefix !== undefined && b.prefix !== '') {
+      const probe = b.prefix.endsWith('/') ? `${b.prefix}x` : b.prefix;
+      const problem = keyProblem(probe);
+      if (problem !== undefined)
+        throw new ConfigError(`${path}.prefix`, `is not a valid key prefix: ${problem}`);
+    }
+    return b;
+  }
+  return { type: 'memory' };
+}
+
+/**
+ * Validates a config object (already parsed from JSON). Relative paths are
+ * resolved against `baseDir`. Throws `ConfigError` naming the field.
+ */
+export function parseConfig(
+  obj: unknown,
+  baseDir: string,
+  opts: ConfigOptions = {},
+  file?: string,
+): LoadedConfig {
+  if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) {
+    throw new ConfigError('', `the config must be a JSON object, got ${describeType(obj)}`);
+  }
+  const withEnv = substituteEnv(obj);
+  registerConfigSecrets(withEnv);
+  const top = configSchema.safeParse(withEnv);
+  if (!top.success) throw zodToConfigError(top.error, withEnv);
+  const meta = parseMeta(top.data.meta, baseDir);
+  const config: BlobShiftConfig = { meta };
+  const oldCfg = normalizeBackend(top.data.old, baseDir, 'old');
+  const newCfg = normalizeBackend(top.data.new, baseDir, 'new');
+  if (oldCfg !== undefined) config.old = oldCfg;
+  if (newCfg !== undefined) config.new = newCfg;
+  if (top.data.queue !== undefined) config.queue = top.data.queue;
+  if (opts.requireOld && config.old === undefined) {
+    throw new ConfigError('old', 'is required for this command (the backend blobs are copied from)');
+  }
+  if (opts.requireNew && config.new === undefined) {
+    throw new ConfigError('new', 'is required for this command (the backend blobs are copied to)');
+  }
+  return new Loaded(config, baseDir, file, opts);
+}
+
+/** 1-based line and column of a character offset. */
+function lineColumn(text: string, offset: number): { line: number; column: number } {
+  const before = text.slice(0, offset);
+  const line = before.split('\n').length;
+  const column = offset - (before.lastIndexOf('\n') + 1) + 1;
+  return { line, column };
+}
+
+/** The offset of the first JSON syntax error (a small scanner, for messages without a position). */
+export function jsonErrorOffset(text: string): number {
+  let i = 0;
+  const ws = () => {
+    while (i < text.length && /\s/.test(text[i] as string)) i++;
+  };
+  const fail = (): never => {
+    throw i;
+  };
+  const value = (): void => {
+    ws();
+    const c = text[i];
+    if (c === '{') {
+      i++;
+      ws();
+      if (text[i] === '}') {
+        i++;
+        return;
+      }
+      for (;;) {
+        ws();
+        if (text[i] !== '"') fail();
+        string();
+        ws();
+        if (text[i] !== ':') fail();
+        i++;
+        value();
+        ws();
+        if (text[i] === ',') {
+          i++;
+          continue;
+        }
+        if (text[i] === '}') {
+          i++;
+          return;
+        }
+        fail();
+      }
+    }
+    if (c === '[') {
+      i++;
+      ws();
+      if (text[i] === ']') {
+        i++;
+        return;
+      }
+      for (;;) {
+        value();
+        ws();
+        if (text[i] === ',') {
+          i++;
+          continue;
+        }
+        if (text[i] === ']') {
+          i++;
+          return;
+        }
+        fail();
+      }
+    }
+    if (c === '"') {
+      string();
+      return;
+    }
+    const lit = /^(true|false|null|-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?)/.exec(text.slice(i, i + 400));
+    if (!lit) fail();
+    i += (lit as RegExpExecArray)[0].length;
+  };
+  const string = (): void => {
+    i++;
+    while (i < text.length) {
+      const c = text[i] as string;
+      if (c === '"') {
+        i++;
+        return;
+      }
+      if (c === '\\') {
+        const n = text[i + 1];
+        if (n === 'u') {
+          if (!/^[0-9a-fA-F]{4}$/.test(text.slice(i + 2, i + 6))) fail();
+          i += 6;
+        } else if (n !== undefined && '"\\/bfnrt'.includes(n)) i += 2;
+        else fail();
+        continue;
+      }
+      if (c < ' ') fail();
+      i++;
+    }
+    fail();
+  };
+  try {
+    value();
+    ws();
+    if (i < text.length) fail();
+  } catch (at) {
+    if (typeof at === 'number') return Math.min(at, text.length);
+    throw at;
+  }
+  return text.length;
+}
+
+/** Parses JSON text; a syntax error becomes a `ConfigError` with line and column (and no quoted content). */
+export function parseJsonText(text: string, file: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    const msg = err instanceof Error ? err.message : String(err);
+    const pos = /at position (\d+)/.exec(msg);
+    const offset = pos ? Number(pos[1]) : jsonErrorOffset(text);
+    const { line, column } = lineColumn(text, offset);
+    // V8 quotes the text near the error; keep only its description.
+    const why = msg
+      .replace(/^(Unexpected token '.'|Unexpected token), .*$/s, '$1')
+      .replace(/ in JSON at position \d+.*$/s, '')
+      .replace(/^Unexpected end of JSON input$/, 'unexpected end of input');
+    throw new ConfigError('', `${file}:${line}:${column}: not valid JSON: ${why}`, { cause: err });
+  }
+}
+
+/**
+ * Reads and validates a config file. A missing file is a `ConfigError` that
+ * names it and says `-c` chooses another; invalid JSON gives line and column.
+ */
+export async function loadConfig(file: string, opts: ConfigOptions = {}): Promise<LoadedConfig> {
+  const abs = resolve(file);
+  let text: string;
+  try {
+    text = await readFile(abs, 'utf8');
+  } catch (err) {
+    if (isErrnoException(err, 'ENOENT')) {
+      throw new ConfigError('', `config file ${abs} not found (use -c FILE to choose another)`, {
+        cause: err,
+      });
+    }
+    const code = isErrnoException(err) ? err.code : undefined;
+    throw new ConfigError('', `cannot read config file ${abs}${code ? ` (${code})` : ''}`, { cause: err });
+  }
+  if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
+  const obj = parseJsonText(text, abs);
+  return parseConfig(obj, dirname(abs), opts, abs);
+}
+
+// ---------------------------------------------------------------------------
+// Builders
+
+async function buildBackend(cfg: BackendConfig): Promise<BlobDB> {
+  if (cfg.type === 'fs') {
+    return new FilesystemBlobDB({
+      root: cfg.root,
+      ...(cfg.fileMode !== undefined ? { fileMode: cfg.fileMode } : {}),
+      ...(cfg.dirMode !== undefined ? { dirMode: cfg.dirMode } : {}),
+    });
+  }
+  if (cfg.type === 's3') {
+    const { S3BlobDB } = await import('../backends/s3/index.js');
+    const clientConfig = {
+      ...(cfg.endpoint !== undefined ? { endpoint: cfg.endpoint } : {}),
+      ...(cfg.region !== undefined ? { region: cfg.region } : {}),
+      ...(cfg.forcePathStyle !== undefined ? { forcePathStyle: cfg.forcePathStyle } : {}),
+      // A copy: the SDK annotates the credentials object it is given.
+      ...(cfg.credentials !== undefined ? { credentials: { ...cfg.credentials } } : {}),
+      ...(cfg.requestChecksumCalculation !== undefined
+        ? { requestChecksumCalculation: cfg.requestChecksumCalculation }
+        : {}),
+      ...(cfg.responseChecksumValidation !== undefined
+        ? { responseChecksumValidation: cfg.responseChecksumValidation }
+        : {}),
+      ...(cfg.maxAttempts !== undefined ? { maxAttempts: cfg.maxAttempts } : {}),
+    };
+    return new S3BlobDB({
+      bucket: cfg.bucket,
+      ...(cfg.prefix !== undefined ? { prefix: cfg.prefix } : {}),
+      clientConfig,
+      ...(cfg.maxSockets !== undefined ? { maxSockets: cfg.maxSockets } : {}),
+      ...(cfg.connectionTimeoutMs !== undefined ? { connectionTimeoutMs: cfg.connectionTimeoutMs } : {}),
+      ...(cfg.requestTimeoutMs !== undefined ? { requestTimeoutMs: cfg.requestTimeoutMs } : {}),
+      ...(cfg.partSize !== undefined ? { partSize: cfg.partSize } : {}),
+      ...(cfg.queueSize !== undefined ? { queueSize: cfg.queueSize } : {}),
+      ...(cfg.acl !== undefined ? { acl: cfg.acl } : {}),
+      ...(cfg.readAcl !== undefined ? { readAcl: cfg.readAcl } : {}),
+    });
+  }
+  return new MemoryBlobDB();
+}
+
+/** What `MetaDB.open` takes from the `meta` section besides the knex config. */
+export function metaOpenOptions(m: MetaConfig): MetaOpenOptions {
+  return {
+    table: m.table,
+    ...(m.columns !== undefined ? { columns: m.columns } : {}),
+    ...(m.runsTable !== undefined ? { runsTable: m.runsTable } : {}),
+    ...(m.client === 'pg' && m.schema !== undefined ? { schema: m.schema } : {}),
+  };
+}
+
+class Loaded implements LoadedConfig {
+  readonly file: string | undefined;
+  readonly baseDir: string;
+  readonly config: BlobShiftConfig;
+  readonly #opts: ConfigOptions;
+  #old: Promise<BlobDB | undefined> | undefined;
+  #new: Promise<BlobDB | undefined> | undefined;
+  #db: Promise<BlobDB> | undefined;
+
+  constructor(config: BlobShiftConfig, baseDir: string, file: string | undefined, opts: ConfigOptions) {
+    this.config = config;
+    this.baseDir = baseDir;
+    this.file = file;
+    this.#opts = opts;
+  }
+
+  knexConfig(): Record<string, unknown> {
+    const m = this.config.meta;
+    const out: Record<string, unknown> = { client: m.client };
+    if (m.client === 'better-sqlite3') {
+      out.connection = {
+        filename: m.connection.filename,
+        ...(this.#opts.sqliteMustExist ? { options: { fileMustExist: true } } : {}),
+      };
+    } else {
+      out.connection = typeof m.connection === 'string' ? m.connection : { ...m.connection };
+    }
+    if (m.client === 'pg' && m.searchPath !== undefined) out.searchPath = m.searchPath;
+    if (m.pool !== undefined) out.pool = { ...m.pool };
+    if (m.acquireConnectionTimeout !== undefined) out.acquireConnectionTimeout = m.acquireConnectionTimeout;
+    if (m.useNullAsDefault !== undefined) out.useNullAsDefault = m.useNullAsDefault;
+    if (m.asyncStackTraces !== undefined) out.asyncStackTraces = m.asyncStackTraces;
+    return out;
+  }
+
+  async openMeta(): Promise<MetaDB> {
+    const m = this.config.meta;
+    return MetaDB.open(this.knexConfig(), metaOpenOptions(m));
+  }
+
+  buildOld(): Promise<BlobDB | undefined> {
+    const cfg = this.config.old;
+    this.#old ??= cfg === undefined ? Promise.resolve(undefined) : buildBackend(cfg);
+    return this.#old;
+  }
+
+  buildNew(): Promise<BlobDB | undefined> {
+    const cfg = this.config.new;
+    this.#new ??= cfg === undefined ? Promise.resolve(undefined) : buildBackend(cfg);
+    return this.#new;
+  }
+
+  buildDb(): Promise<BlobDB> {
+    this.#db ??= (async () => {
+      const [oldDb, newDb] = await Promise.all([this.buildOld(), this.buildNew()]);
+      if (oldDb !== undefined && newDb !== undefined) {
+        return new MigratingBlobDB(newDb, oldDb);
+      }
+      const one = newDb ?? oldDb;
+      if (one === undefined) {
+        throw new ConfigError('new', 'no backend is configured: add "new" (and "old" during a migration)');
+      }
+      return one;
+    })();
+    return this.#db;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Describing and comparing backends
+
+/** A short, secret-free description for messages: `fs:/srv/blobs`, `s3://bucket/prefix at http://host:9000`. */
+export function describeBackend(cfg: BackendConfig): string {
+  if (cfg.type === 'fs') return `fs:${cfg.root}`;
+  if (cfg.type === 'memory') return 'memory';
+  const where =
+    cfg.endpoint !== undefined
+      ? ` at ${redactString(cfg.endpoint)}`
+      : ` at AWS S3${cfg.region !== undefined ? ` (${cfg.region})` : ''}`;
+  return `s3://${cfg.bucket}/${cfg.prefix ?? ''}${where}`;
+}
+
+function realOrResolved(p: string): string {
+  try {
+    return realpathSync(p);
+  } catch {
+    return resolve(p);
+  }
+}
+
+function inside(parent: string, child: string): boolean {
+  const rel = relative(parent, child);
+  return rel === '' || (!rel.startsWith(`..${sep}`) && rel !== '..' && !isAbsolute(rel));
+}
+
+function endpointId(endpoint: string | undefined): string {
+  if (endpoint === undefined) return 'aws';
+  try {
+    const u = new URL(endpoint);
+    return `${u.protocol}//${u.host}`.toLowerCase();
+  } catch {
+    return endpoint.toLowerCase();
+  }
+}
+
+function normalPrefix(prefix: string | undefined): string {
+  if (prefix === undefined || prefix === '') return '';
+  return prefix.endsWith('/') ? prefix : `${prefix}/`;
+}
+
+/**
+ * True when two backends could hold the same blobs: the same or nested
+ * filesystem roots (symlinks resolved where the paths exist), or the same
+ * endpoint and bucket with overlapping prefixes. Copying between them, or
+ * cleaning one after the other, would destroy data.
+ */
+export function sameLocation(a: BackendConfig, b: BackendConfig): boolean {
+  if (a.type === 'fs' && b.type === 'fs') {
+    const ra = realOrResolved(a.root);
+    const rb = realOrResolved(b.root);
+    return inside(ra, rb) || inside(rb, ra);
+  }
+  if (a.type === 's3' && b.type === 's3') {
+    if (endpointId(a.endpoint) !== endpointId(b.endpoint) || a.bucket !== b.bucket) return false;
+    const pa = normalPrefix(a.prefix);
+    const pb = normalPrefix(b.prefix);
+    return pa.startsWith(pb) || pb.startsWith(pa);
+  }
+  return false;
+}

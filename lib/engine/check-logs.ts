@@ -1,0 +1,692 @@
+/**
+ * check-blob-logs: classify what backfill could not copy, and with `migrate`
+ * re-copy the stragglers through the one copy path (`copy.ts`).
+ *
+ * Each record of each missing-blob log is classified once (the same key in
+ * several logs is checked once; the first record read gives its type), in
+ * this order:
+ *   1. in the new backend with the row's size → "Found in new db" (also when
+ *      the row is gone: that copy is an orphan, which verify lists)
+ *   2. in the new backend with another size   → "Wrong size in new db"
+ *      (unresolved; never overwritten, `migrate` included: see below)
+ *   3. no metadata row any more               → "Not referenced" (never copied:
+ *                                               that would resurrect a deleted blob)
+ *   4. in the old backend with the row's size → "Found in old db" (`migrate`
+ *                                               copies it)
+ *   5. in the old backend with another size   → "Wrong size in old db"
+ *      (unresolved; `migrate` does not copy it: the copy path refuses bytes
+ *      that disagree with the metadata)
+ *   6. otherwise                              → "Not found"
+ * A record whose checks fail (a permission error, retries exhausted) is
+ * "Could not check", with its error; the others go on. A run of failures on
+ * the infrastructure (a backend or the database not answering) stops the
+ * run with `InfrastructureError` (exit 3; a rerun checks everything again).
+ *
+ * "Wrong size in new db" stays for the operator to decide: the copy in new may
+ * be the app's own newer write whose row was not updated yet, or a damaged
+ * copy; `blobshift verify` lists it too. When the old copy is the right one,
+ * delete the new copy and run check-blob-logs `--migrate` again.
+ *
+ * Logs are streamed; only the set of keys seen is held for the whole run.
+ * Records are taken in chunks; each record costs a stat in new (a HEAD on S3;
+ * a log is small next to the bucket, so listing the bucket would cost more),
+ * a metadata lookup, and where needed a stat in old (or the copy); all
+ * bounded by `concurrency`.
+ *
+ * Each invocation is recorded in the run-state table (see `ledger.ts`), so
+ * that cleanup-old asks for a verify made after it.
+ */
+import { open } from 'node:fs/promises';
+import PQueue from 'p-queue';
+import {
+  AbortedError,
+  BlobNotFoundError,
+  errorMessage,
+  InfrastructureError,
+  isErrnoException,
+  PreflightError,
+} from '../contract/errors.js';
+import type { MetaStore } from '../contract/meta.js';
+import type { BlobDB, BlobInfo, BlobMeta } from '../contract/types.js';
+import { type EngineLogger, silentLogger } from './backfill.js';
+import {
+  type CopyOutcome,
+  copyBlob,
+  DEFAULT_RETRY,
+  NewCopyDisagreement,
+  ReferenceChecker,
+  type RetryPolicy,
+  SizeDisagreement,
+} from './copy.js';
+import { isInfrastructureError, shortError } from './errors.js';
+import { type BackendIdentity, recordCheck } from './ledger.js';
+import { compactUtc, type LogProblem, type MissingRecord, NOT_FOUND, readMissingLog } from './missing-log.js';
+import { JsonLinesFile } from './report-file.js';
+import { withRetry } from './retry.js';
+import { unresolvedRecords } from './verdict.js';
+
+export interface CheckLogsOptions {
+  /** Missing-blob logs to read, in order. */
+  files: string[];
+  meta: MetaStore;
+  oldDb: BlobDB;
+  newDb: BlobDB;
+  /** Copy the "Found in old db" blobs to the new backend (through `copyBlob`). */
+  migrate?: boolean;
+  /** Checks (and copies) at once. Default 16. */
+  concurrency?: number;
+  /** Records taken per chunk. Default 500. */
+  chunkSize?: number;
+  retry?: Partial<RetryPolicy>;
+  /** Consecutive infrastructure failures that stop the run (default: concurrency, within 3–16). */
+  infrastructureThreshold?: number;
+  /**
+   * The two backends as configured (secret-free descriptions), for the
+   * ledger in the run-state table. Default `{ old: 'old', new: 'new' }`.
+   */
+  identity?: BackendIdentity;
+  /** Record this invocation in the run-state table (default true). */
+  record?: boolean;
+  /** Stops the run: rejects with `AbortedError`. */
+  signal?: AbortSignal;
+  onProgress?: (p: CheckLogsProgress) => void;
+  logger?: EngineLogger;
+  /**
+   * Only the records with `id % count = index` (one process of
+   * `--processes`); records, duplicates and copies count within it. Lines
+   * that are not records are reported by every shard.
+   */
+  shard?: { index: number; count: number };
+}
+
+export interface CheckLogsProgress {
+  /** Valid records read so far (duplicates included). */
+  read: number;
+  /** Distinct keys classified so far. */
+  checked: number;
+  /** The log being read. */
+  file: string;
+}
+
+export interface CheckCounts {
+  checked: number;
+  foundInNew: number;
+  /** In new, but not with the row's size: unresolved, never overwritten. */
+  wrongSizeInNew: number;
+  foundInOld: number;
+  /** In old, but not with the row's size: unresolved, never copied. */
+  wrongSizeInOld: number;
+  notReferenced: number;
+  notFound: number;
+  /** The record could not be checked (see `errors`): unresolved. */
+  errors: number;
+  /** Of `foundInOld`: copied to the new backend by this run. */
+  migrated: number;
+  /** Of `foundInOld`: the copy failed (see `migrateFailures`). */
+  migrateFailed: number;
+}
+
+export interface CheckTypeReport extends CheckCounts {
+  /** The blob type from the log record (`''` when the record had none). */
+  type: string;
+}
+
+export interface CheckedRecord {
+  id: number;
+  key: string;
+  type: string;
+  parentId: string;
+}
+
+export interface FailedCopy extends CheckedRecord {
+  error: string;
+}
+
+/** A copy whose size disagrees with its metadata row. */
+export interface WrongSizeRecord extends CheckedRecord {
+  where: 'new' | 'old';
+  /** The row's size. */
+  expected: number;
+  /** The size the backend holds. */
+  actual: number;
+}
+
+export interface LogLineProblem {
+  file: string;
+  line: number;
+  why: string;
+}
+
+export interface CheckLogsReport {
+  files: string[];
+  migrate: boolean;
+  /** Valid records read, duplicates included. */
+  records: number;
+  /** Records whose key an earlier record (in any log) already had. */
+  duplicates: number;
+  /** One entry per type, sorted by type name. */
+  byType: CheckTypeReport[];
+  totals: CheckCounts;
+  /** Every "Not found" record, in log order. */
+  notFound: CheckedRecord[];
+  /** Every "Wrong size in new db" / "Wrong size in old db" record, in log order. */
+  wrongSize: WrongSizeRecord[];
+  /** Every record that could not be checked, in log order, with its error. */
+  errors: FailedCopy[];
+  /** Every failed copy (with `migrate`), in log order. */
+  migrateFailures: FailedCopy[];
+  /** Malformed lines: reported, skipped, and the run exits 1. */
+  malformed: LogLineProblem[];
+  /** Torn last lines (a writer killed mid-line): warnings only. */
+  warnings: LogLineProblem[];
+  /**
+   * 0 when nothing is left "Found in old db" (not migrated), "Not found",
+   * with a wrong size or unchecked, and no line was malformed; 1 otherwise.
+   */
+  exitCode: 0 | 1;
+}
+
+type Classification =
+  | 'foundInNew'
+  | 'wrongSizeInNew'
+  | 'foundInOld'
+  | 'wrongSizeInOld'
+  | 'notReferenced'
+  | 'notFound'
+  | 'errors';
+
+interface Pending {
+  seq: number;
+  record: MissingRecord;
+}
+
+/** How many "Not found" keys `formatCheckReport` lists before pointing at a file. */
+export const MAX_LISTED = 100;
+
+export function emptyCheckCounts(): CheckCounts {
+  return {
+    checked: 0,
+    foundInNew: 0,
+    wrongSizeInNew: 0,
+    foundInOld: 0,
+    wrongSizeInOld: 0,
+    notReferenced: 0,
+    notFound: 0,
+    errors: 0,
+    migrated: 0,
+    migrateFailed: 0,
+  };
+}
+
+/** A check of one record failed: the record is "Could not check", unless the infrastructure is gone. */
+class RecordFailed extends Error {
+  constructor(
+    readonly what: string,
+    override readonly cause: unknown,
+  ) {
+    super(`${what} failed: ${shortError(cause)}`);
+  }
+}
+
+/**
+ * Reads and classifies the logs. Rejects before anything is checked when a
+ * log is missing or unreadable (`PreflightError`); malformed lines are
+ * reported in the result instead. A record whose checks fail is reported as
+ * "Could not check" and the others go on; a run of infrastructure failures
+ * rejects with `InfrastructureError`.
+ */
+export async function checkBlobLogs(opts: CheckLogsOptions): Promise<CheckLogsReport> {
+  const { meta, oldDb, newDb } = opts;
+  const migrate = opts.migrate === true;
+  const concurrency = Math.max(1, opts.concurrency ?? 16);
+  const chunkSize = Math.max(1, opts.chunkSize ?? 500);
+  const logger = opts.logger ?? silentLogger;
+  const retry: RetryPolicy = { ...DEFAULT_RETRY, ...opts.retry };
+  const threshold = opts.infrastructureThreshold ?? Math.max(3, Math.min(concurrency, 16));
+  const signal = opts.signal;
+
+  for (const file of opts.files) await assertReadable(file);
+
+  const identity = opts.identity ?? { old: 'old', new: 'new' };
+  const startedAt = new Date();
+  const ledger = opts.record !== false;
+  const details = { migrate, files: [...opts.files] };
+  if (ledger)
+    await recordCheck(meta, identity, { startedAt, finishedAt: null }, { ...details, exitCode: null });
+
+  const byType = new Map<string, CheckCounts>();
+  const notFound: (CheckedRecord & { seq: number })[] = [];
+  const wrongSize: (WrongSizeRecord & { seq: number })[] = [];
+  const errors: (FailedCopy & { seq: number })[] = [];
+  const failures: (FailedCopy & { seq: number })[] = [];
+  const malformed: LogLineProblem[] = [];
+  const warnings: LogLineProblem[] = [];
+  const seen = new Set<string>();
+  let records = 0;
+  let duplicates = 0;
+  let checked = 0;
+  let seq = 0;
+  let currentFile = '';
+  let infraStreak = 0;
+
+  const queue = new PQueue({ concurrency });
+  const references = new ReferenceChecker(meta);
+
+  let lastProgress = 0;
+  const progress = (force = false) => {
+    if (!opts.onProgress) return;
+    const now = Date.now();
+    if (!force && now - lastProgress < 200) return;
+    lastProgress = now;
+    opts.onProgress({ read: records, checked, file: currentFile });
+  };
+
+  const tally = (
+    p: Pending,
+    kind: Classification,
+    extra?: {
+      migrated?: boolean;
+      failed?: string;
+      error?: string;
+      size?: { where: 'new' | 'old'; expected: number; actual: number };
+    },
+  ) => {
+    const r = p.record;
+    let counts = byType.get(r.type);
+    if (!counts) {
+      counts = emptyCheckCounts();
+      byType.set(r.type, counts);
+    }
+    counts.checked++;
+    counts[kind]++;
+    if (extra?.migrated) counts.migrated++;
+    const entry = { id: r.id, key: r.key, type: r.type, parentId: r.parentId };
+    if (extra?.failed !== undefined) {
+      counts.migrateFailed++;
+      failures.push({ seq: p.seq, ...entry, error: extra.failed });
+    }
+    if (kind === 'notFound') notFound.push({ seq: p.seq, ...entry });
+    if (kind === 'errors') errors.push({ seq: p.seq, ...entry, error: extra?.error ?? 'unknown error' });
+    if (extra?.size) wrongSize.push({ seq: p.seq, ...entry, ...extra.size });
+    if (kind !== 'errors') infraStreak = 0;
+    checked++;
+    progress();
+  };
+
+  /** One check with retries; its final failure is the record's (`RecordFailed`). */
+  const attempt = <T>(what: string, key: string, fn: () => Promise<T>) =>
+    withRetry(fn, retry, {
+      what: 'check-blob-logs',
+      ...(signal ? { signal } : {}),
+      onRetry: (err, n) =>
+        logger.warn(`${what} failed, retrying (attempt ${n + 1} of ${retry.attempts})`, {
+          key,
+          error: shortError(err),
+        }),
+    }).catch((err: unknown) => {
+      if (err instanceof AbortedError) throw err;
+      throw new RecordFailed(what, err);
+    });
+
+  // A failure anywhere stops the run: queued tasks then settle at once
+  // (rejecting) rather than being dropped, so every promise below settles.
+  let stopped: { error: unknown } | undefined;
+  const stop = (error: unknown) => {
+    stopped ??= { error };
+  };
+  const task = <T>(fn: () => Promise<T>): Promise<T> =>
+    queue.add(
+      async () => {
+        if (stopped) throw stopped.error;
+        return fn();
+      },
+      { throwOnTimeout: true },
+    );
+
+  const statOf = (db: BlobDB, side: string, key: string) =>
+    attempt(`the stat in the ${side} backend`, key, async (): Promise<BlobInfo | undefined> => {
+      try {
+        return await db.stat(key);
+      } catch (err) {
+        if (err instanceof BlobNotFoundError) return undefined;
+        throw err;
+      }
+    });
+
+  /** A copy in new: found when it has the row's size (or the row is gone), wrong size otherwise. */
+  const judgeNew = (p: Pending, info: BlobInfo, row: BlobMeta | undefined) => {
+    if (!row || info.size === row.contentLength) tally(p, 'foundInNew');
+    else {
+      logger.warn('the copy in the new backend does not have the size of its metadata row', {
+        key: row.key,
+        expected: row.contentLength,
+        actual: info.size,
+      });
+      tally(p, 'wrongSizeInNew', { size: { where: 'new', expected: row.contentLength, actual: info.size } });
+    }
+  };
+
+  const copy = async (p: Pending, row: BlobMeta): Promise<void> => {
+    const key = p.record.key;
+    const outcome: CopyOutcome = await copyBlob(
+      {
+        oldDb,
+        newDb,
+        references,
+        meta: opts.meta,
+        retry,
+        ...(signal ? { signal } : {}),
+        onRetry: (k, n, err) =>
+          logger.warn(`retrying copy (attempt ${n + 1} of ${retry.attempts})`, {
+            key: k,
+            error: shortError(err),
+          }),
+      },
+      { key, contentLength: row.contentLength, contentType: row.contentType },
+    );
+    switch (outcome.kind) {
+      case 'copied':
+        tally(p, 'foundInOld', { migrated: true });
+        return;
+      case 'present': {
+        // The app (or another run) put it in the new backend meanwhile.
+        const info = await statOf(newDb, 'new', key);
+        if (info) judgeNew(p, info, await attempt('reading the metadata row', key, () => meta.get(key)));
+        else tally(p, 'foundInNew');
+        return;
+      }
+      case 'deleted':
+        // The row went while copying; the copy was taken back.
+        tally(p, 'notReferenced');
+        return;
+      case 'notFound':
+        tally(p, 'notFound');
+        return;
+      case 'failed':
+        if (outcome.cause instanceof NewCopyDisagreement) {
+          tally(p, 'wrongSizeInNew', {
+            size: { where: 'new', expected: outcome.cause.expected, actual: outcome.cause.actual },
+          });
+          return;
+        }
+        if (outcome.cause instanceof SizeDisagreement) {
+          tally(p, 'wrongSizeInOld', {
+            size: { where: 'old', expected: outcome.cause.expected, actual: outcome.cause.actual },
+          });
+          return;
+        }
+        if (outcome.infrastructure) throw new RecordFailed('the copy', outcome.cause);
+        logger.warn('copy failed', { key, error: outcome.error });
+        tally(p, 'foundInOld', { failed: outcome.error });
+        return;
+    }
+  };
+
+  const classify = async (p: Pending): Promise<void> => {
+    const key = p.record.key;
+    const inNew = await statOf(newDb, 'new', key);
+    const row = await attempt('reading the metadata row', key, () => meta.get(key));
+    if (inNew) {
+      judgeNew(p, inNew, row);
+      return;
+    }
+    if (!row) {
+      tally(p, 'notReferenced');
+      return;
+    }
+    if (migrate) return copy(p, row);
+    const inOld = await statOf(oldDb, 'old', key);
+    if (!inOld) tally(p, 'notFound');
+    else if (inOld.size === row.contentLength) tally(p, 'foundInOld');
+    else
+      tally(p, 'wrongSizeInOld', { size: { where: 'old', expected: row.contentLength, actual: inOld.size } });
+  };
+
+  const check = async (p: Pending): Promise<void> => {
+    try {
+      await classify(p);
+    } catch (err) {
+      if (!(err instanceof RecordFailed)) throw err;
+      logger.warn(`could not check a record: ${err.message}`, { key: p.record.key });
+      tally(p, 'errors', { error: err.message });
+      if (isInfrastructureError(err.cause) && ++infraStreak >= threshold) {
+        throw new InfrastructureError(
+          `check-blob-logs: ${infraStreak} records in a row failed on the infrastructure (${shortError(err.cause)}); nothing was lost, rerun it when the backends answer`,
+          { cause: err.cause },
+        );
+      }
+    }
+  };
+
+  const processChunk = async (chunk: Pending[]): Promise<void> => {
+    await Promise.all(chunk.map((p) => task(() => check(p))));
+  };
+
+  // One chunk is read while the one before is being checked.
+  let chunk: Pending[] = [];
+  let inFlight: Promise<void> = Promise.resolve();
+  const dispatch = async () => {
+    const next = chunk;
+    chunk = [];
+    await inFlight;
+    if (stopped) throw stopped.error;
+    // Settles only when every task of the chunk has settled.
+    inFlight = Promise.allSettled([processChunk(next)]).then(([r]) => {
+      if (r?.status === 'rejected') stop(r.reason);
+    });
+  };
+
+  const onAbort = () => stop(new AbortedError('check-blob-logs interrupted'));
+  signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    for (const file of opts.files) {
+      currentFile = file;
+      await readMissingLog(
+        file,
+        async (record) => {
+          if (stopped) throw stopped.error;
+          if (opts.shard && record.id % opts.shard.count !== opts.shard.index) return;
+          records++;
+          if (seen.has(record.key)) {
+            duplicates++;
+            return;
+          }
+          seen.add(record.key);
+          chunk.push({ seq: seq++, record });
+          if (chunk.length >= chunkSize) await dispatch();
+        },
+        (problem: LogProblem) => {
+          const entry = { file: problem.file, line: problem.line, why: problem.why };
+          if (problem.torn) {
+            warnings.push(entry);
+            logger.warn(`${problem.file}:${problem.line}: ${problem.why}`);
+          } else {
+            malformed.push(entry);
+            logger.error(`${problem.file}:${problem.line}: ${problem.why}`);
+          }
+        },
+      );
+    }
+    if (chunk.length > 0) await dispatch();
+    await inFlight;
+    if (stopped) throw stopped.error;
+  } catch (err) {
+    stop(err);
+    await inFlight;
+    await queue.onIdle();
+    if (ledger) {
+      await recordCheck(
+        meta,
+        identity,
+        { startedAt, finishedAt: new Date() },
+        { ...details, exitCode: null },
+      ).catch(() => {});
+    }
+    if (signal?.aborted && !(err instanceof AbortedError)) {
+      throw new AbortedError('check-blob-logs interrupted', { cause: err });
+    }
+    throw err;
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+  }
+  progress(true);
+
+  const types = [...byType.keys()].sort(compareText);
+  const totals = emptyCheckCounts();
+  const typeReports: CheckTypeReport[] = types.map((type) => {
+    const c = byType.get(type) ?? emptyCheckCounts();
+    for (const k of Object.keys(totals) as (keyof CheckCounts)[]) totals[k] += c[k];
+    return { type, ...c };
+  });
+  const leftBehind = unresolvedRecords(totals);
+  const strip = <T extends { seq: number }>(list: T[]) =>
+    list.sort((a, b) => a.seq - b.seq).map(({ seq: _seq, ...rest }) => rest);
+  const exitCode = leftBehind > 0 || malformed.length > 0 ? 1 : 0;
+  if (ledger)
+    await recordCheck(meta, identity, { startedAt, finishedAt: new Date() }, { ...details, exitCode });
+  return {
+    files: [...opts.files],
+    migrate,
+    records,
+    duplicates,
+    byType: typeReports,
+    totals,
+    notFound: strip(notFound),
+    wrongSize: strip(wrongSize),
+    errors: strip(errors),
+    migrateFailures: strip(failures),
+    malformed,
+    warnings,
+    exitCode,
+  };
+}
+
+/**
+ * Writes every "Not found" record to a new file in `logDir` (0600, the
+ * directory 0700 when created), in the missing-blob log format, so the file
+ * can be read by check-blob-logs again. Resolves its path.
+ */
+export async function writeNotFoundFile(
+  report: Pick<CheckLogsReport, 'notFound'>,
+  logDir: string,
+  now: Date = new Date(),
+): Promise<string> {
+  const file = await JsonLinesFile.create(logDir, `check-blob-logs-not-found-${compactUtc(now)}.jsonl`);
+  try {
+    const at = now.toISOString();
+    for (const r of report.notFound) {
+      const line: MissingRecord = {
+        id: r.id,
+        key: r.key,
+        type: r.type,
+        parentId: r.parentId,
+        error: NOT_FOUND,
+        at,
+      };
+      await file.write(line);
+    }
+  } finally {
+    await file.close();
+  }
+  return file.path;
+}
+
+/**
+ * The report as operators read it (runbooks quote the per-type blocks):
+ *
+ *     attachment: checked 2342 records
+ *       Found in new db: 0
+ *       Found in old db: 0
+ *       Not referenced: 0
+ *       Not found: 2342
+ *
+ * then, with `migrate`, `Migrated: N` (and `Migrate failed: M` with each
+ * failure), then the "Not found" keys: listed when there are at most 100,
+ * otherwise the path of `notFoundFile` (see `writeNotFoundFile`), then
+ * malformed lines and warnings. Ends with a newline.
+ */
+export function formatCheckReport(report: CheckLogsReport, opts: { notFoundFile?: string } = {}): string {
+  const out: string[] = [];
+  if (report.byType.length === 0) {
+    out.push(`no records in ${report.files.length} log${report.files.length === 1 ? '' : 's'}`);
+  }
+  for (const t of report.byType) {
+    out.push(
+      `${t.type === '' ? '(no type)' : t.type}: checked ${t.checked} records`,
+      `  Found in new db: ${t.foundInNew}`,
+      `  Found in old db: ${t.foundInOld}`,
+      `  Not referenced: ${t.notReferenced}`,
+      `  Not found: ${t.notFound}`,
+    );
+    // Classes that need the operator, shown where they occur.
+    if (t.wrongSizeInNew > 0) out.push(`  Wrong size in new db: ${t.wrongSizeInNew}`);
+    if (t.wrongSizeInOld > 0) out.push(`  Wrong size in old db: ${t.wrongSizeInOld}`);
+    if (t.errors > 0) out.push(`  Could not check: ${t.errors}`);
+  }
+  if (report.migrate) {
+    out.push(`Migrated: ${report.totals.migrated}`);
+    if (report.totals.migrateFailed > 0) {
+      out.push(`Migrate failed: ${report.totals.migrateFailed}`);
+      for (const f of report.migrateFailures.slice(0, MAX_LISTED)) out.push(`  ${f.key}: ${f.error}`);
+      if (report.migrateFailures.length > MAX_LISTED) {
+        out.push(`  … and ${report.migrateFailures.length - MAX_LISTED} more (see --json)`);
+      }
+    }
+  }
+  if (report.wrongSize.length > 0) {
+    out.push('Wrong size (never overwritten or copied; see verify, and the README on what to do):');
+    for (const w of report.wrongSize.slice(0, MAX_LISTED)) {
+      out.push(`  ${w.key}: in ${w.where} ${w.actual} bytes, the metadata says ${w.expected}`);
+    }
+    if (report.wrongSize.length > MAX_LISTED)
+      out.push(`  … and ${report.wrongSize.length - MAX_LISTED} more (see --json)`);
+  }
+  if (report.errors.length > 0) {
+    out.push('Could not check:');
+    for (const e of report.errors.slice(0, MAX_LISTED)) out.push(`  ${e.key}: ${e.error}`);
+    if (report.errors.length > MAX_LISTED)
+      out.push(`  … and ${report.errors.length - MAX_LISTED} more (see --json)`);
+  }
+  const n = report.notFound.length;
+  if (n > 0) {
+    if (n <= MAX_LISTED) {
+      out.push('Not found keys:');
+      for (const r of report.notFound) out.push(`  ${r.key}`);
+    } else if (opts.notFoundFile !== undefined) {
+      out.push(`Not found keys: ${n}, listed in ${opts.notFoundFile}`);
+    } else {
+      out.push(`Not found keys (first ${MAX_LISTED} of ${n}):`);
+      for (const r of report.notFound.slice(0, MAX_LISTED)) out.push(`  ${r.key}`);
+    }
+  }
+  if (report.malformed.length > 0) {
+    out.push(`Malformed lines: ${report.malformed.length}`);
+    for (const p of report.malformed.slice(0, MAX_LISTED)) out.push(`  ${p.file}:${p.line}: ${p.why}`);
+    if (report.malformed.length > MAX_LISTED)
+      out.push(`  … and ${report.malformed.length - MAX_LISTED} more`);
+  }
+  for (const w of report.warnings) out.push(`Warning: ${w.file}:${w.line}: ${w.why}`);
+  return `${out.join('\n')}\n`;
+}
+
+/** A log that cannot be opened is refused before any record is checked. */
+async function assertReadable(file: string): Promise<void> {
+  const target = `missing-blob log ${JSON.stringify(file)}`;
+  let isFile: boolean;
+  try {
+    const handle = await open(file, 'r');
+    try {
+      isFile = (await handle.stat()).isFile();
+    } finally {
+      await handle.close();
+    }
+  } catch (err) {
+    const why = isErrnoException(err, 'ENOENT') ? 'no such file' : `cannot read it: ${errorMessage(err)}`;
+    throw new PreflightError(target, why, { cause: err });
+  }
+  if (!isFile) throw new PreflightError(target, 'not a regular file');
+}
+
+function compareText(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+}

@@ -1,0 +1,432 @@
+/**
+ * Copying one blob from the old backend to the new one, with every safety
+ * rule the migration relies on:
+ * - never overwrite: the put uses `overwrite: false`, so a blob the app wrote
+ *   to the new backend meanwhile wins (`BlobExistsError` → "present");
+ * - the metadata's size is enforced while streaming, so a short or long
+ *   source never lands;
+ * - content type and HTTP metadata are carried;
+ * - no resurrection: after the copy the key must still be referenced by the
+ *   metadata, otherwise the app deleted it meanwhile and the copy is removed;
+ * - a blob in neither backend is checked against the metadata once more, so
+ *   a row deleted meanwhile is "deleted during migration", not "not found";
+ * - retries reopen the source from the start, with backoff and jitter.
+ */
+import type { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ByteCounter, getWithInfo } from '../contract/body.js';
+import { AbortedError, BlobExistsError, BlobNotFoundError, BlobShiftError } from '../contract/errors.js';
+import type { MetaStore } from '../contract/meta.js';
+import type { BlobDB, BlobInfo } from '../contract/types.js';
+import { isInfrastructureError, isTransientError, shortError } from './errors.js';
+import { hashBlob } from './hash.js';
+import { TOO_MANY_RETRIES } from './missing-log.js';
+
+export interface CopyRow {
+  key: string;
+  contentLength: number;
+  contentType?: string | null;
+  /** The row's hash, where it has one: what proves a destination copy stale (see `refreshStale`). */
+  sha256?: string | null;
+}
+
+export type CopyOutcome =
+  | { kind: 'copied'; bytes: number; retries: number; replaced?: boolean }
+  | { kind: 'present'; retries: number }
+  | { kind: 'notFound'; retries: number }
+  | { kind: 'deleted'; retries: number }
+  | { kind: 'failed'; error: string; cause: unknown; infrastructure: boolean; retries: number };
+
+export interface RetryPolicy {
+  /** Whole-blob attempts in all (after the SDK's own retries). Default 4. */
+  attempts: number;
+  /** First backoff in ms; doubles each time, with full jitter. Default 250. */
+  baseDelayMs: number;
+  /** Largest backoff in ms. Default 8000. */
+  maxDelayMs: number;
+}
+
+export const DEFAULT_RETRY: RetryPolicy = { attempts: 4, baseDelayMs: 250, maxDelayMs: 8000 };
+
+/**
+ * Answers "is this key still referenced?" for many concurrent copies with one
+ * metadata query per batch instead of one per blob.
+ */
+export class ReferenceChecker {
+  readonly #meta: Pick<MetaStore, 'referenced'>;
+  readonly #maxBatch: number;
+  #waiting = new Map<string, { resolve: (v: boolean) => void; reject: (e: unknown) => void }[]>();
+  #scheduled = false;
+
+  constructor(meta: Pick<MetaStore, 'referenced'>, opts?: { maxBatch?: number }) {
+    this.#meta = meta;
+    this.#maxBatch = opts?.maxBatch ?? 500;
+  }
+
+  isReferenced(key: string): Promise<boolean> {
+    return new Promise((resolve, reject) => {
+      const list = this.#waiting.get(key);
+      if (list) list.push({ resolve, reject });
+      else this.#waiting.set(key, [{ resolve, reject }]);
+      if (this.#waiting.size >= this.#maxBatch) this.#flush();
+      else if (!this.#scheduled) {
+        this.#scheduled = true;
+        setImmediate(() => this.#flush());
+      }
+    });
+  }
+
+  #flush(): void {
+    this.#scheduled = false;
+    if (this.#waiting.size === 0) return;
+    const batch = this.#waiting;
+    this.#waiting = new Map();
+    this.#meta.referenced([...batch.keys()]).then(
+      (found) => {
+        for (const [key, waiters] of batch) for (const w of waiters) w.resolve(found.has(key));
+      },
+      (err: unknown) => {
+        for (const waiters of batch.values()) for (const w of waiters) w.reject(err);
+      },
+    );
+  }
+}
+
+export interface CopyContext {
+  oldDb: BlobDB;
+  newDb: BlobDB;
+  references: ReferenceChecker;
+  /**
+   * The metadata, to read a row again when a backend disagrees with its size:
+   * the app may have rewritten the blob since the row was read.
+   */
+  meta?: Pick<MetaStore, 'get'>;
+  retry?: RetryPolicy;
+  signal?: AbortSignal;
+  /** Called before each retry (counting, logging). */
+  onRetry?: (key: string, attempt: number, err: unknown) => void;
+}
+
+/** Copies one blob; never throws for a per-blob problem (the outcome says what happened). */
+export async function copyBlob(ctx: CopyContext, row: CopyRow): Promise<CopyOutcome> {
+  const policy = ctx.retry ?? DEFAULT_RETRY;
+  let retries = 0;
+  let refreshes = 0;
+  const done: Attempts = { written: false, mayHaveWritten: false };
+  for (let attempt = 1; ; attempt++) {
+    ctx.signal?.throwIfAborted();
+    try {
+      // A put of ours that landed leaves only its recheck to do: a second put
+      // would meet our own copy and take it for one that was already there.
+      const kind = done.written
+        ? await afterCopy(ctx, row.key, { kind: 'copied', bytes: row.contentLength })
+        : await copyOnce(ctx, row, done);
+      if (kind.kind === 'copied') return { ...kind, retries };
+      return { kind: kind.kind, retries };
+    } catch (caught) {
+      let err = caught;
+      if (ctx.signal?.aborted) throw new AbortedError('copy interrupted', { cause: err });
+      if (err instanceof SizeDisagreement && ctx.meta && refreshes < MAX_ROW_REFRESHES) {
+        // The app may have rewritten the blob (and its row) since the row was read.
+        refreshes++;
+        try {
+          const fresh = await ctx.meta.get(row.key);
+          if (!fresh) return { kind: 'deleted', retries };
+          if (fresh.contentLength !== row.contentLength) {
+            row = { key: row.key, contentLength: fresh.contentLength, contentType: fresh.contentType };
+            attempt--;
+            continue;
+          }
+        } catch (metaErr) {
+          err = metaErr;
+        }
+      }
+      const transient = isTransientError(err);
+      if (!transient || attempt >= policy.attempts) {
+        return {
+          kind: 'failed',
+          error: transient ? TOO_MANY_RETRIES : shortError(err),
+          cause: err,
+          infrastructure: transient && isInfrastructureError(err),
+          retries,
+        };
+      }
+      retries++;
+      ctx.onRetry?.(row.key, attempt, err);
+      const cap = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** (attempt - 1));
+      await sleep(Math.random() * cap, undefined, ctx.signal ? { signal: ctx.signal } : undefined).catch(
+        () => {},
+      );
+    }
+  }
+}
+
+/** How often one copy reads its row again after a size disagreement. */
+const MAX_ROW_REFRESHES = 3;
+
+type OnceOutcome = { kind: 'copied'; bytes: number } | { kind: 'present' | 'notFound' | 'deleted' };
+
+/** What the earlier attempts of one copy did to the new backend. */
+interface Attempts {
+  /** A put (or server-side copy) of ours completed. */
+  written: boolean;
+  /** A put of ours failed partway: it may have landed all the same (a lost response). */
+  mayHaveWritten: boolean;
+}
+
+async function copyOnce(ctx: CopyContext, row: CopyRow, done: Attempts): Promise<OnceOutcome> {
+  const { oldDb, newDb } = ctx;
+  const key = row.key;
+  // Same endpoint, and a copy that keeps no-overwrite as a put would: the
+  // server copies and no byte passes through here, so only the old blob's
+  // info is read. Otherwise its info and bytes, in one request.
+  const serverSide =
+    newDb.copyFrom !== undefined &&
+    newDb.capabilities.serverSideCopyFrom?.(oldDb, { overwrite: false }) === true;
+  let info: BlobInfo;
+  let body: Readable | undefined;
+  try {
+    if (serverSide) info = await oldDb.stat(key);
+    else ({ info, body } = await getWithInfo(oldDb, key));
+  } catch (err) {
+    if (err instanceof BlobNotFoundError) return notInOld(ctx, row, done);
+    throw err;
+  }
+  try {
+    if (info.size !== row.contentLength) {
+      body?.destroy();
+      // The old copy disagrees with the metadata. The app may have rewritten the
+      // blob through the new backend; if so, that copy is the truth.
+      const inNew = await statOrUndefined(newDb, key);
+      if (inNew && inNew.size === row.contentLength) return { kind: 'present' };
+      throw new SizeDisagreement(key, row.contentLength, info.size);
+    }
+    const contentType = info.contentType ?? row.contentType ?? undefined;
+    const putOptions = {
+      overwrite: false,
+      size: row.contentLength,
+      ...(contentType !== undefined ? { contentType } : {}),
+      ...(info.httpMeta !== undefined ? { httpMeta: info.httpMeta } : {}),
+    };
+    try {
+      if (body === undefined)
+        await newDb.copyFrom?.(oldDb, key, {
+          ...putOptions,
+          ...(info.etag !== undefined ? { sourceEtag: info.etag } : {}),
+        });
+      else await newDb.put(key, body, putOptions);
+    } catch (err) {
+      // The blob in new may be our own earlier put: it gets the same recheck.
+      if (err instanceof BlobExistsError) return afterExisting(ctx, row, done);
+      if (err instanceof BlobNotFoundError && body === undefined) return notInOld(ctx, row, done);
+      done.mayHaveWritten = true;
+      throw err;
+    }
+  } finally {
+    if (body !== undefined && !body.destroyed) body.destroy();
+  }
+  done.written = true;
+  return afterCopy(ctx, key, { kind: 'copied', bytes: row.contentLength });
+}
+
+/** No resurrection: a copy whose row vanished meanwhile is taken back. */
+async function afterCopy(ctx: CopyContext, key: string, success: OnceOutcome): Promise<OnceOutcome> {
+  if (!(await ctx.references.isReferenced(key))) {
+    // The app deleted the blob while it was being copied.
+    await ctx.newDb.delete(key);
+    return { kind: 'deleted' };
+  }
+  return success;
+}
+
+/**
+ * The new backend holds the blob already. Ordinarily the app (or an earlier
+ * run) put it there, and it stays; but only a copy of the row's size counts
+ * as present: anything else (a write that a killed client left truncated on a
+ * server that stores partial uploads, a damaged object) is a failure, logged
+ * and never overwritten, unless the row, read again, says the app rewrote the
+ * blob with that size. After a put of ours that failed partway the copy may be
+ * that put's, so the row is checked as after a copy.
+ */
+async function afterExisting(ctx: CopyContext, row: CopyRow, done: Attempts): Promise<OnceOutcome> {
+  const inNew = await statOrUndefined(ctx.newDb, row.key);
+  if (inNew === undefined) {
+    // Gone between the refusal and the look: try the copy again.
+    throw new BlobShiftError(`${row.key}: the blob in the new backend vanished while it was being checked`);
+  }
+  if (inNew.size !== row.contentLength) {
+    const fresh = ctx.meta ? await ctx.meta.get(row.key) : undefined;
+    if (ctx.meta && !fresh) return { kind: 'deleted' };
+    if (!fresh || fresh.contentLength !== inNew.size) {
+      throw new NewCopyDisagreement(row.key, row.contentLength, inNew.size);
+    }
+  }
+  return done.mayHaveWritten ? afterCopy(ctx, row.key, { kind: 'present' }) : { kind: 'present' };
+}
+
+async function notInOld(ctx: CopyContext, row: CopyRow, done: Attempts): Promise<OnceOutcome> {
+  if (await ctx.newDb.exists(row.key)) return afterExisting(ctx, row, done);
+  if (!(await ctx.references.isReferenced(row.key))) return { kind: 'deleted' };
+  return { kind: 'notFound' };
+}
+
+async function statOrUndefined(db: BlobDB, key: string): Promise<BlobInfo | undefined> {
+  try {
+    return await db.stat(key);
+  } catch (err) {
+    if (err instanceof BlobNotFoundError) return undefined;
+    throw err;
+  }
+}
+
+/**
+ * A rollback's look at a copy the destination (`ctx.newDb`) already holds:
+ * it is replaced only when the metadata proves it stale (its size, or the
+ * SHA-256 of its bytes, differs from the row) while the source
+ * (`ctx.oldDb`) matches the row (size, and sha256 where the row has one).
+ * A copy that matches the row is `present`; one the row cannot judge (same
+ * size, no sha256 in the row) is `present` too: nothing proves the source
+ * newer. A stale copy whose source does not match the row either is a
+ * failure, never replaced: either may be the newer one.
+ *
+ * The replacement streams the source with the row's size enforced and its
+ * hash taken on the way; right before it, the row is read again and the
+ * destination stat'ed again (the copy judged stale must still be there, the
+ * row unchanged), so a write landing in that check-then-write window is the
+ * only one that could be overwritten: keep the app writing to the source
+ * while a rollback runs (README, Rollback).
+ *
+ * Resolves `undefined` when the destination holds no copy (the caller copies
+ * as usual, with `overwrite: false`).
+ */
+export async function refreshStale(
+  ctx: CopyContext,
+  row: CopyRow,
+  rereads = 0,
+): Promise<CopyOutcome | undefined> {
+  const { oldDb: source, newDb: dest } = ctx;
+  const key = row.key;
+  const judged = await statOrUndefined(dest, key);
+  if (!judged) return undefined;
+  let stale: string | undefined;
+  const expected = row.sha256?.toLowerCase() ?? null;
+  if (judged.size !== row.contentLength) {
+    stale = `it holds ${judged.size} bytes, the metadata says ${row.contentLength}`;
+  } else if (expected !== null) {
+    const digest = await hashBlob(dest, key, ctx.signal);
+    if (!digest) return undefined;
+    if (digest.bytes !== row.contentLength)
+      stale = `it holds ${digest.bytes} bytes, the metadata says ${row.contentLength}`;
+    else if (digest.sha256 !== expected) stale = 'its bytes do not hash to the metadata sha256';
+  }
+  if (stale === undefined) return { kind: 'present', retries: 0 };
+
+  // The row as it is now: the app may have moved on since the walk read it.
+  const fresh = ctx.meta ? await ctx.meta.get(key) : undefined;
+  if (ctx.meta && !fresh) return { kind: 'deleted', retries: 0 };
+  if (
+    fresh &&
+    (fresh.contentLength !== row.contentLength || (fresh.sha256 ?? null) !== (row.sha256 ?? null))
+  ) {
+    if (rereads >= MAX_ROW_REFRESHES)
+      return staleFailure('its metadata row kept changing; not replaced (run again)');
+    return refreshStale(
+      ctx,
+      {
+        ...row,
+        contentLength: fresh.contentLength,
+        sha256: fresh.sha256,
+        contentType: fresh.contentType,
+      },
+      rereads + 1,
+    );
+  }
+  const src = await hashBlob(source, key, ctx.signal);
+  if (!src) return { kind: 'notFound', retries: 0 };
+  if (src.bytes !== row.contentLength || (expected !== null && src.sha256 !== expected)) {
+    return staleFailure(
+      `the copy in the destination is stale (${stale}), but the source does not match the metadata either (${src.bytes} bytes${expected !== null && src.sha256 !== expected ? ', another sha256' : ''}); not replaced: either may be the newer one`,
+    );
+  }
+
+  // Check, then write: the copy judged stale must still be the one there.
+  const now = await statOrUndefined(dest, key);
+  if (
+    !now ||
+    now.size !== judged.size ||
+    now.etag !== judged.etag ||
+    now.lastModified?.getTime() !== judged.lastModified?.getTime()
+  ) {
+    return staleFailure(
+      'the copy in the destination changed while it was being checked; not replaced (run again)',
+    );
+  }
+  const { info, body } = await getWithInfo(source, key);
+  const counter = new ByteCounter(key, row.contentLength, { hash: 'sha256' });
+  body.on('error', (err) => counter.destroy(err));
+  body.pipe(counter);
+  const contentType = info.contentType ?? row.contentType ?? undefined;
+  try {
+    await dest.put(key, counter, {
+      overwrite: true,
+      size: row.contentLength,
+      ...(contentType !== undefined ? { contentType } : {}),
+      ...(info.httpMeta !== undefined ? { httpMeta: info.httpMeta } : {}),
+    });
+  } finally {
+    if (!body.destroyed) body.destroy();
+  }
+  const wrote = counter.digest();
+  if (expected !== null && wrote !== expected) {
+    // The source changed between its check and the copy: the app rewrote it.
+    return staleFailure(
+      'the source changed during the replacement; run the rollback again to bring over its latest version',
+    );
+  }
+  const after = await afterCopy(ctx, key, { kind: 'copied', bytes: row.contentLength });
+  return after.kind === 'copied'
+    ? { kind: 'copied', bytes: row.contentLength, retries: 0, replaced: true }
+    : { kind: after.kind, retries: 0 };
+}
+
+/**
+ * The new backend already holds another size than the metadata says under
+ * the key: never overwritten (it may be the app's), not retried, logged.
+ */
+export class NewCopyDisagreement extends BlobShiftError {
+  readonly key: string;
+  /** The metadata's size. */
+  readonly expected: number;
+  /** What the new backend holds. */
+  readonly actual: number;
+  constructor(key: string, expected: number, actual: number) {
+    super(
+      `size mismatch in the new backend: it holds ${actual} bytes, the metadata says ${expected}; not overwritten`,
+      { code: 'E_SIZE_MISMATCH' },
+    );
+    this.key = key;
+    this.expected = expected;
+    this.actual = actual;
+  }
+}
+
+function staleFailure(error: string): CopyOutcome {
+  return { kind: 'failed', error, cause: undefined, infrastructure: false, retries: 0 };
+}
+
+/** The old backend's blob has another size than the metadata says: not retried, logged. */
+export class SizeDisagreement extends BlobShiftError {
+  readonly key: string;
+  /** The metadata's size. */
+  readonly expected: number;
+  /** What the old backend holds. */
+  readonly actual: number;
+  constructor(key: string, expected: number, actual: number) {
+    super(`size mismatch: the metadata says ${expected} bytes, the old backend holds ${actual}`, {
+      code: 'E_SIZE_MISMATCH',
+    });
+    this.key = key;
+    this.expected = expected;
+    this.actual = actual;
+  }
+}
