@@ -234,63 +234,69 @@ export function formatCheckReport(report: CheckLogsReport, opts: { notFoundFile?
   if (report.byType.length === 0) {
     out.push(`no records in ${report.files.length} log${report.files.length === 1 ? '' : 's'}`);
   }
-  for (const t of report.byType) {
-    out.push(
-      `${t.type === '' ? '(no type)' : t.type}: checked ${t.checked} records`,
-      `  Found in new db: ${t.foundInNew}`,
-      `  Found in old db: ${t.foundInOld}`,
-      `  Not referenced: ${t.notReferenced}`,
-      `  Not found: ${t.notFound}`,
-    );
-    // Classes that need the operator, shown where they occur.
-    if (t.wrongSizeInNew > 0) out.push(`  Wrong size in new db: ${t.wrongSizeInNew}`);
-    if (t.wrongSizeInOld > 0) out.push(`  Wrong size in old db: ${t.wrongSizeInOld}`);
-    if (t.errors > 0) out.push(`  Could not check: ${t.errors}`);
-  }
+  for (const t of report.byType) out.push(...typeBlock(t));
   if (report.migrate) {
     out.push(`Migrated: ${report.totals.migrated}`);
     if (report.totals.migrateFailed > 0) {
       out.push(`Migrate failed: ${report.totals.migrateFailed}`);
-      for (const f of report.migrateFailures.slice(0, MAX_LISTED)) out.push(`  ${f.key}: ${f.error}`);
-      if (report.migrateFailures.length > MAX_LISTED) {
-        out.push(`  … and ${report.migrateFailures.length - MAX_LISTED} more (see --json)`);
-      }
+      out.push(...listed(report.migrateFailures, (f) => `  ${f.key}: ${f.error}`, ' (see --json)'));
     }
   }
   if (report.wrongSize.length > 0) {
     out.push('Wrong size (never overwritten or copied; see verify, and the README on what to do):');
-    for (const w of report.wrongSize.slice(0, MAX_LISTED)) {
-      out.push(`  ${w.key}: in ${w.where} ${w.actual} bytes, the metadata says ${w.expected}`);
-    }
-    if (report.wrongSize.length > MAX_LISTED)
-      out.push(`  … and ${report.wrongSize.length - MAX_LISTED} more (see --json)`);
+    out.push(
+      ...listed(
+        report.wrongSize,
+        (w) => `  ${w.key}: in ${w.where} ${w.actual} bytes, the metadata says ${w.expected}`,
+        ' (see --json)',
+      ),
+    );
   }
   if (report.errors.length > 0) {
     out.push('Could not check:');
-    for (const e of report.errors.slice(0, MAX_LISTED)) out.push(`  ${e.key}: ${e.error}`);
-    if (report.errors.length > MAX_LISTED)
-      out.push(`  … and ${report.errors.length - MAX_LISTED} more (see --json)`);
+    out.push(...listed(report.errors, (e) => `  ${e.key}: ${e.error}`, ' (see --json)'));
   }
-  const n = report.notFound.length;
-  if (n > 0) {
-    if (n <= MAX_LISTED) {
-      out.push('Not found keys:');
-      for (const r of report.notFound) out.push(`  ${r.key}`);
-    } else if (opts.notFoundFile !== undefined) {
-      out.push(`Not found keys: ${n}, listed in ${opts.notFoundFile}`);
-    } else {
-      out.push(`Not found keys (first ${MAX_LISTED} of ${n}):`);
-      for (const r of report.notFound.slice(0, MAX_LISTED)) out.push(`  ${r.key}`);
-    }
-  }
+  out.push(...notFoundLines(report.notFound, opts.notFoundFile));
   if (report.malformed.length > 0) {
     out.push(`Malformed lines: ${report.malformed.length}`);
-    for (const p of report.malformed.slice(0, MAX_LISTED)) out.push(`  ${p.file}:${p.line}: ${p.why}`);
-    if (report.malformed.length > MAX_LISTED)
-      out.push(`  … and ${report.malformed.length - MAX_LISTED} more`);
+    out.push(...listed(report.malformed, (p) => `  ${p.file}:${p.line}: ${p.why}`, ''));
   }
   for (const w of report.warnings) out.push(`Warning: ${w.file}:${w.line}: ${w.why}`);
   return `${out.join('\n')}\n`;
+}
+
+/** One type's block, as runbooks quote it; the classes that need the operator where they occur. */
+function typeBlock(t: CheckTypeReport): string[] {
+  const out = [
+    `${t.type === '' ? '(no type)' : t.type}: checked ${t.checked} records`,
+    `  Found in new db: ${t.foundInNew}`,
+    `  Found in old db: ${t.foundInOld}`,
+    `  Not referenced: ${t.notReferenced}`,
+    `  Not found: ${t.notFound}`,
+  ];
+  if (t.wrongSizeInNew > 0) out.push(`  Wrong size in new db: ${t.wrongSizeInNew}`);
+  if (t.wrongSizeInOld > 0) out.push(`  Wrong size in old db: ${t.wrongSizeInOld}`);
+  if (t.errors > 0) out.push(`  Could not check: ${t.errors}`);
+  return out;
+}
+
+/** The first `MAX_LISTED` items, one line each, then how many more. */
+function listed<T>(items: T[], line: (item: T) => string, more: string): string[] {
+  const out = items.slice(0, MAX_LISTED).map(line);
+  if (items.length > MAX_LISTED) out.push(`  … and ${items.length - MAX_LISTED} more${more}`);
+  return out;
+}
+
+/** The "Not found" keys: listed up to `MAX_LISTED`, otherwise the file that lists them (or the first ones). */
+function notFoundLines(notFound: CheckedRecord[], file: string | undefined): string[] {
+  const n = notFound.length;
+  if (n === 0) return [];
+  if (n <= MAX_LISTED) return ['Not found keys:', ...notFound.map((r) => `  ${r.key}`)];
+  if (file !== undefined) return [`Not found keys: ${n}, listed in ${file}`];
+  return [
+    `Not found keys (first ${MAX_LISTED} of ${n}):`,
+    ...notFound.slice(0, MAX_LISTED).map((r) => `  ${r.key}`),
+  ];
 }
 
 /** A log that cannot be opened is refused before any record is checked. */

@@ -204,19 +204,7 @@ export function formatCleanupReport(report: CleanupReport): string {
   out.push(`cleanup-old (${scope})${report.dryRun ? ', dry run: nothing deleted' : ''}: ${report.rows} rows`);
   out.push(`  Old and new: distinct (a probe written to new did not show in old)`);
   out.push(`  Relying on the clean verify started ${report.verifiedAt}`);
-  if (report.dryRun) {
-    out.push(
-      `  Would delete from old: ${report.wouldDelete} (${humanBytes(report.wouldDeleteBytes)}, ${report.wouldDeleteBytes} bytes)`,
-    );
-    for (const key of report.sample) out.push(`    ${key}`);
-    if (report.wouldDelete > report.sample.length) out.push('    …');
-    if (report.planFile) out.push(`  Listed in ${report.planFile}`);
-  } else {
-    out.push(
-      `  Deleted from old: ${report.deleted} (${humanBytes(report.deletedBytes)}, ${report.deletedBytes} bytes)`,
-    );
-    if (report.auditLog) out.push(`  Audit log: ${report.auditLog}`);
-  }
+  out.push(...(report.dryRun ? dryRunLines(report) : deletedLines(report)));
   out.push(
     `  Content proven before each delete: ${report.provedAgainstRow} against the row's sha256, ${report.provedAgainstOld} against the old copy`,
   );
@@ -230,4 +218,24 @@ export function formatCleanupReport(report: CleanupReport): string {
   }
   if (report.interrupted) out.push('Interrupted: rerun cleanup-old to continue (it is idempotent).');
   return `${out.join('\n')}\n`;
+}
+
+/** A dry run: what would be deleted, its first keys, and the plan file. */
+function dryRunLines(report: CleanupReport): string[] {
+  const out = [
+    `  Would delete from old: ${report.wouldDelete} (${humanBytes(report.wouldDeleteBytes)}, ${report.wouldDeleteBytes} bytes)`,
+  ];
+  for (const key of report.sample) out.push(`    ${key}`);
+  if (report.wouldDelete > report.sample.length) out.push('    …');
+  if (report.planFile) out.push(`  Listed in ${report.planFile}`);
+  return out;
+}
+
+/** What was deleted, and the audit log. */
+function deletedLines(report: CleanupReport): string[] {
+  const out = [
+    `  Deleted from old: ${report.deleted} (${humanBytes(report.deletedBytes)}, ${report.deletedBytes} bytes)`,
+  ];
+  if (report.auditLog) out.push(`  Audit log: ${report.auditLog}`);
+  return out;
 }
