@@ -146,16 +146,7 @@ export class VerifyRun {
     for await (const chunk of meta.walk({ chunkSize, ...this.#typeFilter })) {
       if (this.#signal?.aborted) throw this.#aborted();
       if (this.#stopped) throw this.#stopped.error;
-      const sizes = index.lookup(chunk.map((r) => r.key));
-      for (const row of chunk) {
-        this.#rows++;
-        if (row.id <= maxId) this.#walkedUpToMax++;
-        if (row.invalid !== undefined) {
-          await this.#fail('invalidRow', row, { why: row.invalid }, `id ${row.id}: ${row.invalid}`);
-          continue;
-        }
-        this.#judgeAgainstSnapshot(row, sizes.get(row.key), nowMs);
-      }
+      await this.#judgeChunk(chunk, index, maxId, nowMs);
       // Bounded memory: the walk waits while the queue is full.
       await this.#queue.onSizeLessThan(this.#concurrency * 4);
       this.#progress('rows', this.#judged, this.#estimatedRows);
@@ -164,6 +155,20 @@ export class VerifyRun {
     if (this.#stopped) throw this.#stopped.error;
     this.#progress('rows', this.#judged, this.#estimatedRows, true);
     return maxId;
+  }
+
+  /** One chunk of the walk: each row counted, and judged against the snapshot's size for its key. */
+  async #judgeChunk(chunk: BlobMeta[], index: PresentIndex, maxId: number, nowMs: number): Promise<void> {
+    const sizes = index.lookup(chunk.map((r) => r.key));
+    for (const row of chunk) {
+      this.#rows++;
+      if (row.id <= maxId) this.#walkedUpToMax++;
+      if (row.invalid !== undefined) {
+        await this.#fail('invalidRow', row, { why: row.invalid }, `id ${row.id}: ${row.invalid}`);
+        continue;
+      }
+      this.#judgeAgainstSnapshot(row, sizes.get(row.key), nowMs);
+    }
   }
 
   /** A valid row against the snapshot's size for its key (undefined: not listed). */
@@ -227,8 +232,7 @@ export class VerifyRun {
     if (!got || got.bytes !== row.contentLength) {
       // Gone or changed since the listing.
       if (attempt < 2) return this.#recheck(row, attempt);
-      if (!got) await this.#fail('missing', row, { size: row.contentLength });
-      else await this.#fail('sizeMismatch', row, { expected: row.contentLength, actual: got.bytes });
+      await this.#failSize(row, got);
       return;
     }
     const expected = await this.#expectedHash(row);
@@ -237,23 +241,36 @@ export class VerifyRun {
       this.#pass(row);
       return;
     }
-    // The app may have rewritten the blob (and its row) since the walk: the
-    // row as it is now is the truth.
-    if (attempt < 2) {
-      const fresh = await this.#retrying(() => this.#opts.meta.get(row.key));
-      if (!fresh) {
-        this.#deletedDuringVerify++;
-        return;
-      }
-      if (fresh.sha256 !== row.sha256 || fresh.contentLength !== row.contentLength) {
-        return this.#recheck(fresh, attempt);
-      }
-    }
+    if (attempt < 2 && (await this.#rowChangedMeanwhile(row, attempt))) return;
     await this.#fail('checksumMismatch', row, {
       expected: expected.hash,
       actual: got.hash,
       against: expected.against,
     });
+  }
+
+  /** Content read from new that is not there or not of the row's size, on the last attempt. */
+  async #failSize(row: BlobMeta, got: Digest | undefined): Promise<void> {
+    if (!got) await this.#fail('missing', row, { size: row.contentLength });
+    else await this.#fail('sizeMismatch', row, { expected: row.contentLength, actual: got.bytes });
+  }
+
+  /**
+   * A content mismatch: the app may have rewritten the blob (and its row)
+   * since the walk, and the row as it is now is the truth. True when the row
+   * was deleted meanwhile (counted) or changed (checked again as it is now).
+   */
+  async #rowChangedMeanwhile(row: BlobMeta, attempt: number): Promise<boolean> {
+    const fresh = await this.#retrying(() => this.#opts.meta.get(row.key));
+    if (!fresh) {
+      this.#deletedDuringVerify++;
+      return true;
+    }
+    if (fresh.sha256 !== row.sha256 || fresh.contentLength !== row.contentLength) {
+      await this.#recheck(fresh, attempt);
+      return true;
+    }
+    return false;
   }
 
   /**
