@@ -37,33 +37,15 @@
  * that cleanup-old asks for a verify made after it.
  */
 import { open } from 'node:fs/promises';
-import PQueue from 'p-queue';
-import {
-  AbortedError,
-  BlobNotFoundError,
-  errorMessage,
-  InfrastructureError,
-  isErrnoException,
-  PreflightError,
-} from '../contract/errors.js';
+import { errorMessage, isErrnoException, PreflightError } from '../contract/errors.js';
 import type { MetaStore } from '../contract/meta.js';
-import type { BlobDB, BlobInfo, BlobMeta } from '../contract/types.js';
-import { type EngineLogger, silentLogger } from './backfill.js';
-import {
-  type CopyOutcome,
-  copyBlob,
-  DEFAULT_RETRY,
-  NewCopyDisagreement,
-  ReferenceChecker,
-  type RetryPolicy,
-  SizeDisagreement,
-} from './copy.js';
-import { isInfrastructureError, shortError } from './errors.js';
-import { type BackendIdentity, recordCheck } from './ledger.js';
-import { compactUtc, type LogProblem, type MissingRecord, NOT_FOUND, readMissingLog } from './missing-log.js';
+import type { BlobDB } from '../contract/types.js';
+import type { EngineLogger } from './backfill.js';
+import { CheckLogsRun } from './check-logs-run.js';
+import type { RetryPolicy } from './copy.js';
+import type { BackendIdentity } from './ledger.js';
+import { compactUtc, type MissingRecord, NOT_FOUND } from './missing-log.js';
 import { JsonLinesFile } from './report-file.js';
-import { withRetry } from './retry.js';
-import { unresolvedRecords } from './verdict.js';
 
 export interface CheckLogsOptions {
   /** Missing-blob logs to read, in order. */
@@ -186,47 +168,10 @@ export interface CheckLogsReport {
   exitCode: 0 | 1;
 }
 
-type Classification =
-  | 'foundInNew'
-  | 'wrongSizeInNew'
-  | 'foundInOld'
-  | 'wrongSizeInOld'
-  | 'notReferenced'
-  | 'notFound'
-  | 'errors';
-
-interface Pending {
-  seq: number;
-  record: MissingRecord;
-}
-
 /** How many "Not found" keys `formatCheckReport` lists before pointing at a file. */
 export const MAX_LISTED = 100;
 
-export function emptyCheckCounts(): CheckCounts {
-  return {
-    checked: 0,
-    foundInNew: 0,
-    wrongSizeInNew: 0,
-    foundInOld: 0,
-    wrongSizeInOld: 0,
-    notReferenced: 0,
-    notFound: 0,
-    errors: 0,
-    migrated: 0,
-    migrateFailed: 0,
-  };
-}
-
-/** A check of one record failed: the record is "Could not check", unless the infrastructure is gone. */
-class RecordFailed extends Error {
-  constructor(
-    readonly what: string,
-    override readonly cause: unknown,
-  ) {
-    super(`${what} failed: ${shortError(cause)}`);
-  }
-}
+export { emptyCheckCounts } from './check-logs-tally.js';
 
 /**
  * Reads and classifies the logs. Rejects before anything is checked when a
@@ -236,329 +181,8 @@ class RecordFailed extends Error {
  * rejects with `InfrastructureError`.
  */
 export async function checkBlobLogs(opts: CheckLogsOptions): Promise<CheckLogsReport> {
-  const { meta, oldDb, newDb } = opts;
-  const migrate = opts.migrate === true;
-  const concurrency = Math.max(1, opts.concurrency ?? 16);
-  const chunkSize = Math.max(1, opts.chunkSize ?? 500);
-  const logger = opts.logger ?? silentLogger;
-  const retry: RetryPolicy = { ...DEFAULT_RETRY, ...opts.retry };
-  const threshold = opts.infrastructureThreshold ?? Math.max(3, Math.min(concurrency, 16));
-  const signal = opts.signal;
-
   for (const file of opts.files) await assertReadable(file);
-
-  const identity = opts.identity ?? { old: 'old', new: 'new' };
-  const startedAt = new Date();
-  const ledger = opts.record !== false;
-  const details = { migrate, files: [...opts.files] };
-  if (ledger)
-    await recordCheck(meta, identity, { startedAt, finishedAt: null }, { ...details, exitCode: null });
-
-  const byType = new Map<string, CheckCounts>();
-  const notFound: (CheckedRecord & { seq: number })[] = [];
-  const wrongSize: (WrongSizeRecord & { seq: number })[] = [];
-  const errors: (FailedCopy & { seq: number })[] = [];
-  const failures: (FailedCopy & { seq: number })[] = [];
-  const malformed: LogLineProblem[] = [];
-  const warnings: LogLineProblem[] = [];
-  const seen = new Set<string>();
-  let records = 0;
-  let duplicates = 0;
-  let checked = 0;
-  let seq = 0;
-  let currentFile = '';
-  let infraStreak = 0;
-
-  const queue = new PQueue({ concurrency });
-  const references = new ReferenceChecker(meta);
-
-  let lastProgress = 0;
-  const progress = (force = false) => {
-    if (!opts.onProgress) return;
-    const now = Date.now();
-    if (!force && now - lastProgress < 200) return;
-    lastProgress = now;
-    opts.onProgress({ read: records, checked, file: currentFile });
-  };
-
-  const tally = (
-    p: Pending,
-    kind: Classification,
-    extra?: {
-      migrated?: boolean;
-      failed?: string;
-      error?: string;
-      size?: { where: 'new' | 'old'; expected: number; actual: number };
-    },
-  ) => {
-    const r = p.record;
-    let counts = byType.get(r.type);
-    if (!counts) {
-      counts = emptyCheckCounts();
-      byType.set(r.type, counts);
-    }
-    counts.checked++;
-    counts[kind]++;
-    if (extra?.migrated) counts.migrated++;
-    const entry = { id: r.id, key: r.key, type: r.type, parentId: r.parentId };
-    if (extra?.failed !== undefined) {
-      counts.migrateFailed++;
-      failures.push({ seq: p.seq, ...entry, error: extra.failed });
-    }
-    if (kind === 'notFound') notFound.push({ seq: p.seq, ...entry });
-    if (kind === 'errors') errors.push({ seq: p.seq, ...entry, error: extra?.error ?? 'unknown error' });
-    if (extra?.size) wrongSize.push({ seq: p.seq, ...entry, ...extra.size });
-    if (kind !== 'errors') infraStreak = 0;
-    checked++;
-    progress();
-  };
-
-  /** One check with retries; its final failure is the record's (`RecordFailed`). */
-  const attempt = <T>(what: string, key: string, fn: () => Promise<T>) =>
-    withRetry(fn, retry, {
-      what: 'check-blob-logs',
-      ...(signal ? { signal } : {}),
-      onRetry: (err, n) =>
-        logger.warn(`${what} failed, retrying (attempt ${n + 1} of ${retry.attempts})`, {
-          key,
-          error: shortError(err),
-        }),
-    }).catch((err: unknown) => {
-      if (err instanceof AbortedError) throw err;
-      throw new RecordFailed(what, err);
-    });
-
-  // A failure anywhere stops the run: queued tasks then settle at once
-  // (rejecting) rather than being dropped, so every promise below settles.
-  let stopped: { error: unknown } | undefined;
-  const stop = (error: unknown) => {
-    stopped ??= { error };
-  };
-  const task = <T>(fn: () => Promise<T>): Promise<T> =>
-    queue.add(
-      async () => {
-        if (stopped) throw stopped.error;
-        return fn();
-      },
-      { throwOnTimeout: true },
-    );
-
-  const statOf = (db: BlobDB, side: string, key: string) =>
-    attempt(`the stat in the ${side} backend`, key, async (): Promise<BlobInfo | undefined> => {
-      try {
-        return await db.stat(key);
-      } catch (err) {
-        if (err instanceof BlobNotFoundError) return undefined;
-        throw err;
-      }
-    });
-
-  /** A copy in new: found when it has the row's size (or the row is gone), wrong size otherwise. */
-  const judgeNew = (p: Pending, info: BlobInfo, row: BlobMeta | undefined) => {
-    if (!row || info.size === row.contentLength) tally(p, 'foundInNew');
-    else {
-      logger.warn('the copy in the new backend does not have the size of its metadata row', {
-        key: row.key,
-        expected: row.contentLength,
-        actual: info.size,
-      });
-      tally(p, 'wrongSizeInNew', { size: { where: 'new', expected: row.contentLength, actual: info.size } });
-    }
-  };
-
-  const copy = async (p: Pending, row: BlobMeta): Promise<void> => {
-    const key = p.record.key;
-    const outcome: CopyOutcome = await copyBlob(
-      {
-        oldDb,
-        newDb,
-        references,
-        meta: opts.meta,
-        retry,
-        ...(signal ? { signal } : {}),
-        onRetry: (k, n, err) =>
-          logger.warn(`retrying copy (attempt ${n + 1} of ${retry.attempts})`, {
-            key: k,
-            error: shortError(err),
-          }),
-      },
-      { key, contentLength: row.contentLength, contentType: row.contentType },
-    );
-    switch (outcome.kind) {
-      case 'copied':
-        tally(p, 'foundInOld', { migrated: true });
-        return;
-      case 'present': {
-        // The app (or another run) put it in the new backend meanwhile.
-        const info = await statOf(newDb, 'new', key);
-        if (info) judgeNew(p, info, await attempt('reading the metadata row', key, () => meta.get(key)));
-        else tally(p, 'foundInNew');
-        return;
-      }
-      case 'deleted':
-        // The row went while copying; the copy was taken back.
-        tally(p, 'notReferenced');
-        return;
-      case 'notFound':
-        tally(p, 'notFound');
-        return;
-      case 'failed':
-        if (outcome.cause instanceof NewCopyDisagreement) {
-          tally(p, 'wrongSizeInNew', {
-            size: { where: 'new', expected: outcome.cause.expected, actual: outcome.cause.actual },
-          });
-          return;
-        }
-        if (outcome.cause instanceof SizeDisagreement) {
-          tally(p, 'wrongSizeInOld', {
-            size: { where: 'old', expected: outcome.cause.expected, actual: outcome.cause.actual },
-          });
-          return;
-        }
-        if (outcome.infrastructure) throw new RecordFailed('the copy', outcome.cause);
-        logger.warn('copy failed', { key, error: outcome.error });
-        tally(p, 'foundInOld', { failed: outcome.error });
-        return;
-    }
-  };
-
-  const classify = async (p: Pending): Promise<void> => {
-    const key = p.record.key;
-    const inNew = await statOf(newDb, 'new', key);
-    const row = await attempt('reading the metadata row', key, () => meta.get(key));
-    if (inNew) {
-      judgeNew(p, inNew, row);
-      return;
-    }
-    if (!row) {
-      tally(p, 'notReferenced');
-      return;
-    }
-    if (migrate) return copy(p, row);
-    const inOld = await statOf(oldDb, 'old', key);
-    if (!inOld) tally(p, 'notFound');
-    else if (inOld.size === row.contentLength) tally(p, 'foundInOld');
-    else
-      tally(p, 'wrongSizeInOld', { size: { where: 'old', expected: row.contentLength, actual: inOld.size } });
-  };
-
-  const check = async (p: Pending): Promise<void> => {
-    try {
-      await classify(p);
-    } catch (err) {
-      if (!(err instanceof RecordFailed)) throw err;
-      logger.warn(`could not check a record: ${err.message}`, { key: p.record.key });
-      tally(p, 'errors', { error: err.message });
-      if (isInfrastructureError(err.cause) && ++infraStreak >= threshold) {
-        throw new InfrastructureError(
-          `check-blob-logs: ${infraStreak} records in a row failed on the infrastructure (${shortError(err.cause)}); nothing was lost, rerun it when the backends answer`,
-          { cause: err.cause },
-        );
-      }
-    }
-  };
-
-  const processChunk = async (chunk: Pending[]): Promise<void> => {
-    await Promise.all(chunk.map((p) => task(() => check(p))));
-  };
-
-  // One chunk is read while the one before is being checked.
-  let chunk: Pending[] = [];
-  let inFlight: Promise<void> = Promise.resolve();
-  const dispatch = async () => {
-    const next = chunk;
-    chunk = [];
-    await inFlight;
-    if (stopped) throw stopped.error;
-    // Settles only when every task of the chunk has settled.
-    inFlight = Promise.allSettled([processChunk(next)]).then(([r]) => {
-      if (r?.status === 'rejected') stop(r.reason);
-    });
-  };
-
-  const onAbort = () => stop(new AbortedError('check-blob-logs interrupted'));
-  signal?.addEventListener('abort', onAbort, { once: true });
-  try {
-    for (const file of opts.files) {
-      currentFile = file;
-      await readMissingLog(
-        file,
-        async (record) => {
-          if (stopped) throw stopped.error;
-          if (opts.shard && record.id % opts.shard.count !== opts.shard.index) return;
-          records++;
-          if (seen.has(record.key)) {
-            duplicates++;
-            return;
-          }
-          seen.add(record.key);
-          chunk.push({ seq: seq++, record });
-          if (chunk.length >= chunkSize) await dispatch();
-        },
-        (problem: LogProblem) => {
-          const entry = { file: problem.file, line: problem.line, why: problem.why };
-          if (problem.torn) {
-            warnings.push(entry);
-            logger.warn(`${problem.file}:${problem.line}: ${problem.why}`);
-          } else {
-            malformed.push(entry);
-            logger.error(`${problem.file}:${problem.line}: ${problem.why}`);
-          }
-        },
-      );
-    }
-    if (chunk.length > 0) await dispatch();
-    await inFlight;
-    if (stopped) throw stopped.error;
-  } catch (err) {
-    stop(err);
-    await inFlight;
-    await queue.onIdle();
-    if (ledger) {
-      await recordCheck(
-        meta,
-        identity,
-        { startedAt, finishedAt: new Date() },
-        { ...details, exitCode: null },
-      ).catch(() => {});
-    }
-    if (signal?.aborted && !(err instanceof AbortedError)) {
-      throw new AbortedError('check-blob-logs interrupted', { cause: err });
-    }
-    throw err;
-  } finally {
-    signal?.removeEventListener('abort', onAbort);
-  }
-  progress(true);
-
-  const types = [...byType.keys()].sort(compareText);
-  const totals = emptyCheckCounts();
-  const typeReports: CheckTypeReport[] = types.map((type) => {
-    const c = byType.get(type) ?? emptyCheckCounts();
-    for (const k of Object.keys(totals) as (keyof CheckCounts)[]) totals[k] += c[k];
-    return { type, ...c };
-  });
-  const leftBehind = unresolvedRecords(totals);
-  const strip = <T extends { seq: number }>(list: T[]) =>
-    list.sort((a, b) => a.seq - b.seq).map(({ seq: _seq, ...rest }) => rest);
-  const exitCode = leftBehind > 0 || malformed.length > 0 ? 1 : 0;
-  if (ledger)
-    await recordCheck(meta, identity, { startedAt, finishedAt: new Date() }, { ...details, exitCode });
-  return {
-    files: [...opts.files],
-    migrate,
-    records,
-    duplicates,
-    byType: typeReports,
-    totals,
-    notFound: strip(notFound),
-    wrongSize: strip(wrongSize),
-    errors: strip(errors),
-    migrateFailures: strip(failures),
-    malformed,
-    warnings,
-    exitCode,
-  };
+  return new CheckLogsRun(opts).run();
 }
 
 /**
@@ -610,63 +234,69 @@ export function formatCheckReport(report: CheckLogsReport, opts: { notFoundFile?
   if (report.byType.length === 0) {
     out.push(`no records in ${report.files.length} log${report.files.length === 1 ? '' : 's'}`);
   }
-  for (const t of report.byType) {
-    out.push(
-      `${t.type === '' ? '(no type)' : t.type}: checked ${t.checked} records`,
-      `  Found in new db: ${t.foundInNew}`,
-      `  Found in old db: ${t.foundInOld}`,
-      `  Not referenced: ${t.notReferenced}`,
-      `  Not found: ${t.notFound}`,
-    );
-    // Classes that need the operator, shown where they occur.
-    if (t.wrongSizeInNew > 0) out.push(`  Wrong size in new db: ${t.wrongSizeInNew}`);
-    if (t.wrongSizeInOld > 0) out.push(`  Wrong size in old db: ${t.wrongSizeInOld}`);
-    if (t.errors > 0) out.push(`  Could not check: ${t.errors}`);
-  }
+  for (const t of report.byType) out.push(...typeBlock(t));
   if (report.migrate) {
     out.push(`Migrated: ${report.totals.migrated}`);
     if (report.totals.migrateFailed > 0) {
       out.push(`Migrate failed: ${report.totals.migrateFailed}`);
-      for (const f of report.migrateFailures.slice(0, MAX_LISTED)) out.push(`  ${f.key}: ${f.error}`);
-      if (report.migrateFailures.length > MAX_LISTED) {
-        out.push(`  … and ${report.migrateFailures.length - MAX_LISTED} more (see --json)`);
-      }
+      out.push(...listed(report.migrateFailures, (f) => `  ${f.key}: ${f.error}`, ' (see --json)'));
     }
   }
   if (report.wrongSize.length > 0) {
     out.push('Wrong size (never overwritten or copied; see verify, and the README on what to do):');
-    for (const w of report.wrongSize.slice(0, MAX_LISTED)) {
-      out.push(`  ${w.key}: in ${w.where} ${w.actual} bytes, the metadata says ${w.expected}`);
-    }
-    if (report.wrongSize.length > MAX_LISTED)
-      out.push(`  … and ${report.wrongSize.length - MAX_LISTED} more (see --json)`);
+    out.push(
+      ...listed(
+        report.wrongSize,
+        (w) => `  ${w.key}: in ${w.where} ${w.actual} bytes, the metadata says ${w.expected}`,
+        ' (see --json)',
+      ),
+    );
   }
   if (report.errors.length > 0) {
     out.push('Could not check:');
-    for (const e of report.errors.slice(0, MAX_LISTED)) out.push(`  ${e.key}: ${e.error}`);
-    if (report.errors.length > MAX_LISTED)
-      out.push(`  … and ${report.errors.length - MAX_LISTED} more (see --json)`);
+    out.push(...listed(report.errors, (e) => `  ${e.key}: ${e.error}`, ' (see --json)'));
   }
-  const n = report.notFound.length;
-  if (n > 0) {
-    if (n <= MAX_LISTED) {
-      out.push('Not found keys:');
-      for (const r of report.notFound) out.push(`  ${r.key}`);
-    } else if (opts.notFoundFile !== undefined) {
-      out.push(`Not found keys: ${n}, listed in ${opts.notFoundFile}`);
-    } else {
-      out.push(`Not found keys (first ${MAX_LISTED} of ${n}):`);
-      for (const r of report.notFound.slice(0, MAX_LISTED)) out.push(`  ${r.key}`);
-    }
-  }
+  out.push(...notFoundLines(report.notFound, opts.notFoundFile));
   if (report.malformed.length > 0) {
     out.push(`Malformed lines: ${report.malformed.length}`);
-    for (const p of report.malformed.slice(0, MAX_LISTED)) out.push(`  ${p.file}:${p.line}: ${p.why}`);
-    if (report.malformed.length > MAX_LISTED)
-      out.push(`  … and ${report.malformed.length - MAX_LISTED} more`);
+    out.push(...listed(report.malformed, (p) => `  ${p.file}:${p.line}: ${p.why}`, ''));
   }
   for (const w of report.warnings) out.push(`Warning: ${w.file}:${w.line}: ${w.why}`);
   return `${out.join('\n')}\n`;
+}
+
+/** One type's block, as runbooks quote it; the classes that need the operator where they occur. */
+function typeBlock(t: CheckTypeReport): string[] {
+  const out = [
+    `${t.type === '' ? '(no type)' : t.type}: checked ${t.checked} records`,
+    `  Found in new db: ${t.foundInNew}`,
+    `  Found in old db: ${t.foundInOld}`,
+    `  Not referenced: ${t.notReferenced}`,
+    `  Not found: ${t.notFound}`,
+  ];
+  if (t.wrongSizeInNew > 0) out.push(`  Wrong size in new db: ${t.wrongSizeInNew}`);
+  if (t.wrongSizeInOld > 0) out.push(`  Wrong size in old db: ${t.wrongSizeInOld}`);
+  if (t.errors > 0) out.push(`  Could not check: ${t.errors}`);
+  return out;
+}
+
+/** The first `MAX_LISTED` items, one line each, then how many more. */
+function listed<T>(items: T[], line: (item: T) => string, more: string): string[] {
+  const out = items.slice(0, MAX_LISTED).map(line);
+  if (items.length > MAX_LISTED) out.push(`  … and ${items.length - MAX_LISTED} more${more}`);
+  return out;
+}
+
+/** The "Not found" keys: listed up to `MAX_LISTED`, otherwise the file that lists them (or the first ones). */
+function notFoundLines(notFound: CheckedRecord[], file: string | undefined): string[] {
+  const n = notFound.length;
+  if (n === 0) return [];
+  if (n <= MAX_LISTED) return ['Not found keys:', ...notFound.map((r) => `  ${r.key}`)];
+  if (file !== undefined) return [`Not found keys: ${n}, listed in ${file}`];
+  return [
+    `Not found keys (first ${MAX_LISTED} of ${n}):`,
+    ...notFound.slice(0, MAX_LISTED).map((r) => `  ${r.key}`),
+  ];
 }
 
 /** A log that cannot be opened is refused before any record is checked. */
@@ -685,8 +315,4 @@ async function assertReadable(file: string): Promise<void> {
     throw new PreflightError(target, why, { cause: err });
   }
   if (!isFile) throw new PreflightError(target, 'not a regular file');
-}
-
-function compareText(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
 }

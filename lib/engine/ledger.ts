@@ -172,17 +172,27 @@ export async function requireCleanVerify(
       `the latest verify of these backends (started ${when}) covered only --types ${verified.join(',')}; ${again} for every type cleaned up`,
     );
   }
+  await refuseRunsSince(meta, latest, again);
+  return latest;
+}
+
+/**
+ * Refuses (`PreflightError`) when any backfill or check-blob-logs run was
+ * saved after `verify` started: a verify vouches only for what happened
+ * before it.
+ */
+async function refuseRunsSince(meta: MetaStore, verify: RunState, again: string): Promise<void> {
+  const when = verify.startedAt.toISOString();
   for (const run of await meta.listRuns()) {
     if (run.name === VERIFY_RUN) continue;
-    if (run.updatedAt.getTime() < latest.startedAt.getTime()) continue;
+    if (run.updatedAt.getTime() < verify.startedAt.getTime()) continue;
     const what =
       run.name === CHECK_RUN
         ? 'a check-blob-logs run'
         : `backfill run "${run.name}"${run.shard && !isLedgerRun(run) ? ` shard ${run.shard}` : ''}`;
     throw new PreflightError(
-      target,
+      'cleanup-old',
       `${what} was saved at ${run.updatedAt.toISOString()}, after the latest verify started (${when}); a verify vouches only for what happened before it: ${again}`,
     );
   }
-  return latest;
 }

@@ -454,3 +454,62 @@ for (const target of TARGETS) {
     });
   });
 }
+
+describe('formatCheckReport', () => {
+  const entry = (i: number) => ({ id: i, key: `k${i}`, type: 't', parentId: 'p' });
+  const many = <T>(n: number, make: (i: number) => T) => Array.from({ length: n }, (_, i) => make(i));
+  function report(n: number): CheckLogsReport {
+    return {
+      files: ['a.jsonl'],
+      migrate: true,
+      records: n,
+      duplicates: 0,
+      byType: [],
+      totals: {
+        checked: n,
+        foundInNew: 0,
+        wrongSizeInNew: 0,
+        foundInOld: n,
+        wrongSizeInOld: 0,
+        notReferenced: 0,
+        notFound: 0,
+        errors: 0,
+        migrated: 0,
+        migrateFailed: n,
+      },
+      notFound: many(n, entry),
+      wrongSize: many(n, (i) => ({ ...entry(i), where: 'old' as const, expected: 1, actual: 2 })),
+      errors: many(n, (i) => ({ ...entry(i), error: 'boom' })),
+      migrateFailures: many(n, (i) => ({ ...entry(i), error: 'nope' })),
+      malformed: many(n, (i) => ({ file: 'a.jsonl', line: i, why: 'bad' })),
+      warnings: [],
+      exitCode: 1,
+    };
+  }
+
+  it('lists at most 100 of each class, then says how many more', () => {
+    const text = formatCheckReport(report(101));
+    expect(text).to.contain('Migrate failed: 101\n  k0: nope\n');
+    expect(text).to.contain('  k99: nope\n  … and 1 more (see --json)\nWrong size');
+    expect(text).to.contain(
+      '  k99: in old 2 bytes, the metadata says 1\n  … and 1 more (see --json)\nCould not check:',
+    );
+    expect(text).to.contain(
+      '  k99: boom\n  … and 1 more (see --json)\nNot found keys (first 100 of 101):\n  k0\n',
+    );
+    expect(text).to.contain('  k99\nMalformed lines: 101\n');
+    expect(text).to.match(/ {2}a\.jsonl:99: bad\n {2}… and 1 more\n$/);
+    expect(formatCheckReport(report(101), { notFoundFile: 'nf.jsonl' })).to.contain(
+      'Not found keys: 101, listed in nf.jsonl\nMalformed lines',
+    );
+  });
+
+  it('lists every one of 100', () => {
+    const text = formatCheckReport(report(100));
+    expect(text).not.to.contain('more');
+    expect(text).to.contain('  k99: nope\nWrong size');
+    expect(formatCheckReport(report(100), { notFoundFile: 'nf.jsonl' })).to.contain(
+      'Not found keys:\n  k0\n',
+    );
+  });
+});
