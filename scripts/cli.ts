@@ -11,6 +11,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, CommanderError } from 'commander';
 import {
+  DEFAULTS,
   parseChunkSize,
   parseConcurrency,
   parseExistence,
@@ -26,6 +27,7 @@ import {
   UsageError,
   urlPassword,
 } from '../lib/cli/args.js';
+import type { CommandOptions } from '../lib/cli/options.js';
 import { EXIT, exitWith, isMainModule, reportError, runCommand } from '../lib/cli/run.js';
 import { pendingSignal, trapEarlySignals } from '../lib/cli/signals.js';
 import { registerSecret } from '../lib/contract/redact.js';
@@ -42,21 +44,26 @@ export const COMMANDS = [
 ] as const;
 export type CommandName = (typeof COMMANDS)[number];
 
-/** What every subcommand module exports. Returns the process exit code. */
-export type SubcommandMain = (options: Record<string, unknown>, args: string[]) => Promise<number>;
-
-/** Runs a subcommand with its parsed options and operands; returns the exit code. */
-export type Dispatch = (
-  name: CommandName,
-  options: Record<string, unknown>,
+/** What every subcommand module exports: `main(options, operands)`. Returns the process exit code. */
+export type SubcommandMain<N extends CommandName = CommandName> = (
+  options: CommandOptions[N],
   args: string[],
 ) => Promise<number>;
+
+/** Runs a subcommand with its parsed options and operands; returns the exit code. */
+export type Dispatch = <N extends CommandName>(
+  name: N,
+  options: CommandOptions[N],
+  args: string[],
+) => Promise<number>;
+
+export { DEFAULTS };
 
 // The AWS SDK warns once per process that its releases after January 2027 need
 // Node 22; the CLI's operators get that from the README, not on every run.
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
-const loaders: Record<CommandName, () => Promise<{ main: SubcommandMain }>> = {
+const loaders: { [N in CommandName]: () => Promise<{ main: SubcommandMain<N> }> } = {
   backfill: () => import('./backfill.js'),
   rollback: () => import('./rollback.js'),
   worker: () => import('./worker.js'),
@@ -72,17 +79,6 @@ export const runSubcommand: Dispatch = async (name, options, args) => {
   const mod = await loaders[name]();
   return mod.main(options, args);
 };
-
-export const DEFAULTS = {
-  config: './blobshift.config.json',
-  run: 'default',
-  logDir: './blobshift-logs',
-  chunkSize: 1000,
-  concurrency: 16,
-  existence: 'list',
-  logFormat: 'text',
-  queueName: 'blobshift',
-} as const;
 
 /** The version in the package.json above this file (scripts/ from a checkout, dist/scripts/ when built). */
 export function packageVersion(): string {
@@ -204,9 +200,15 @@ export function buildProgram(options: CliOptions = {}): Command {
     config(cmd);
     return cmd;
   };
-  const act = (cmd: Command, name: CommandName, check?: (opts: Record<string, unknown>) => void): void => {
+  const act = <N extends CommandName>(
+    cmd: Command,
+    name: N,
+    check?: (opts: CommandOptions[N]) => void,
+  ): void => {
     cmd.action(async () => {
-      const opts = cmd.opts<Record<string, unknown>>();
+      // The one place commander's parsed values become a command's options: the flags
+      // registered above, one each, with their DEFAULTS (lib/cli/options.ts spells them out).
+      const opts = cmd.opts<CommandOptions[N]>();
       check?.(opts);
       await dispatch(name, opts, [...cmd.args]);
     });
@@ -267,7 +269,7 @@ export function buildProgram(options: CliOptions = {}): Command {
     '--run <name>',
     'run name (checkpoints resume per run; default rollback)',
     (v: string) => parseRunName(v),
-    'rollback',
+    DEFAULTS.rollbackRun,
   );
   logDir(rollback, 'directory for the missing-blob logs').option(
     '--chunk-size <n>',

@@ -11,6 +11,7 @@ import type { BlobDB } from '../contract/types.js';
 import { shortError } from '../engine/errors.js';
 import type { SnapshotBuild } from '../engine/present-index.js';
 import { isKnexNoise } from '../meta/index.js';
+import { DEFAULTS } from './args.js';
 import type { Logger } from './log.js';
 import { oneLine } from './run.js';
 import { pendingSignal, throwIfInterrupted } from './signals.js';
@@ -66,7 +67,7 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
     { loadConfig, describeBackend, sameLocation },
     { preflight, sweepProbes, sweepProbesFrom, PROBE_PREFIX },
   ] = await Promise.all([import('../config/index.js'), import('../engine/preflight.js')]);
-  const loaded = await loadConfig(opts.config ?? './blobshift.config.json', {
+  const loaded = await loadConfig(opts.config ?? DEFAULTS.config, {
     ...(opts.requireOld ? { requireOld: true } : {}),
     ...(opts.requireNew ? { requireNew: true } : {}),
     sqliteMustExist: true,
