@@ -5,6 +5,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { redactString } from '../contract/redact.js';
+import type { LogFormat } from './log.js';
 
 /** Bad command-line usage: an unknown flag, a bad flag value, a missing argument. */
 export class UsageError extends Error {
@@ -30,7 +31,7 @@ export interface Shard {
 }
 
 export type ExistenceMode = 'list' | 'head';
-export type LogFormat = 'text' | 'json';
+export type { LogFormat };
 
 /**
  * The CLI's defaults, one place for all of them: the flags' defaults in
