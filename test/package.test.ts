@@ -353,17 +353,19 @@ describe('the published package (npm pack, unpacked into fresh projects)', funct
                      knex: has('knex'), mysql2: has('mysql2'), pg: has('pg'), bullmq: has('bullmq') };
           };
           const { S3BlobDB } = await import('blobshift');
-          const atImport = loaded();
+          // Whether the AWS SDK loads with the root is the S3 backend's business (it may load it lazily).
+          const { sdk: _sdk, ...atImport } = loaded();
           const db = new S3BlobDB({ bucket: 'b', clientConfig: { endpoint: 'http://127.0.0.1:9', region: 'us-east-1',
             forcePathStyle: true, credentials: { accessKeyId: 'AK', secretAccessKey: 'SK' } } });
           const url = await db.getSignedUrl('k');
-          console.log(JSON.stringify({ atImport, afterUrl: loaded().presigner, url: url.startsWith('http://127.0.0.1:9/b/k?') }));
+          const after = loaded();
+          console.log(JSON.stringify({ atImport, afterUrl: { sdk: after.sdk, presigner: after.presigner }, url: url.startsWith('http://127.0.0.1:9/b/k?') }));
           await db.close();`,
       },
     );
     expect(JSON.parse(await node(root, ['index.js']))).to.deep.equal({
-      atImport: { sdk: true, presigner: false, knex: false, mysql2: false, pg: false, bullmq: false },
-      afterUrl: true,
+      atImport: { presigner: false, knex: false, mysql2: false, pg: false, bullmq: false },
+      afterUrl: { sdk: true, presigner: true },
       url: true,
     });
   });
