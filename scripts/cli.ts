@@ -57,6 +57,7 @@ export type Dispatch = <N extends CommandName>(
   args: string[],
 ) => Promise<number>;
 
+/** The CLI's flag defaults (defined beside the flag parsers, in lib/cli/args.ts). */
 export { DEFAULTS };
 
 // The AWS SDK warns once per process that its releases after January 2027 need
