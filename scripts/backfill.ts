@@ -5,10 +5,29 @@
  * (`tsx scripts/backfill.ts …`), this file runs the CLI with `backfill`
  * prepended, so the flags are parsed and checked in one place.
  */
-import type { Shard } from '../lib/cli/args.js';
+import { UsageError } from '../lib/cli/args.js';
+import type { BackfillOptions, CopyRunOptions } from '../lib/cli/options.js';
 import { exitWith, isMainModule } from '../lib/cli/run.js';
 
-export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
+/** A backfill on this host, over `--processes N` children, or over queue workers (`--queue`). */
+export async function main(options: BackfillOptions, _args: string[]): Promise<number> {
+  const processes = options.processes;
+  if (processes !== undefined && processes > 1) {
+    // One host's every core: N children of this command on disjoint shards (lib/cli/processes.ts).
+    if (options.queue !== undefined) {
+      throw new UsageError('--processes and --queue do not go together: queue workers are the processes', {
+        flag: '--processes',
+      });
+    }
+    const { runBackfillProcesses } = await import('../lib/cli/processes.js');
+    return runBackfillProcesses(options, processes);
+  }
+  if (options.queue !== undefined) {
+    // Scale-out over queue workers: BullMQ loads only on this path. (A child of
+    // --processes never gets here: the parent refuses --queue with --processes.)
+    const { producerCommand } = await import('../lib/cli/queue-command.js');
+    return producerCommand(options);
+  }
   return runBackfillCommand(options, 'backfill');
 }
 
@@ -18,7 +37,7 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
  * that the metadata proves stale (`replaceStale`).
  */
 export async function runBackfillCommand(
-  options: Record<string, unknown>,
+  options: CopyRunOptions,
   mode: 'backfill' | 'rollback',
 ): Promise<number> {
   const rollback = mode === 'rollback';
@@ -28,38 +47,20 @@ export async function runBackfillCommand(
     import('../lib/cli/backfill-reporter.js'),
     import('../lib/cli/signals.js'),
   ]);
-  const processes = options.processes as number | undefined;
-  if (processes !== undefined && processes > 1) {
-    // One host's every core: N children of this command on disjoint shards (lib/cli/processes.ts).
-    if (options.queue !== undefined) {
-      const { UsageError } = await import('../lib/cli/args.js');
-      throw new UsageError('--processes and --queue do not go together: queue workers are the processes', {
-        flag: '--processes',
-      });
-    }
-    const { runBackfillProcesses } = await import('../lib/cli/processes.js');
-    return runBackfillProcesses(options, processes);
-  }
   const { childLink } = await import('../lib/cli/processes.js');
   const link = childLink();
   const dryRun = options.dryRun === true;
   const json = options.json === true;
-  const concurrency = (options.concurrency as number | undefined) ?? 16;
-  const shard = options.shard as Shard | undefined;
-  const types = (options.types as string[] | undefined) ?? [];
-  if (options.queue !== undefined && !rollback) {
-    // Scale-out over queue workers: BullMQ loads only on this path.
-    const { producerCommand } = await import('../lib/cli/queue-command.js');
-    return producerCommand(options);
-  }
-
-  const existence = (options.existence as 'list' | 'head' | undefined) ?? 'list';
+  const concurrency = options.concurrency;
+  const shard = options.shard;
+  const types = options.types ?? [];
+  const existence = options.existence;
   const ctx = await openContext({
-    config: options.config as string,
+    config: options.config,
     requireOld: true,
     requireNew: true,
     write: !dryRun,
-    logFormat: options.logFormat as 'text' | 'json',
+    logFormat: options.logFormat,
     // The listing snapshot starts before the preflight, so the two overlap.
     snapshot: existence === 'list' || dryRun,
     reverse: rollback,
@@ -76,18 +77,18 @@ export async function runBackfillCommand(
       meta: ctx.meta,
       oldDb: ctx.oldDb!,
       newDb: ctx.newDb!,
-      run: (options.run as string | undefined) ?? (rollback ? 'rollback' : 'default'),
+      run: options.run,
       ...(rollback ? { replaceStale: true } : {}),
       ...(shard ? { shard } : {}),
       types,
-      chunkSize: (options.chunkSize as number | undefined) ?? 1000,
+      chunkSize: options.chunkSize,
       concurrency,
       existence,
       ...(ctx.snapshot ? { snapshot: ctx.snapshot } : {}),
-      ...(options.maxRate !== undefined ? { maxRate: options.maxRate as number } : {}),
+      ...(options.maxRate !== undefined ? { maxRate: options.maxRate } : {}),
       reset: options.reset === true,
       dryRun,
-      logDir: (options.logDir as string | undefined) ?? './blobshift-logs',
+      logDir: options.logDir,
       identity: { old: ctx.names.old ?? 'old', new: ctx.names.new ?? 'new' },
       signal: signals.soft,
       hardSignal: signals.hard,

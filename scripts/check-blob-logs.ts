@@ -5,10 +5,11 @@
  * Run directly (`tsx scripts/check-blob-logs.ts …`), this file runs the CLI
  * with `check-blob-logs` prepended.
  */
+import type { CheckBlobLogsOptions } from '../lib/cli/options.js';
 import { exitWith, isMainModule } from '../lib/cli/run.js';
 
-export async function main(options: Record<string, unknown>, args: string[]): Promise<number> {
-  const processes = options.processes as number | undefined;
+export async function main(options: CheckBlobLogsOptions, args: string[]): Promise<number> {
+  const processes = options.processes;
   const multi = await import('../lib/cli/processes.js');
   // One host's every core: N children, each taking the records with id % N = k (lib/cli/processes.ts).
   if (processes !== undefined && processes > 1) return multi.runCheckLogsProcesses(options, args, processes);
@@ -22,7 +23,7 @@ export async function main(options: Record<string, unknown>, args: string[]): Pr
   ]);
   const migrate = options.migrate === true;
   const ctx = await openContext({
-    config: options.config as string,
+    config: options.config,
     requireOld: true,
     requireNew: true,
     write: migrate,
@@ -36,12 +37,12 @@ export async function main(options: Record<string, unknown>, args: string[]): Pr
       newDb: ctx.newDb!,
       migrate,
       identity: { old: ctx.names.old ?? null, new: ctx.names.new ?? 'new' },
-      concurrency: (options.concurrency as number | undefined) ?? 16,
+      concurrency: options.concurrency,
       signal: signals.soft,
       logger: ctx.logger,
       ...(shard ? { shard } : {}),
     });
-    const logDir = (options.logDir as string | undefined) ?? './blobshift-logs';
+    const logDir = options.logDir;
     // A process of --processes leaves the key file to its parent, which writes one for all.
     const notFoundFile =
       report.notFound.length > check.MAX_LISTED && !shard

@@ -4,15 +4,16 @@
  * audit log of every key deleted. Refused without `--yes` (the CLI checks)
  * and when old and new overlap.
  */
-export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
-  const [{ openContext }, c, out, { trapSignals }, { sameLocation }] = await Promise.all([
+import type { CleanupOptions } from '../lib/cli/options.js';
+
+export async function main(options: CleanupOptions, _args: string[]): Promise<number> {
+  const [{ openContext }, c, { trapSignals }, { sameLocation }] = await Promise.all([
     import('../lib/cli/context.js'),
     import('../lib/engine/cleanup.js'),
-    import('../lib/cli/output.js'),
     import('../lib/cli/signals.js'),
     import('../lib/config/index.js'),
   ]);
-  const ctx = await openContext({ config: options.config as string, requireOld: true, requireNew: true });
+  const ctx = await openContext({ config: options.config, requireOld: true, requireNew: true });
   const signals = trapSignals(ctx.logger, {
     stopping: 'the current batch finishes (again to stop at once)',
     abandoning: 'stopping at once',
@@ -24,14 +25,13 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
       newDb: ctx.newDb!,
       yes: options.yes === true,
       dryRun: options.dryRun === true,
-      logDir: (options.logDir as string | undefined) ?? './blobshift-logs',
+      logDir: options.logDir,
       sameLocation: ctx.config.old && ctx.config.new ? sameLocation(ctx.config.old, ctx.config.new) : false,
       identity: { old: ctx.names.old ?? null, new: ctx.names.new ?? 'new' },
       signal: signals.soft,
       logger: ctx.logger,
     });
-    if (options.json === true) out.printJson(report);
-    else process.stdout.write(c.formatCleanupReport(report));
+    process.stdout.write(c.formatCleanupReport(report));
     return report.exitCode;
   } finally {
     signals.dispose();

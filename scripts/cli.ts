@@ -11,6 +11,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, CommanderError } from 'commander';
 import {
+  DEFAULTS,
   parseChunkSize,
   parseConcurrency,
   parseExistence,
@@ -26,6 +27,7 @@ import {
   UsageError,
   urlPassword,
 } from '../lib/cli/args.js';
+import type { CommandOptions } from '../lib/cli/options.js';
 import { EXIT, exitWith, isMainModule, reportError, runCommand } from '../lib/cli/run.js';
 import { pendingSignal, trapEarlySignals } from '../lib/cli/signals.js';
 import { registerSecret } from '../lib/contract/redact.js';
@@ -42,21 +44,27 @@ export const COMMANDS = [
 ] as const;
 export type CommandName = (typeof COMMANDS)[number];
 
-/** What every subcommand module exports. Returns the process exit code. */
-export type SubcommandMain = (options: Record<string, unknown>, args: string[]) => Promise<number>;
-
-/** Runs a subcommand with its parsed options and operands; returns the exit code. */
-export type Dispatch = (
-  name: CommandName,
-  options: Record<string, unknown>,
+/** What every subcommand module exports: `main(options, operands)`. Returns the process exit code. */
+export type SubcommandMain<N extends CommandName = CommandName> = (
+  options: CommandOptions[N],
   args: string[],
 ) => Promise<number>;
+
+/** Runs a subcommand with its parsed options and operands; returns the exit code. */
+export type Dispatch = <N extends CommandName>(
+  name: N,
+  options: CommandOptions[N],
+  args: string[],
+) => Promise<number>;
+
+/** The CLI's flag defaults (defined beside the flag parsers, in lib/cli/args.ts). */
+export { DEFAULTS };
 
 // The AWS SDK warns once per process that its releases after January 2027 need
 // Node 22; the CLI's operators get that from the README, not on every run.
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
-const loaders: Record<CommandName, () => Promise<{ main: SubcommandMain }>> = {
+const loaders: { [N in CommandName]: () => Promise<{ main: SubcommandMain<N> }> } = {
   backfill: () => import('./backfill.js'),
   rollback: () => import('./rollback.js'),
   worker: () => import('./worker.js'),
@@ -72,17 +80,6 @@ export const runSubcommand: Dispatch = async (name, options, args) => {
   const mod = await loaders[name]();
   return mod.main(options, args);
 };
-
-export const DEFAULTS = {
-  config: './blobshift.config.json',
-  run: 'default',
-  logDir: './blobshift-logs',
-  chunkSize: 1000,
-  concurrency: 16,
-  existence: 'list',
-  logFormat: 'text',
-  queueName: 'blobshift',
-} as const;
 
 /** The version in the package.json above this file (scripts/ from a checkout, dist/scripts/ when built). */
 export function packageVersion(): string {
@@ -137,6 +134,201 @@ function queueUrl(value: string): string {
 }
 
 /**
+ * The flags several subcommands share, each defined once: its parser and its
+ * default (from `DEFAULTS`); the help text where it differs by command is
+ * the caller's. Each returns the command, for chaining.
+ */
+const flag = {
+  config: (cmd: Command): Command =>
+    cmd.option(
+      '-c, --config <file>',
+      'config file',
+      (v: string) => parsePath(v, '--config'),
+      DEFAULTS.config,
+    ),
+  run: (cmd: Command, what: string, fallback: string = DEFAULTS.run): Command =>
+    cmd.option('--run <name>', what, (v: string) => parseRunName(v), fallback),
+  types: (cmd: Command): Command =>
+    cmd.option('--types <a,b>', 'only these blob types (comma list)', (v: string) => parseTypes(v)),
+  logDir: (cmd: Command, what: string): Command =>
+    cmd.option('--log-dir <dir>', what, (v: string) => parsePath(v, '--log-dir'), DEFAULTS.logDir),
+  chunkSize: (cmd: Command): Command =>
+    cmd.option(
+      '--chunk-size <n>',
+      'metadata rows per chunk',
+      (v: string) => parseChunkSize(v),
+      DEFAULTS.chunkSize,
+    ),
+  concurrency: (cmd: Command, what: string): Command =>
+    cmd.option('--concurrency <n>', what, (v: string) => parseConcurrency(v), DEFAULTS.concurrency),
+  shard: (cmd: Command): Command =>
+    cmd.option('--shard <I/N>', 'only rows with id % N = I (0 ≤ I < N)', (v: string) => parseShard(v)),
+  existence: (cmd: Command, backend: 'new' | 'old'): Command =>
+    cmd.option(
+      '--existence <mode>',
+      `list: one listing snapshot of the ${backend} backend; head: a HEAD per blob`,
+      (v: string) => parseExistence(v),
+      DEFAULTS.existence,
+    ),
+  maxRate: (cmd: Command): Command =>
+    cmd.option('--max-rate <n>', 'at most N blobs per second', (v: string) => parseRate(v)),
+  processes: (cmd: Command, what: string): Command =>
+    cmd.option('--processes <n>', what, (v: string) => parseProcesses(v)),
+  json: (cmd: Command): Command => cmd.option('--json', 'print the result as one JSON object on stdout'),
+  /** `--no-progress`, then `--log-format`. */
+  output: (cmd: Command): Command =>
+    cmd
+      .option('--no-progress', 'no progress output on stderr')
+      .option(
+        '--log-format <format>',
+        'log lines on stderr: text or json',
+        (v: string) => parseLogFormat(v),
+        DEFAULTS.logFormat,
+      ),
+  queue: (cmd: Command, what: string): Command => cmd.option('--queue [url]', what, queueUrl),
+  queueName: (cmd: Command): Command =>
+    cmd.option(
+      '--queue-name <name>',
+      'BullMQ queue name',
+      (v: string) => parseQueueName(v),
+      DEFAULTS.queueName,
+    ),
+};
+
+/** Adds a subcommand (with `-c, --config`) to the program. */
+type AddCommand = (name: CommandName, description: string) => Command;
+/**
+ * Makes `cmd` dispatch to the subcommand `name` with its parsed options,
+ * after `check` (a cross-flag rule commander cannot state) passes.
+ */
+type SetAction = <N extends CommandName>(
+  cmd: Command,
+  name: N,
+  check?: (opts: CommandOptions[N]) => void,
+) => void;
+
+function defineBackfill(add: AddCommand, act: SetAction): void {
+  const cmd = add('backfill', 'copy every referenced blob the new backend lacks (resumable, shardable)');
+  flag.run(cmd, 'run name (checkpoints resume per run)');
+  flag.logDir(cmd, 'directory for the missing-blob logs');
+  flag.chunkSize(cmd);
+  flag.concurrency(cmd, 'blobs copied at once');
+  flag.types(cmd);
+  flag.shard(cmd);
+  flag.existence(cmd, 'new');
+  flag.maxRate(cmd).option('--reset', 'start the run over, forgetting its checkpoint');
+  flag
+    .processes(cmd, 'run N processes on disjoint shards of this run (auto: one a core)')
+    .option('--dry-run', 'estimate, and count what the new backend already holds; write nothing');
+  flag.json(cmd);
+  flag.output(cmd);
+  flag.queue(
+    cmd,
+    "spread the work over workers through Redis (redis://HOST:PORT[/DB]; without a value, the config's queue.url)",
+  );
+  flag.queueName(cmd);
+  act(cmd, 'backfill');
+}
+
+function defineRollback(add: AddCommand, act: SetAction): void {
+  const cmd = add(
+    'rollback',
+    "after a flip, copy the app's writes from new back to old, replacing copies in old the metadata proves stale",
+  );
+  flag.run(cmd, 'run name (checkpoints resume per run; default rollback)', DEFAULTS.rollbackRun);
+  flag.logDir(cmd, 'directory for the missing-blob logs');
+  flag.chunkSize(cmd);
+  flag.concurrency(cmd, 'blobs copied at once');
+  flag.types(cmd);
+  flag.shard(cmd);
+  flag.existence(cmd, 'old');
+  flag
+    .maxRate(cmd)
+    .option('--reset', 'start the run over (a new pass), forgetting its checkpoint')
+    .option('--dry-run', 'count what old lacks or holds with another size; write nothing');
+  flag.json(cmd);
+  flag.output(cmd);
+  act(cmd, 'rollback');
+}
+
+function defineWorker(add: AddCommand, act: SetAction): void {
+  const cmd = add('worker', 'take backfill chunks from a Redis queue and copy them');
+  flag.queue(
+    cmd,
+    "Redis queue (redis://HOST:PORT[/DB]; without the flag or a value, the config's queue.url)",
+  );
+  flag.queueName(cmd);
+  flag.concurrency(cmd, 'blobs copied at once');
+  act(cmd, 'worker');
+}
+
+function defineCheckBlobLogs(add: AddCommand, act: SetAction): void {
+  const cmd = add(
+    'check-blob-logs',
+    'classify the blobs a backfill could not find; --migrate re-copies them',
+  );
+  cmd.option('--migrate', 'copy the blobs found in the old backend');
+  flag.processes(cmd, 'check (and copy) in N processes (auto: one a core)');
+  cmd.argument('<log...>', 'missing-blob log files');
+  flag.concurrency(cmd, 'blobs checked at once');
+  flag.logDir(cmd, 'directory for the logs of this check');
+  flag.json(cmd);
+  act(cmd, 'check-blob-logs', () => {
+    for (const file of cmd.args) parsePath(file, 'LOG');
+  });
+}
+
+function defineVerify(add: AddCommand, act: SetAction): void {
+  const cmd = add(
+    'verify',
+    'check every referenced blob is in the new backend; prints SAFE TO FLIP or NOT SAFE',
+  )
+    .option('--checksum', 'also compare content hashes (reads every blob)')
+    .option(
+      '--reverse',
+      'judge the old backend instead (after a rollback: is old ready to be the only one?)',
+    );
+  flag.processes(cmd, 'judge the rows in N processes (auto: one a core)');
+  flag.types(cmd);
+  flag.logDir(cmd, 'directory for the report files');
+  flag.json(cmd);
+  act(cmd, 'verify');
+}
+
+function defineEstimate(add: AddCommand, act: SetAction): void {
+  const cmd = add('estimate', 'count blobs and bytes per type from the metadata alone');
+  flag.types(cmd);
+  flag.json(cmd);
+  act(cmd, 'estimate');
+}
+
+function defineStatus(add: AddCommand, act: SetAction): void {
+  const cmd = add('status', "print a run's saved state");
+  flag.run(cmd, 'run name');
+  flag.json(cmd);
+  act(cmd, 'status');
+}
+
+function defineCleanupOld(add: AddCommand, act: SetAction): void {
+  const cmd = add(
+    'cleanup-old',
+    'after a clean verify, delete the old copies proven equal to the new ones (writes an audit log)',
+  )
+    .option('--yes', 'confirm: delete from the old backend (not needed with --dry-run)')
+    .option('--dry-run', 'list what would be deleted; delete nothing');
+  flag.logDir(cmd, 'directory for the audit log');
+  act(cmd, 'cleanup-old', (opts) => {
+    // A dry run deletes nothing: it needs no confirmation.
+    if (opts.yes !== true && opts.dryRun !== true) {
+      throw new UsageError(
+        "cleanup-old deletes blobs from the old backend: pass --yes to confirm (after a clean 'blobshift verify')",
+        { flag: '--yes' },
+      );
+    }
+  });
+}
+
+/**
  * The `blobshift` program with every subcommand and flag of the CLI
  * contract. Commander errors are thrown (`exitOverride`), not printed: the
  * caller formats them (see `runCli`).
@@ -170,30 +362,7 @@ export function buildProgram(options: CliOptions = {}): Command {
     })
     .addHelpText('after', HELP_AFTER);
 
-  const config = (cmd: Command): Command =>
-    cmd.option(
-      '-c, --config <file>',
-      'config file',
-      (v: string) => parsePath(v, '--config'),
-      DEFAULTS.config,
-    );
-  const types = (cmd: Command): Command =>
-    cmd.option('--types <a,b>', 'only these blob types (comma list)', (v: string) => parseTypes(v));
-  const logDir = (cmd: Command, what: string): Command =>
-    cmd.option('--log-dir <dir>', what, (v: string) => parsePath(v, '--log-dir'), DEFAULTS.logDir);
-  const concurrency = (cmd: Command, what: string): Command =>
-    cmd.option('--concurrency <n>', what, (v: string) => parseConcurrency(v), DEFAULTS.concurrency);
-  const json = (cmd: Command): Command =>
-    cmd.option('--json', 'print the result as one JSON object on stdout');
-  const queueName = (cmd: Command): Command =>
-    cmd.option(
-      '--queue-name <name>',
-      'BullMQ queue name',
-      (v: string) => parseQueueName(v),
-      DEFAULTS.queueName,
-    );
-
-  const sub = (name: CommandName, description: string): Command => {
+  const add: AddCommand = (name, description) => {
     const cmd = program.command(name).description(description);
     // Commander reports through outputError just before it throws: remember the command.
     cmd.configureOutput({
@@ -201,172 +370,30 @@ export function buildProgram(options: CliOptions = {}): Command {
         failedIn.name = name;
       },
     });
-    config(cmd);
-    return cmd;
+    return flag.config(cmd);
   };
-  const act = (cmd: Command, name: CommandName, check?: (opts: Record<string, unknown>) => void): void => {
+  const act: SetAction = (cmd, name, check) => {
     cmd.action(async () => {
-      const opts = cmd.opts<Record<string, unknown>>();
+      // The one place commander's parsed values become a command's options: the flags
+      // registered for it, one each, with their DEFAULTS (lib/cli/options.ts spells them out).
+      const opts = cmd.opts<CommandOptions[typeof name]>();
       check?.(opts);
       await dispatch(name, opts, [...cmd.args]);
     });
   };
 
-  const backfill = sub(
-    'backfill',
-    'copy every referenced blob the new backend lacks (resumable, shardable)',
-  ).option(
-    '--run <name>',
-    'run name (checkpoints resume per run)',
-    (v: string) => parseRunName(v),
-    DEFAULTS.run,
-  );
-  logDir(backfill, 'directory for the missing-blob logs').option(
-    '--chunk-size <n>',
-    'metadata rows per chunk',
-    (v: string) => parseChunkSize(v),
-    DEFAULTS.chunkSize,
-  );
-  concurrency(backfill, 'blobs copied at once');
-  types(backfill)
-    .option('--shard <I/N>', 'only rows with id % N = I (0 ≤ I < N)', (v: string) => parseShard(v))
-    .option(
-      '--existence <mode>',
-      'list: one listing snapshot of the new backend; head: a HEAD per blob',
-      (v: string) => parseExistence(v),
-      DEFAULTS.existence,
-    )
-    .option('--max-rate <n>', 'at most N blobs per second', (v: string) => parseRate(v))
-    .option('--reset', 'start the run over, forgetting its checkpoint')
-    .option(
-      '--processes <n>',
-      'run N processes on disjoint shards of this run (auto: one a core)',
-      (v: string) => parseProcesses(v),
-    )
-    .option('--dry-run', 'estimate, and count what the new backend already holds; write nothing');
-  json(backfill)
-    .option('--no-progress', 'no progress output on stderr')
-    .option(
-      '--log-format <format>',
-      'log lines on stderr: text or json',
-      (v: string) => parseLogFormat(v),
-      DEFAULTS.logFormat,
-    )
-    .option(
-      '--queue [url]',
-      "spread the work over workers through Redis (redis://HOST:PORT[/DB]; without a value, the config's queue.url)",
-      queueUrl,
-    );
-  queueName(backfill);
-  act(backfill, 'backfill');
-
-  const rollback = sub(
-    'rollback',
-    "after a flip, copy the app's writes from new back to old, replacing copies in old the metadata proves stale",
-  ).option(
-    '--run <name>',
-    'run name (checkpoints resume per run; default rollback)',
-    (v: string) => parseRunName(v),
-    'rollback',
-  );
-  logDir(rollback, 'directory for the missing-blob logs').option(
-    '--chunk-size <n>',
-    'metadata rows per chunk',
-    (v: string) => parseChunkSize(v),
-    DEFAULTS.chunkSize,
-  );
-  concurrency(rollback, 'blobs copied at once');
-  types(rollback)
-    .option('--shard <I/N>', 'only rows with id % N = I (0 ≤ I < N)', (v: string) => parseShard(v))
-    .option(
-      '--existence <mode>',
-      'list: one listing snapshot of the old backend; head: a HEAD per blob',
-      (v: string) => parseExistence(v),
-      DEFAULTS.existence,
-    )
-    .option('--max-rate <n>', 'at most N blobs per second', (v: string) => parseRate(v))
-    .option('--reset', 'start the run over (a new pass), forgetting its checkpoint')
-    .option('--dry-run', 'count what old lacks or holds with another size; write nothing');
-  json(rollback)
-    .option('--no-progress', 'no progress output on stderr')
-    .option(
-      '--log-format <format>',
-      'log lines on stderr: text or json',
-      (v: string) => parseLogFormat(v),
-      DEFAULTS.logFormat,
-    );
-  act(rollback, 'rollback');
-
-  const worker = sub('worker', 'take backfill chunks from a Redis queue and copy them').option(
-    '--queue [url]',
-    "Redis queue (redis://HOST:PORT[/DB]; without the flag or a value, the config's queue.url)",
-    queueUrl,
-  );
-  queueName(worker);
-  concurrency(worker, 'blobs copied at once');
-  act(worker, 'worker');
-
-  const check = sub(
-    'check-blob-logs',
-    'classify the blobs a backfill could not find; --migrate re-copies them',
-  )
-    .option('--migrate', 'copy the blobs found in the old backend')
-    .option('--processes <n>', 'check (and copy) in N processes (auto: one a core)', (v: string) =>
-      parseProcesses(v),
-    )
-    .argument('<log...>', 'missing-blob log files');
-  concurrency(check, 'blobs checked at once');
-  logDir(check, 'directory for the logs of this check');
-  json(check);
-  act(check, 'check-blob-logs', () => {
-    for (const file of check.args) parsePath(file, 'LOG');
-  });
-
-  const verify = sub(
-    'verify',
-    'check every referenced blob is in the new backend; prints SAFE TO FLIP or NOT SAFE',
-  )
-    .option('--checksum', 'also compare content hashes (reads every blob)')
-    .option('--reverse', 'judge the old backend instead (after a rollback: is old ready to be the only one?)')
-    .option('--processes <n>', 'judge the rows in N processes (auto: one a core)', (v: string) =>
-      parseProcesses(v),
-    );
-  types(verify);
-  logDir(verify, 'directory for the report files');
-  json(verify);
-  act(verify, 'verify');
-
-  const estimate = sub('estimate', 'count blobs and bytes per type from the metadata alone');
-  types(estimate);
-  json(estimate);
-  act(estimate, 'estimate');
-
-  const status = sub('status', "print a run's saved state").option(
-    '--run <name>',
-    'run name',
-    (v: string) => parseRunName(v),
-    DEFAULTS.run,
-  );
-  json(status);
-  act(status, 'status');
-
-  const cleanup = sub(
-    'cleanup-old',
-    'after a clean verify, delete the old copies proven equal to the new ones (writes an audit log)',
-  )
-    .option('--yes', 'confirm: delete from the old backend (not needed with --dry-run)')
-    .option('--dry-run', 'list what would be deleted; delete nothing');
-  logDir(cleanup, 'directory for the audit log');
-  act(cleanup, 'cleanup-old', (opts) => {
-    // A dry run deletes nothing: it needs no confirmation.
-    if (opts.yes !== true && opts.dryRun !== true) {
-      throw new UsageError(
-        "cleanup-old deletes blobs from the old backend: pass --yes to confirm (after a clean 'blobshift verify')",
-        { flag: '--yes' },
-      );
-    }
-  });
-
+  for (const define of [
+    defineBackfill,
+    defineRollback,
+    defineWorker,
+    defineCheckBlobLogs,
+    defineVerify,
+    defineEstimate,
+    defineStatus,
+    defineCleanupOld,
+  ]) {
+    define(add, act);
+  }
   return program;
 }
 

@@ -2,18 +2,20 @@
  * `blobshift estimate`: blobs and bytes per type, from the metadata alone
  * (no backend is contacted).
  */
-export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
+import type { EstimateOptions } from '../lib/cli/options.js';
+
+export async function main(options: EstimateOptions, _args: string[]): Promise<number> {
   const [{ loadConfig }, out, { openQuietMeta }, { createLogger }] = await Promise.all([
     import('../lib/config/index.js'),
     import('../lib/cli/output.js'),
     import('../lib/cli/context.js'),
     import('../lib/cli/log.js'),
   ]);
-  const loaded = await loadConfig(options.config as string, { sqliteMustExist: true });
+  const loaded = await loadConfig(options.config, { sqliteMustExist: true });
   // knex's own printout of a failed connection goes: the error comes back as one line.
   const meta = await openQuietMeta(loaded, createLogger({ format: 'text' }));
   try {
-    const types = options.types as string[] | undefined;
+    const types = options.types;
     const estimate = await meta.estimate(types ? { types } : {});
     if (options.json === true) {
       out.printJson(estimate);

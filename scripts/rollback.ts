@@ -7,8 +7,9 @@
  * metadata cannot prove stale is never replaced. Resumable like a backfill
  * (default run name `rollback`; `--reset` starts a new pass).
  */
+import type { RollbackOptions } from '../lib/cli/options.js';
 import { runBackfillCommand } from './backfill.js';
 
-export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
+export async function main(options: RollbackOptions, _args: string[]): Promise<number> {
   return runBackfillCommand(options, 'rollback');
 }

@@ -3,8 +3,9 @@
  * from the metadata database.
  */
 import { UsageError } from '../lib/cli/args.js';
+import type { StatusOptions } from '../lib/cli/options.js';
 
-export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
+export async function main(options: StatusOptions, _args: string[]): Promise<number> {
   const [
     { loadConfig },
     out,
@@ -20,11 +21,11 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
     import('../lib/cli/context.js'),
     import('../lib/cli/log.js'),
   ]);
-  const loaded = await loadConfig(options.config as string, { sqliteMustExist: true });
+  const loaded = await loadConfig(options.config, { sqliteMustExist: true });
   // knex's own printout of a failed connection goes: the error comes back as one line.
   const meta = await openQuietMeta(loaded, createLogger({ format: 'text' }));
   try {
-    const name = (options.run as string | undefined) ?? 'default';
+    const name = options.run;
     const runs = (await meta.listRuns()).filter((r) => r.name === name);
     if (runs.length === 0) {
       throw new UsageError(

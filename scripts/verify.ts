@@ -3,8 +3,10 @@
  * metadata's size (and, with `--checksum`, its content). Prints `SAFE TO FLIP`
  * or `NOT SAFE: …`; exit 0 only when safe.
  */
-export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
-  const processes = options.processes as number | undefined;
+import type { VerifyOptions } from '../lib/cli/options.js';
+
+export async function main(options: VerifyOptions, _args: string[]): Promise<number> {
+  const processes = options.processes;
   const multi = await import('../lib/cli/processes.js');
   // One host's every core: N children, each judging the rows with id % N = k (lib/cli/processes.ts).
   if (processes !== undefined && processes > 1) return verifyInProcesses(options, processes);
@@ -21,14 +23,14 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
   // --reverse (after a rollback): the old backend is judged, the new one is the comparison copy.
   const reverse = options.reverse === true;
   const ctx = await openContext({
-    config: options.config as string,
+    config: options.config,
     requireNew: true,
     ...(reverse ? { requireOld: true, reverse: true } : {}),
     refuseSameLocation: false,
   });
   const signals = trapSignals(ctx.logger);
   try {
-    const types = options.types as string[] | undefined;
+    const types = options.types;
     const report = await v.verify({
       meta: shard ? multi.shardedMeta(ctx.meta, shard) : ctx.meta,
       newDb: ctx.newDb!,
@@ -39,7 +41,7 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
       // A child judges a share of the rows: the parent records the combined verdict.
       ...(shard ? { record: false } : {}),
       ...(types ? { types } : {}),
-      logDir: (options.logDir as string | undefined) ?? './blobshift-logs',
+      logDir: options.logDir,
       signal: signals.soft,
       logger: ctx.logger,
     });
@@ -60,7 +62,7 @@ export async function main(options: Record<string, unknown>, _args: string[]): P
  * nothing; this parent records the combined verdict in the run-state table
  * (`running` first, so an interrupted run leaves no clean verdict).
  */
-async function verifyInProcesses(options: Record<string, unknown>, processes: number): Promise<number> {
+async function verifyInProcesses(options: VerifyOptions, processes: number): Promise<number> {
   const [
     multi,
     { loadConfig, describeBackend },
@@ -76,7 +78,7 @@ async function verifyInProcesses(options: Record<string, unknown>, processes: nu
     import('../lib/engine/ledger.js'),
     import('../lib/engine/errors.js'),
   ]);
-  const loaded = await loadConfig(options.config as string, { requireNew: true, sqliteMustExist: true });
+  const loaded = await loadConfig(options.config, { requireNew: true, sqliteMustExist: true });
   const { config } = loaded;
   const reverse = options.reverse === true;
   const judged = reverse ? config.old : config.new;
@@ -87,7 +89,7 @@ async function verifyInProcesses(options: Record<string, unknown>, processes: nu
   };
   const meta = await openQuietMeta(loaded, createLogger({ format: 'text' }));
   try {
-    const types = options.types as string[] | undefined;
+    const types = options.types;
     const state = await ledger.recordVerifyStart(
       meta,
       {

@@ -5,9 +5,10 @@
  * `main(options, args)` and exits with its result. Run directly
  * (`tsx scripts/worker.ts …`), this file runs the CLI with `worker` prepended.
  */
+import type { WorkerOptions } from '../lib/cli/options.js';
 import { exitWith, isMainModule } from '../lib/cli/run.js';
 
-export async function main(options: Record<string, unknown>, _args: string[]): Promise<number> {
+export async function main(options: WorkerOptions, _args: string[]): Promise<number> {
   const { workerCommand } = await import('../lib/cli/queue-command.js');
   return workerCommand(options);
 }

@@ -5,7 +5,8 @@
  * checkout's own, linked in, so no registry is asked). Then: an ES module
  * imports it, a CommonJS module requires it (Node ≥ 20.19 loads ES modules
  * with require), and CommonJS TypeScript projects compile against its types
- * and run. Also: the tarball holds the LICENSE package.json names, importing
+ * and run; the same for its subpaths (`blobshift/fs`, `/memory`, `/s3`,
+ * `/queue`), of which `/fs` and `/memory` load no AWS SDK. Also: the tarball holds the LICENSE package.json names, importing
  * the package loads no optional heavy module, and the CLI starts.
  */
 import { execFile } from 'node:child_process';
@@ -147,6 +148,147 @@ describe('the published package (npm pack, unpacked into fresh projects)', funct
     });
   });
 
+  /** Uses the subpaths' names (imported by the caller) and compares them with the root's (`root`). */
+  const SUBPATHS = `
+    const dir = await mkdtemp(join(tmpdir(), 'blobshift-subpath-'));
+    const files = new FilesystemBlobDB({ root: dir });
+    await files.put('a/b', 'on disk');
+    const onDisk = (await root.readAll(await files.get('a/b'))).toString();
+    await rm(dir, { recursive: true, force: true });
+    const result = {
+      onDisk,
+      fs: FilesystemBlobDB === root.FilesystemBlobDB,
+      memory: MemoryBlobDB === root.MemoryBlobDB,
+      s3: S3BlobDB === root.S3BlobDB && isS3NotFoundError === root.isS3NotFoundError,
+      createS3Client: typeof createS3Client,
+      queue: [typeof queuedBackfill, typeof runWorker],
+    };
+  `;
+  const SUBPATHS_EXPECTED = {
+    onDisk: 'on disk',
+    fs: true,
+    memory: true,
+    s3: true,
+    createS3Client: 'function',
+    queue: ['function', 'function'],
+  };
+
+  it('an ES module imports the subpaths blobshift/fs, /memory, /s3 and /queue', async () => {
+    const root = await project(
+      'esm-subpaths',
+      { type: 'module' },
+      {
+        'index.js': `import { mkdtemp, rm } from 'node:fs/promises';
+          import { tmpdir } from 'node:os';
+          import { join } from 'node:path';
+          import * as root from 'blobshift';
+          import { FilesystemBlobDB } from 'blobshift/fs';
+          import { MemoryBlobDB } from 'blobshift/memory';
+          import { createS3Client, isS3NotFoundError, S3BlobDB } from 'blobshift/s3';
+          import { queuedBackfill, runWorker } from 'blobshift/queue';
+          ${SUBPATHS}
+          console.log(JSON.stringify(result));`,
+      },
+    );
+    expect(JSON.parse(await node(root, ['index.js']))).to.deep.equal(SUBPATHS_EXPECTED);
+  });
+
+  it('a CommonJS module requires the subpaths, and gets the same classes as import()', async () => {
+    const root = await project(
+      'cjs-subpaths',
+      { type: 'commonjs' },
+      {
+        'index.js': `const { mkdtemp, rm } = require('node:fs/promises');
+          const { tmpdir } = require('node:os');
+          const { join } = require('node:path');
+          const root = require('blobshift');
+          const { FilesystemBlobDB } = require('blobshift/fs');
+          const { MemoryBlobDB } = require('blobshift/memory');
+          const { createS3Client, isS3NotFoundError, S3BlobDB } = require('blobshift/s3');
+          const { queuedBackfill, runWorker } = require('blobshift/queue');
+          (async () => {
+            ${SUBPATHS}
+            result.sameAsImport = (await import('blobshift/fs')).FilesystemBlobDB === FilesystemBlobDB
+              && (await import('blobshift/s3')).S3BlobDB === S3BlobDB;
+            console.log(JSON.stringify(result));
+          })();`,
+      },
+    );
+    expect(JSON.parse(await node(root, ['index.js']))).to.deep.equal({
+      ...SUBPATHS_EXPECTED,
+      sameAsImport: true,
+    });
+  });
+
+  it("a TypeScript project (module nodenext) compiles against the subpaths' types", async () => {
+    const root = await project(
+      'ts-subpaths',
+      { type: 'commonjs' },
+      {
+        'tsconfig.json': JSON.stringify({
+          compilerOptions: {
+            module: 'nodenext',
+            moduleResolution: 'nodenext',
+            skipLibCheck: true,
+            strict: true,
+            target: 'es2022',
+            outDir: 'out',
+            rootDir: 'src',
+            types: [],
+          },
+        }),
+        'src/index.ts': `import type { BlobDB } from 'blobshift';
+          import { FilesystemBlobDB, type FilesystemBlobDBOptions } from 'blobshift/fs';
+          import { MemoryBlobDB } from 'blobshift/memory';
+          import { S3BlobDB, type S3BlobDBOptions } from 'blobshift/s3';
+          import { type QueuedBackfillOptions, queuedBackfill } from 'blobshift/queue';
+          const options: FilesystemBlobDBOptions = { root: 'blobs' };
+          const s3: S3BlobDBOptions = { bucket: 'b' };
+          const dbs: BlobDB[] = [new FilesystemBlobDB(options), new MemoryBlobDB()];
+          // @ts-expect-error the options are the package's own types, not any
+          const bad: QueuedBackfillOptions = { queueUrl: 1 };
+          console.log(JSON.stringify({ dbs: dbs.length, s3: typeof S3BlobDB, bucket: s3.bucket,
+            queued: typeof queuedBackfill, bad: typeof bad }));`,
+      },
+    );
+    await run(process.execPath, [TSC, '-p', '.'], { cwd: root }).catch((err: { stdout?: string }) => {
+      throw new Error(`tsc failed:\n${err.stdout ?? ''}`);
+    });
+    expect(JSON.parse(await node(root, ['out/index.js']))).to.deep.equal({
+      dbs: 2,
+      s3: 'function',
+      bucket: 'b',
+      queued: 'function',
+      bad: 'object',
+    });
+  });
+
+  it('importing blobshift/fs or blobshift/memory loads no AWS SDK, database driver or queue', async () => {
+    const root = await project(
+      'lazy-subpaths',
+      { type: 'module' },
+      {
+        'index.js': `import { createRequire } from 'node:module';
+          const require = createRequire(import.meta.url);
+          const { FilesystemBlobDB } = await import('blobshift/fs');
+          const { MemoryBlobDB } = await import('blobshift/memory');
+          const paths = Object.keys(require.cache);
+          const has = (name) => paths.some((p) => p.includes('/node_modules/' + name + '/'));
+          console.log(JSON.stringify({ classes: typeof FilesystemBlobDB + ' ' + typeof MemoryBlobDB,
+            sdk: has('@aws-sdk/client-s3'), smithy: has('@smithy/node-http-handler'), knex: has('knex'),
+            bullmq: has('bullmq'), winston: has('winston') }));`,
+      },
+    );
+    expect(JSON.parse(await node(root, ['index.js']))).to.deep.equal({
+      classes: 'function function',
+      sdk: false,
+      smithy: false,
+      knex: false,
+      bullmq: false,
+      winston: false,
+    });
+  });
+
   for (const [name, options] of [
     // The classic CommonJS setup: TypeScript reads "types", Node the "require" export.
     [
@@ -211,17 +353,19 @@ describe('the published package (npm pack, unpacked into fresh projects)', funct
                      knex: has('knex'), mysql2: has('mysql2'), pg: has('pg'), bullmq: has('bullmq') };
           };
           const { S3BlobDB } = await import('blobshift');
-          const atImport = loaded();
+          // Whether the AWS SDK loads with the root is the S3 backend's business (it may load it lazily).
+          const { sdk: _sdk, ...atImport } = loaded();
           const db = new S3BlobDB({ bucket: 'b', clientConfig: { endpoint: 'http://127.0.0.1:9', region: 'us-east-1',
             forcePathStyle: true, credentials: { accessKeyId: 'AK', secretAccessKey: 'SK' } } });
           const url = await db.getSignedUrl('k');
-          console.log(JSON.stringify({ atImport, afterUrl: loaded().presigner, url: url.startsWith('http://127.0.0.1:9/b/k?') }));
+          const after = loaded();
+          console.log(JSON.stringify({ atImport, afterUrl: { sdk: after.sdk, presigner: after.presigner }, url: url.startsWith('http://127.0.0.1:9/b/k?') }));
           await db.close();`,
       },
     );
     expect(JSON.parse(await node(root, ['index.js']))).to.deep.equal({
-      atImport: { sdk: true, presigner: false, knex: false, mysql2: false, pg: false, bullmq: false },
-      afterUrl: true,
+      atImport: { presigner: false, knex: false, mysql2: false, pg: false, bullmq: false },
+      afterUrl: { sdk: true, presigner: true },
       url: true,
     });
   });

@@ -322,8 +322,11 @@ describe('backfill --processes (one host, every core)', function () {
       const shardOf = new Map(blobs.map((b, i) => [b.key, (i + 1) % 2]));
       const deadline = Date.now() + 60_000;
       for (;;) {
-        const listed = [...(await listBucket(admin, bucket)).keys()];
-        if (new Set(listed.map((k) => shardOf.get(k))).size === 2 || Date.now() > deadline) break;
+        // Blobs of both shards, so both processes are copying (a preflight's write probe is neither).
+        const shards = new Set(
+          [...(await listBucket(admin, bucket)).keys()].flatMap((k) => shardOf.get(k) ?? []),
+        );
+        if (shards.size === 2 || Date.now() > deadline) break;
         await new Promise((r) => setTimeout(r, 200));
       }
       running.child.kill('SIGKILL');

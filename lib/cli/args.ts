@@ -5,6 +5,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { redactString } from '../contract/redact.js';
+import type { LogFormat } from './log.js';
 
 /** Bad command-line usage: an unknown flag, a bad flag value, a missing argument. */
 export class UsageError extends Error {
@@ -30,7 +31,34 @@ export interface Shard {
 }
 
 export type ExistenceMode = 'list' | 'head';
-export type LogFormat = 'text' | 'json';
+export type { LogFormat };
+
+/**
+ * The CLI's defaults, one place for all of them: the flags' defaults in
+ * `--help` and the values a subcommand falls back on.
+ */
+export const DEFAULTS = {
+  config: './blobshift.config.json',
+  run: 'default',
+  /** `blobshift rollback`'s run name. */
+  rollbackRun: 'rollback',
+  logDir: './blobshift-logs',
+  chunkSize: 1000,
+  concurrency: 16,
+  existence: 'list',
+  logFormat: 'text',
+  queueName: 'blobshift',
+} as const satisfies {
+  config: string;
+  run: string;
+  rollbackRun: string;
+  logDir: string;
+  chunkSize: number;
+  concurrency: number;
+  existence: ExistenceMode;
+  logFormat: LogFormat;
+  queueName: string;
+};
 
 export const LIMITS = {
   concurrency: 1024,

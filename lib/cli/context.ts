@@ -11,7 +11,8 @@ import type { BlobDB } from '../contract/types.js';
 import { shortError } from '../engine/errors.js';
 import type { SnapshotBuild } from '../engine/present-index.js';
 import { isKnexNoise } from '../meta/index.js';
-import type { Logger } from './log.js';
+import { DEFAULTS } from './args.js';
+import type { LogFormat, Logger } from './log.js';
 import { oneLine } from './run.js';
 import { pendingSignal, throwIfInterrupted } from './signals.js';
 
@@ -42,7 +43,7 @@ export interface ContextOptions {
   preflight?: boolean;
   /** Refuse when old and new are the same place (default true when both are required). */
   refuseSameLocation?: boolean;
-  logFormat?: 'text' | 'json';
+  logFormat?: LogFormat;
   /** Override the new backend's socket pool size (S3). */
   maxSockets?: number;
   /**
@@ -66,7 +67,7 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
     { loadConfig, describeBackend, sameLocation },
     { preflight, sweepProbes, sweepProbesFrom, PROBE_PREFIX },
   ] = await Promise.all([import('../config/index.js'), import('../engine/preflight.js')]);
-  const loaded = await loadConfig(opts.config ?? './blobshift.config.json', {
+  const loaded = await loadConfig(opts.config ?? DEFAULTS.config, {
     ...(opts.requireOld ? { requireOld: true } : {}),
     ...(opts.requireNew ? { requireNew: true } : {}),
     sqliteMustExist: true,
@@ -141,7 +142,7 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
     // The listing is the long part of a run's setup: start it first.
     if (opts.snapshot) await openNew();
     const { createLogger } = await import('./log.js');
-    logger = createLogger({ format: opts.logFormat ?? 'text' });
+    logger = createLogger({ format: opts.logFormat ?? DEFAULTS.logFormat });
     const meta = await openQuietMeta(loaded, logger).catch((err: unknown) => {
       throw asPreflight(names.meta, err);
     });

@@ -33,7 +33,8 @@ import type { CheckLogsReport, CheckTypeReport } from '../engine/check-logs.js';
 import { backfillJson, formatBackfillSummary } from '../engine/report.js';
 import { unresolvedRecords, verdictFor } from '../engine/verdict.js';
 import type { VerifyReport } from '../engine/verify.js';
-import type { Shard } from './args.js';
+import { DEFAULTS, type Shard } from './args.js';
+import type { BackfillOptions, CheckBlobLogsOptions, VerifyOptions } from './options.js';
 import { printJson, printLines } from './output.js';
 import { createProgress, type Progress } from './progress.js';
 import { EXIT } from './run.js';
@@ -98,8 +99,15 @@ export function worstExitCode(codes: readonly number[]): number {
   return worst;
 }
 
+/** The flags a child of `backfill --processes` is started with (any other flag of a backfill may ride along). */
+export type BackfillChildFlags = Pick<
+  BackfillOptions,
+  'config' | 'run' | 'logDir' | 'chunkSize' | 'concurrency' | 'existence' | 'logFormat'
+> &
+  Partial<BackfillOptions>;
+
 /** The backfill flags of `options` for a child, on `shard`, reporting in JSON. */
-export function backfillChildArgs(options: Record<string, unknown>, shard: Shard): string[] {
+export function backfillChildArgs(options: BackfillChildFlags, shard: Shard): string[] {
   const args = ['backfill'];
   const value = (flag: string, v: unknown) => {
     if (v !== undefined) args.push(flag, String(v));
@@ -109,7 +117,7 @@ export function backfillChildArgs(options: Record<string, unknown>, shard: Shard
   value('--log-dir', options.logDir);
   value('--chunk-size', options.chunkSize);
   value('--concurrency', options.concurrency);
-  if (Array.isArray(options.types) && options.types.length > 0) value('--types', options.types.join(','));
+  if (options.types && options.types.length > 0) value('--types', options.types.join(','));
   value('--existence', options.existence);
   value('--max-rate', options.maxRate);
   value('--log-format', options.logFormat);
@@ -138,7 +146,7 @@ export function combineSummaries(parts: BackfillSummary[], shardLabel: string): 
   );
   const out: BackfillSummary = {
     mode: parts[0]?.mode ?? 'backfill',
-    run: parts[0]?.run ?? 'default',
+    run: parts[0]?.run ?? DEFAULTS.run,
     shard: shardLabel,
     status: worst?.status ?? 'completed',
     exitCode,
@@ -282,9 +290,9 @@ type ChildEstimate = { count: number; bytes: number };
  * Runs `blobshift backfill` as `count` child processes on disjoint shards and
  * returns the exit code (see the module comment).
  */
-export async function runBackfillProcesses(options: Record<string, unknown>, count: number): Promise<number> {
+export async function runBackfillProcesses(options: BackfillOptions, count: number): Promise<number> {
   const json = options.json === true;
-  const outer = options.shard as Shard | undefined;
+  const outer = options.shard;
   const shards = Array.from({ length: count }, (_, k) => childShard(k, count, outer));
   const state = shards.map(() => ({
     estimate: undefined as ChildEstimate | undefined,
@@ -388,13 +396,13 @@ export function shardedMeta<M extends { walk(opts: object): AsyncIterable<unknow
 }
 
 /** The verify flags of `options` for child `k` of `count`: its own report directory, JSON out. */
-export function verifyChildArgs(options: Record<string, unknown>, k: number, count: number): string[] {
+export function verifyChildArgs(options: VerifyOptions, k: number, count: number): string[] {
   const args = ['verify'];
-  if (options.config !== undefined) args.push('--config', String(options.config));
+  if (options.config !== undefined) args.push('--config', options.config);
   if (options.checksum === true) args.push('--checksum');
   if (options.reverse === true) args.push('--reverse');
-  if (Array.isArray(options.types) && options.types.length > 0) args.push('--types', options.types.join(','));
-  const logDir = String(options.logDir ?? './blobshift-logs');
+  if (options.types && options.types.length > 0) args.push('--types', options.types.join(','));
+  const logDir = options.logDir;
   args.push('--log-dir', join(logDir, `verify-process-${k}-of-${count}`), '--json');
   return args;
 }
@@ -470,7 +478,7 @@ export function combineVerifyReports(parts: VerifyReport[]): VerifyReport {
  * prints one report; the exit code is the worst child's.
  */
 export async function runVerifyProcesses(
-  options: Record<string, unknown>,
+  options: VerifyOptions,
   count: number,
   onReport?: (report: VerifyReport | undefined) => Promise<void>,
 ): Promise<number> {
@@ -498,9 +506,9 @@ export async function runVerifyProcesses(
 // check-blob-logs --processes
 
 /** The check-blob-logs flags of `options` for a child: JSON out, the same logs. */
-export function checkLogsChildArgs(options: Record<string, unknown>, files: string[]): string[] {
+export function checkLogsChildArgs(options: CheckBlobLogsOptions, files: string[]): string[] {
   const args = ['check-blob-logs'];
-  if (options.config !== undefined) args.push('--config', String(options.config));
+  if (options.config !== undefined) args.push('--config', options.config);
   if (options.migrate === true) args.push('--migrate');
   if (options.concurrency !== undefined) args.push('--concurrency', String(options.concurrency));
   if (options.logDir !== undefined) args.push('--log-dir', String(options.logDir));
@@ -553,7 +561,7 @@ export function combineCheckReports(parts: CheckLogsReport[]): CheckLogsReport {
  * every "Not found" when there are many); the exit code is the worst child's.
  */
 export async function runCheckLogsProcesses(
-  options: Record<string, unknown>,
+  options: CheckBlobLogsOptions,
   files: string[],
   count: number,
 ): Promise<number> {
@@ -564,7 +572,7 @@ export async function runCheckLogsProcesses(
   if (reports.length !== count) return finished.exitCode === EXIT.OK ? EXIT.INCOMPLETE : finished.exitCode;
   const check = await import('../engine/check-logs.js');
   const combined = combineCheckReports(reports);
-  const logDir = (options.logDir as string | undefined) ?? './blobshift-logs';
+  const logDir = options.logDir;
   const notFoundFile =
     combined.notFound.length > check.MAX_LISTED ? await check.writeNotFoundFile(combined, logDir) : undefined;
   if (options.json === true)

@@ -6,8 +6,8 @@
 
 import { ConfigError } from '../contract/errors.js';
 import type { MigrationNames } from '../queue/jobs.js';
-import type { Shard } from './args.js';
 import type { CommandContext } from './context.js';
+import type { BackfillOptions, WorkerOptions } from './options.js';
 import { EXIT } from './run.js';
 import { trapSignals } from './signals.js';
 
@@ -26,12 +26,12 @@ export const REDIS_PASSWORD_ENV = 'BLOBSHIFT_REDIS_PASSWORD';
  * the config's `queue.password`, else `BLOBSHIFT_REDIS_PASSWORD`, so it need
  * never be on the command line. The password is registered for redaction.
  */
-async function queueSetup(options: Record<string, unknown>, command: string): Promise<string> {
+async function queueSetup(options: BackfillOptions | WorkerOptions, command: string): Promise<string> {
   const [{ loadConfig }, { registerSecret }] = await Promise.all([
     import('../config/index.js'),
     import('../contract/redact.js'),
   ]);
-  const loaded = await loadConfig(options.config as string, { sqliteMustExist: true });
+  const loaded = await loadConfig(options.config, { sqliteMustExist: true });
   if (loaded.config.meta.client === 'better-sqlite3') {
     throw new ConfigError(
       'meta',
@@ -56,21 +56,21 @@ async function queueSetup(options: Record<string, unknown>, command: string): Pr
 }
 
 /** `blobshift backfill --queue URL [--queue-name NAME]`: the producer. */
-export async function producerCommand(options: Record<string, unknown>): Promise<number> {
+export async function producerCommand(options: BackfillOptions): Promise<number> {
   const [{ openContext }, { queuedBackfill }, { backfillReporter }] = await Promise.all([
     import('./context.js'),
     import('../queue/producer.js'),
     import('./backfill-reporter.js'),
   ]);
   const json = options.json === true;
-  const shard = options.shard as Shard | undefined;
+  const shard = options.shard;
   const queueUrl = await queueSetup(options, 'backfill');
   const ctx = await openContext({
-    config: options.config as string,
+    config: options.config,
     requireOld: true,
     requireNew: true,
     write: options.dryRun !== true,
-    logFormat: options.logFormat as 'text' | 'json',
+    logFormat: options.logFormat,
   });
   const { logger } = ctx;
   try {
@@ -81,10 +81,10 @@ export async function producerCommand(options: Record<string, unknown>): Promise
         meta: ctx.meta,
         oldDb: ctx.oldDb!,
         newDb: ctx.newDb!,
-        run: (options.run as string | undefined) ?? 'default',
+        run: options.run,
         ...(shard ? { shard } : {}),
-        types: (options.types as string[] | undefined) ?? [],
-        chunkSize: (options.chunkSize as number | undefined) ?? 1000,
+        types: options.types ?? [],
+        chunkSize: options.chunkSize,
         dryRun: true,
       });
       return backfillReporter(logger, { json, progress: false }).finish(summary);
@@ -101,16 +101,16 @@ export async function producerCommand(options: Record<string, unknown>): Promise
         meta: ctx.meta,
         newDb: ctx.newDb!,
         queueUrl,
-        queueName: (options.queueName as string | undefined) ?? 'blobshift',
+        queueName: options.queueName,
         migration: migrationNames(ctx),
-        run: (options.run as string | undefined) ?? 'default',
+        run: options.run,
         ...(shard ? { shard } : {}),
-        types: (options.types as string[] | undefined) ?? [],
-        chunkSize: (options.chunkSize as number | undefined) ?? 1000,
-        maxPendingChunks: (options.concurrency as number | undefined) ?? 16,
-        existence: (options.existence as 'list' | 'head' | undefined) ?? 'list',
+        types: options.types ?? [],
+        chunkSize: options.chunkSize,
+        maxPendingChunks: options.concurrency,
+        existence: options.existence,
         reset: options.reset === true,
-        logDir: (options.logDir as string | undefined) ?? './blobshift-logs',
+        logDir: options.logDir,
         signal: signals.soft,
         hardSignal: signals.hard,
         logger,
@@ -139,23 +139,18 @@ function envMs(name: string): number | undefined {
 }
 
 /** `blobshift worker --queue URL [--queue-name NAME] [--concurrency N]`. */
-export async function workerCommand(options: Record<string, unknown>): Promise<number> {
+export async function workerCommand(options: WorkerOptions): Promise<number> {
   const [{ openContext }, { runWorker }, { describeQueue, checkRedis, migrationId }, out] = await Promise.all(
     [import('./context.js'), import('../queue/worker.js'), import('../queue/jobs.js'), import('./output.js')],
   );
   const lockDurationMs = envMs('BLOBSHIFT_WORKER_LOCK_MS');
   const stalledIntervalMs = envMs('BLOBSHIFT_WORKER_STALL_CHECK_MS');
   const queueUrl = await queueSetup(options, 'worker');
-  const ctx = await openContext({
-    config: options.config as string,
-    requireOld: true,
-    requireNew: true,
-    write: true,
-    logFormat: options.logFormat as 'text' | 'json' | undefined,
-  });
+  // No --log-format for a worker: its logs are text.
+  const ctx = await openContext({ config: options.config, requireOld: true, requireNew: true, write: true });
   const { logger } = ctx;
   try {
-    const queueName = (options.queueName as string | undefined) ?? 'blobshift';
+    const queueName = options.queueName;
     await checkRedis(queueUrl, queueName);
     const migration = migrationNames(ctx);
     const signals = trapSignals(logger, {
@@ -171,7 +166,7 @@ export async function workerCommand(options: Record<string, unknown>): Promise<n
         oldDb: ctx.oldDb!,
         newDb: ctx.newDb!,
         migration,
-        concurrency: (options.concurrency as number | undefined) ?? 16,
+        concurrency: options.concurrency,
         ...(lockDurationMs !== undefined ? { lockDurationMs } : {}),
         ...(stalledIntervalMs !== undefined ? { stalledIntervalMs } : {}),
         signal: signals.soft,

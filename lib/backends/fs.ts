@@ -1,0 +1,2 @@
+/** @deprecated moved to lib/backends/fs/index.ts; kept so imports of the old path keep working. */
+export * from './fs/index.js';
