@@ -137,7 +137,9 @@ function toQueueExtra(raw: unknown): QueueRunExtra | undefined {
 }
 
 function objectOf(raw: unknown): Record<string, unknown> {
-  return typeof raw === 'object' && raw !== null && !Array.isArray(raw) ? (raw as Record<string, unknown>) : {};
+  return typeof raw === 'object' && raw !== null && !Array.isArray(raw)
+    ? (raw as Record<string, unknown>)
+    : {};
 }
 
 function isStringList(v: unknown): v is string[] {
