@@ -14,19 +14,13 @@
 import { hostname } from 'node:os';
 import PQueue from 'p-queue';
 import { BlobShiftError } from '../contract/errors.js';
-import type { MetaStore, RunCounts } from '../contract/meta.js';
+import { emptyCounts, type MetaStore, type RunCounts } from '../contract/meta.js';
 import type { BlobDB } from '../contract/types.js';
-import {
-  checkNew,
-  type EngineLogger,
-  emptyCounts,
-  type Outcome,
-  silentLogger,
-  tallyOutcome,
-} from '../engine/backfill.js';
-import { copyBlob, DEFAULT_RETRY, ReferenceChecker, type RetryPolicy } from '../engine/copy.js';
+import { DEFAULT_RETRY, ReferenceChecker, type RetryPolicy } from '../engine/copy.js';
 import { isInfrastructureError, shortError } from '../engine/errors.js';
-import { type MissingRecord, NOT_FOUND } from '../engine/missing-log.js';
+import type { MissingRecord } from '../engine/missing-log.js';
+import { type EngineLogger, silentLogger } from '../engine/session.js';
+import { missingRecord, runTask, tallyOutcome } from '../engine/task.js';
 import {
   type ChunkJobData,
   type ChunkJobResult,
@@ -73,47 +67,27 @@ export async function processChunk(
   let infrastructure: string | undefined;
   const retry = ctx.retry ?? DEFAULT_RETRY;
   const logger = ctx.logger ?? silentLogger;
+  const task = {
+    oldDb: ctx.oldDb,
+    newDb: ctx.newDb,
+    references: ctx.references,
+    ...(ctx.meta ? { meta: ctx.meta } : {}),
+    retry,
+    ...(ctx.signal ? { signal: ctx.signal } : {}),
+    logger,
+  };
   const one = async (row: JobRow) => {
-    let outcome: Outcome | undefined;
-    try {
-      if (row.check) outcome = await checkNew(ctx.newDb, row, ctx.meta);
-      outcome ??= await copyBlob(
-        {
-          oldDb: ctx.oldDb,
-          newDb: ctx.newDb,
-          references: ctx.references,
-          ...(ctx.meta ? { meta: ctx.meta } : {}),
-          retry,
-          ...(ctx.signal ? { signal: ctx.signal } : {}),
-          onRetry: (key, attempt, err) =>
-            logger.warn(`retrying blob (attempt ${attempt + 1} of ${retry.attempts})`, {
-              key,
-              error: shortError(err),
-            }),
-        },
-        row,
-      );
-    } catch (err) {
-      if (ctx.signal?.aborted) throw err;
-      outcome = { kind: 'failed', error: shortError(err), cause: err, infrastructure: false, retries: 0 };
-    }
+    // Rejects only when the signal aborted: the job is abandoned.
+    const outcome = await runTask(task, row, row.check === true);
     if (outcome.kind === 'failed' && (outcome.infrastructure || isInfrastructureError(outcome.cause))) {
       infrastructure ??= outcome.error;
     }
     tallyOutcome(counts, outcome);
-    if (outcome.kind === 'notFound' || outcome.kind === 'failed') {
-      if (outcome.kind === 'failed') {
-        logger.warn(`blob failed: ${outcome.error}`, { key: row.key, id: row.id });
-      }
-      missing.push({
-        id: row.id,
-        key: row.key,
-        type: row.type,
-        parentId: row.parentId,
-        error: outcome.kind === 'notFound' ? NOT_FOUND : outcome.error,
-        at: new Date().toISOString(),
-      });
+    if (outcome.kind === 'failed') {
+      logger.warn(`blob failed: ${outcome.error}`, { key: row.key, id: row.id });
     }
+    const record = missingRecord(row, outcome);
+    if (record) missing.push(record);
     onProgress?.(counts.total, counts.bytes);
   };
   await Promise.all(rows.map((row) => ctx.copies.add(() => one(row), { throwOnTimeout: true })));
