@@ -92,14 +92,80 @@ export interface RunState {
   /** Every attempt's missing-blob log file, oldest first. */
   logs: string[];
   /** The options the run started with; a resume with others is refused. */
-  options: Record<string, unknown>;
+  options: RunOptions;
   attempts: number;
   exitCode: number | null;
   startedAt: Date;
   updatedAt: Date;
   finishedAt: Date | null;
-  /** Free-form per-run data (scale-out: completed chunk ranges). */
-  extra: Record<string, unknown>;
+  /** Per-run data: the process running it, a scale-out run's finished chunks, a ledger row's result. */
+  extra: RunExtra;
+}
+
+/**
+ * The options a run started with, as its state row stores them. A backfill
+ * (or rollback) row has no `kind`; the ledger's rows (`verify`,
+ * `check-blob-logs`) name theirs. Fields a row of another version holds
+ * beyond these are kept as they are.
+ */
+export interface RunOptions {
+  /** Absent for a backfill or rollback. */
+  kind?: 'verify' | 'check-blob-logs';
+  /** `--types`, sorted and without duplicates (`[]`: every type; a verify's `null`: every type). */
+  types?: string[] | null;
+  /** `''` for an unsharded run, else `i/n`. */
+  shard?: string;
+  /** The backends as the operator configured them (`null`: not told). */
+  old?: string | null;
+  new?: string | null;
+  /** A rollback (`backfill`'s `replaceStale`). */
+  replaceStale?: boolean;
+  /** A verify that compared checksums. */
+  checksum?: boolean;
+  /** A check-blob-logs that migrated what it found. */
+  migrate?: boolean;
+  /** Fields of other versions, kept as they are. */
+  [other: string]: unknown;
+}
+
+/** The options of a backfill run: what a resume must match. */
+export interface BackfillRunOptions extends RunOptions {
+  kind?: undefined;
+  types: string[];
+  shard: string;
+  old: string | null;
+  new: string | null;
+}
+
+/** The process running a run (checked so that two processes never run one run). */
+export interface RunOwner {
+  host: string;
+  /** Absent or not a number: no owner to check (a row another writer made). */
+  pid?: number;
+}
+
+/** A scale-out run's queue: finished chunk ranges `[after, upTo]` beyond the low-water mark. */
+export interface QueueRunExtra {
+  /** The queue's name. */
+  name: string;
+  /** Part of every job id of this run; a `--reset` starts a new one. */
+  epoch: string;
+  completed: [number, number][];
+}
+
+/** Per-run data beside the checkpoint. */
+export interface RunExtra {
+  owner?: RunOwner;
+  queue?: QueueRunExtra;
+  /** A verify ledger row: its verdict. */
+  verdict?: string;
+  safe?: boolean;
+  rows?: number;
+  checked?: number;
+  /** A ledger row of a command that did not finish: why. */
+  error?: string;
+  /** Fields of other versions, kept as they are. */
+  [other: string]: unknown;
 }
 
 /** Maps an app's own table, read-only. Values are column names. */

@@ -3,7 +3,16 @@
  * the structured fields so SQLite and MySQL store them the same way.
  */
 import { RunStateError } from '../contract/errors.js';
-import { emptyCounts, type RunCounts, type RunState, type RunStatus } from '../contract/meta.js';
+import {
+  emptyCounts,
+  type QueueRunExtra,
+  type RunCounts,
+  type RunExtra,
+  type RunOptions,
+  type RunOwner,
+  type RunState,
+  type RunStatus,
+} from '../contract/meta.js';
 
 export { emptyCounts };
 
@@ -62,12 +71,77 @@ export function rowToRun(row: Record<string, unknown>): RunState {
     lowWaterMark: toSafeNumber(row.low_water_mark, `${what} low_water_mark`),
     counts: { ...emptyCounts(), ...parseJson<Partial<RunCounts>>(row.counts, {}, `${what} counts`) },
     logs: parseJson<string[]>(row.logs, [], `${what} logs`),
-    options: parseJson<Record<string, unknown>>(row.options, {}, `${what} options`),
+    options: toRunOptions(parseJson<unknown>(row.options, {}, `${what} options`)),
     attempts: toSafeNumber(row.attempts, `${what} attempts`),
     exitCode: row.exit_code === null || row.exit_code === undefined ? null : Number(row.exit_code),
     startedAt: toDate(row.started_at) ?? new Date(0),
     updatedAt: toDate(row.updated_at) ?? new Date(0),
     finishedAt: toDate(row.finished_at),
-    extra: parseJson<Record<string, unknown>>(row.extra, {}, `${what} extra`),
+    extra: toRunExtra(parseJson<unknown>(row.extra, {}, `${what} extra`)),
   };
+}
+
+/**
+ * The stored options as `RunOptions`: every row this or an earlier version
+ * wrote reads unchanged; a known field of the wrong type (a row edited by
+ * hand) is dropped, unknown fields are kept as they are.
+ */
+export function toRunOptions(raw: unknown): RunOptions {
+  const options: RunOptions = { ...objectOf(raw) };
+  if (options.kind !== undefined && options.kind !== 'verify' && options.kind !== 'check-blob-logs') {
+    delete options.kind;
+  }
+  if (options.types !== undefined && options.types !== null && !isStringList(options.types)) {
+    delete options.types;
+  }
+  for (const field of ['old', 'new'] as const) {
+    const v = options[field];
+    if (v !== undefined && v !== null && typeof v !== 'string') delete options[field];
+  }
+  if (options.shard !== undefined && typeof options.shard !== 'string') delete options.shard;
+  for (const field of ['replaceStale', 'checksum', 'migrate'] as const) {
+    if (options[field] !== undefined && typeof options[field] !== 'boolean') delete options[field];
+  }
+  return options;
+}
+
+/** The stored extra data as `RunExtra`, checked like `toRunOptions`. */
+export function toRunExtra(raw: unknown): RunExtra {
+  const extra: RunExtra = { ...objectOf(raw) };
+  const owner = toOwner(extra.owner);
+  if (owner) extra.owner = owner;
+  else delete extra.owner;
+  const queue = toQueueExtra(extra.queue);
+  if (queue) extra.queue = queue;
+  else delete extra.queue;
+  return extra;
+}
+
+function toOwner(raw: unknown): RunOwner | undefined {
+  const o = objectOf(raw);
+  if (typeof o.host !== 'string') return undefined;
+  const { pid, ...rest } = o;
+  return { ...rest, host: o.host, ...(typeof pid === 'number' ? { pid } : {}) };
+}
+
+function toQueueExtra(raw: unknown): QueueRunExtra | undefined {
+  const q = objectOf(raw);
+  if (typeof q.epoch !== 'string') return undefined;
+  const completed = Array.isArray(q.completed)
+    ? q.completed.filter(
+        (r): r is [number, number] =>
+          Array.isArray(r) && r.length === 2 && typeof r[0] === 'number' && typeof r[1] === 'number',
+      )
+    : [];
+  return { ...q, name: typeof q.name === 'string' ? q.name : '', epoch: q.epoch, completed };
+}
+
+function objectOf(raw: unknown): Record<string, unknown> {
+  return typeof raw === 'object' && raw !== null && !Array.isArray(raw)
+    ? (raw as Record<string, unknown>)
+    : {};
+}
+
+function isStringList(v: unknown): v is string[] {
+  return Array.isArray(v) && v.every((t) => typeof t === 'string');
 }

@@ -5,7 +5,7 @@
  * snapshot shows present, and rows with an invalid size are settled here).
  * Workers (`worker.ts`) copy; the producer collects their results, writes the
  * single missing-blob log, shows the aggregated progress, and ends with the
- * same summary and exit codes as a local run.
+ * same summary and exit codes as a local run (the same `RunSession`).
  *
  * Checkpoints stay in the metadata database, in the run's state row: the
  * finished chunk ranges beyond the low-water mark in `extra.queue.completed`,
@@ -16,30 +16,33 @@
  * twice.
  */
 import { randomBytes } from 'node:crypto';
-import { hostname } from 'node:os';
 import type { Job, Queue, QueueEvents } from 'bullmq';
 import { ConfigError } from '../contract/errors.js';
-import type { MetaStore, RunCounts, RunState, ShardSpec } from '../contract/meta.js';
+import {
+  type BackfillRunOptions,
+  emptyCounts,
+  type MetaStore,
+  type RunCounts,
+  type RunState,
+  type ShardSpec,
+} from '../contract/meta.js';
 import type { BlobDB, BlobMeta } from '../contract/types.js';
+import { shortError } from '../engine/errors.js';
+import type { MissingRecord } from '../engine/missing-log.js';
+import { type PlanRules, planRow } from '../engine/plan.js';
+import { PresentIndex } from '../engine/present-index.js';
 import {
   addCounts,
   type BackfillProgress,
   type BackfillStartInfo,
   type BackfillSummary,
   type EngineLogger,
-  emptyCounts,
-  endSummary,
-  freshRunState,
-  refuseChangedOptions,
-  refuseLiveOwner,
-  settleRun,
+  InfrastructureLost,
+  loadRun,
+  RunSession,
   shardLabel,
   silentLogger,
-  summaryFromState,
-} from '../engine/backfill.js';
-import { shortError } from '../engine/errors.js';
-import { MissingLogWriter, type MissingRecord } from '../engine/missing-log.js';
-import { PresentIndex } from '../engine/present-index.js';
+} from '../engine/session.js';
 import {
   CHUNK_JOB,
   type ChunkJobData,
@@ -109,7 +112,16 @@ interface PendingChunk {
   done: boolean;
 }
 
-class InfrastructureLost extends Error {}
+type ChunkJob = Job<ChunkJobData, ChunkJobResult>;
+
+/** What names the run and its jobs. */
+interface RunNames {
+  run: string;
+  shard: string;
+  types: string[];
+  /** The migration id the workers check. */
+  mid: string;
+}
 
 /** Runs (or resumes, or reprints) a backfill spread over queue workers. */
 export async function queuedBackfill(opts: QueuedBackfillOptions): Promise<BackfillSummary> {
@@ -119,17 +131,15 @@ export async function queuedBackfill(opts: QueuedBackfillOptions): Promise<Backf
       'a --queue backfill needs a metadata database every worker host can reach (MySQL/MariaDB or PostgreSQL); a SQLite file cannot be shared with other hosts: run the backfill without --queue',
     );
   }
-  const run = opts.run ?? 'default';
-  const shard = shardLabel(opts.shard);
-  const types = [...new Set(opts.types ?? [])].sort();
-  const chunkSize = Math.max(1, opts.chunkSize ?? 1000);
-  const maxPending = Math.max(1, opts.maxPendingChunks ?? 16);
-  const logger = opts.logger ?? silentLogger;
-  const { meta } = opts;
-  const mid = migrationId(opts.migration);
-  const queueLabel = describeQueue(opts.queueUrl, opts.queueName);
-  const runOptions: Record<string, unknown> = {
-    types,
+  const names: RunNames = {
+    run: opts.run ?? 'default',
+    shard: shardLabel(opts.shard),
+    types: [...new Set(opts.types ?? [])].sort(),
+    mid: migrationId(opts.migration),
+  };
+  const { run, shard, mid } = names;
+  const runOptions: BackfillRunOptions = {
+    types: names.types,
     shard,
     old: opts.migration.old,
     new: opts.migration.new,
@@ -137,118 +147,437 @@ export async function queuedBackfill(opts: QueuedBackfillOptions): Promise<Backf
 
   await checkRedis(opts.queueUrl, opts.queueName);
 
-  let state = await meta.getRun(run, shard);
-  const resetting = state !== undefined && opts.reset === true;
-  if (state && opts.reset) {
-    // --reset forgets a run, never one that is being run right now.
-    refuseLiveOwner(run, state);
-    await meta.deleteRun(run, shard);
-  }
-  if (resetting && state) {
-    const old = queueExtraOf(state);
-    if (old) await withdrawRun(opts, runJobPrefix({ migrationId: mid, run, shard, epoch: old.epoch }));
-    state = undefined;
-  }
-  if (state) {
-    refuseChangedOptions(run, state, runOptions);
-    if (state.status === 'completed') return summaryFromState(state, 'completed', true);
-    refuseLiveOwner(run, state);
-  }
-
-  const now = new Date();
-  const base: RunState = state ?? freshRunState(run, shard, runOptions);
-  const extra: QueueExtra = queueExtraOf(base) ?? { epoch: randomBytes(4).toString('hex'), completed: [] };
-  const resumedFrom = base.lowWaterMark;
-  const log = await MissingLogWriter.create(opts.logDir ?? 'blobshift-logs', {
-    run,
-    ...(opts.shard ? { shard: opts.shard } : {}),
-  });
-  const current: RunState = {
-    ...base,
-    status: 'running',
-    attempts: base.attempts + 1,
-    logs: [...base.logs, log.path],
-    exitCode: null,
-    updatedAt: now,
-    finishedAt: null,
-    extra: {
-      ...base.extra,
-      owner: { host: hostname(), pid: process.pid },
-      queue: { name: opts.queueName, epoch: extra.epoch, completed: extra.completed },
+  const loaded = await loadRun(opts.meta, run, shard, runOptions, {
+    reset: opts.reset === true,
+    onReset: async (forgotten) => {
+      const old = queueExtraOf(forgotten);
+      if (old) await withdrawRun(opts, runJobPrefix({ migrationId: mid, run, shard, epoch: old.epoch }));
     },
-  };
-  await meta.saveRun(current);
+  });
+  if (loaded.kind === 'reprint') return loaded.summary;
+  const attempt = await ProducerAttempt.start(opts, names, runOptions, loaded.state);
+  return attempt.run();
+}
 
-  const attemptStart = Date.now();
-  const baseCounts = { ...base.counts };
-  const finished = emptyCounts(); // this attempt, chunks finished
-  let mark = resumedFrom;
-  const completed: [number, number][] = extra.completed.map(([a, b]) => [a, b]);
-  let interrupted = false;
-  let stopReason: string | undefined;
-  let lastChunkAt = Date.now();
+/** One attempt of the producer: the walk, the chunks queued in Redis, their results. */
+class ProducerAttempt {
+  readonly #o: QueuedBackfillOptions;
+  readonly #names: RunNames;
+  readonly #logger: EngineLogger;
+  readonly #epoch: string;
+  readonly #completed: [number, number][];
+  #s!: RunSession;
+  #mark: number;
+  #lastChunkAt = Date.now();
+  /** Chunks queued in Redis, by job id. */
+  readonly #pending = new Map<string, PendingChunk>();
+  #wake: (() => void) | undefined;
+  /** Finished jobs to remove once a checkpoint covers them. */
+  readonly #doneJobs: string[] = [];
+  #removable: string[] = [];
+  #queue: Queue<ChunkJobData, ChunkJobResult> | undefined;
+  #events: QueueEvents | undefined;
+  #index: PresentIndex | undefined;
+  readonly #timers: NodeJS.Timeout[] = [];
+  /** Redis errors come once per reconnect attempt: one warning in 20 s, naming Redis. */
+  #redisError: { message: string; at: number; warnedAt: number; count: number } | undefined;
+  #pollFailures = 0;
+  #polling = false;
 
-  const estimate = await meta.estimate(types.length > 0 ? { types } : {});
-  const shardCount = opts.shard && opts.shard.count > 1 ? opts.shard.count : 1;
-  const estimatedTotal = Math.ceil(estimate.count / shardCount);
+  private constructor(opts: QueuedBackfillOptions, names: RunNames, resumed: RunState | undefined) {
+    this.#o = opts;
+    this.#names = names;
+    this.#logger = opts.logger ?? silentLogger;
+    const extra: QueueExtra = (resumed && queueExtraOf(resumed)) ?? {
+      epoch: randomBytes(4).toString('hex'),
+      completed: [],
+    };
+    this.#epoch = extra.epoch;
+    this.#completed = extra.completed.map(([a, b]) => [a, b]);
+    this.#mark = resumed?.lowWaterMark ?? 0;
+  }
 
-  // Chunks queued in Redis, by job id.
-  const pending = new Map<string, PendingChunk>();
-  let wake: (() => void) | undefined;
-  const poke = () => {
-    const w = wake;
-    wake = undefined;
+  /** Starts the attempt: its state saved as running (with the queue's epoch), its missing-blob log open. */
+  static async start(
+    opts: QueuedBackfillOptions,
+    names: RunNames,
+    runOptions: BackfillRunOptions,
+    resumed: RunState | undefined,
+  ): Promise<ProducerAttempt> {
+    const self = new ProducerAttempt(opts, names, resumed);
+    const queueExtra = () => ({
+      name: opts.queueName,
+      epoch: self.#epoch,
+      completed: self.#completed.map(([a, b]): [number, number] => [a, b]),
+    });
+    self.#s = await RunSession.begin({
+      meta: opts.meta,
+      run: names.run,
+      ...(opts.shard ? { shard: opts.shard } : {}),
+      runOptions,
+      resumed,
+      extra: () => ({ queue: queueExtra() }),
+      ...(opts.logDir !== undefined ? { logDir: opts.logDir } : {}),
+      logger: self.#logger,
+      ...(opts.checkpointIntervalMs !== undefined ? { checkpointIntervalMs: opts.checkpointIntervalMs } : {}),
+      ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+      mark: () => self.#mark,
+      live: () => ({ counts: self.#s.finalized, inFlight: self.#inFlight() }),
+      onStop: () => self.#poke(),
+      beforeSave: (state) => {
+        self.#removable = self.#doneJobs.splice(0);
+        state.extra = { ...state.extra, queue: queueExtra() };
+      },
+      afterSave: async () => {
+        // The checkpoint covers these chunks now: their jobs may leave Redis.
+        const queue = self.#queue;
+        if (queue) await Promise.all(self.#removable.map((id) => queue.remove(id).catch(() => 0)));
+      },
+    });
+    return self;
+  }
+
+  /** Runs the attempt to its end and resolves with its summary. */
+  async run(): Promise<BackfillSummary> {
+    const s = this.#s;
+    const types = this.#names.types;
+    const estimate = await this.#o.meta.estimate(types.length > 0 ? { types } : {});
+    const shardCount = this.#o.shard && this.#o.shard.count > 1 ? this.#o.shard.count : 1;
+    s.estimatedTotal = Math.ceil(estimate.count / shardCount);
+    s.watchSignals(this.#o.signal, this.#o.hardSignal, () => this.#poke());
+    try {
+      await this.#connect();
+      this.#startTimers();
+      await this.#buildSnapshot();
+      this.#announce(Math.round(estimate.bytes / shardCount));
+      await this.#walk();
+      await this.#drain();
+    } catch (err) {
+      if (err instanceof InfrastructureLost) s.stop(err.message);
+      else if (!s.interrupted) {
+        await s.safeCheckpoint('failed', null);
+        throw err;
+      }
+    } finally {
+      for (const t of this.#timers) clearInterval(t);
+      s.unwatchSignals();
+      await this.#index?.close().catch(() => {});
+    }
+    const end = await s.settle();
+    await this.#events?.close().catch(() => {});
+    await this.#queue?.close().catch(() => {});
+    return s.summary(end);
+  }
+
+  /** Wakes the walk or the drain waiting for a chunk to finish. */
+  #poke(): void {
+    const w = this.#wake;
+    this.#wake = undefined;
     w?.();
-  };
-  const nextEvent = (ms: number) =>
-    new Promise<void>((resolve) => {
+  }
+
+  #nextEvent(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
       const t = setTimeout(resolve, ms);
-      wake = () => {
+      this.#wake = () => {
         clearTimeout(t);
         resolve();
       };
     });
+  }
 
-  const doneJobs: string[] = []; // finished jobs to remove once a checkpoint covers them
+  /** Rows workers reported done within the chunks still queued. */
+  #inFlight(): number {
+    let inFlight = 0;
+    for (const c of this.#pending.values()) inFlight += c.inFlight;
+    return inFlight;
+  }
 
-  /** Marks a chunk finished: counts, log records, range, mark. */
-  const settle = (chunk: PendingChunk, counts: RunCounts, records: MissingRecord[]) => {
-    if (chunk.done) return;
-    chunk.done = true;
-    if (chunk.jobId !== undefined) pending.delete(chunk.jobId);
-    const all = addCounts(chunk.local, counts, 0);
-    for (const k of Object.keys(finished) as (keyof RunCounts)[]) finished[k] += all[k];
-    const missing = [...chunk.localMissing, ...records].sort((a, b) => a.id - b.id);
-    for (const r of missing) log.write(r);
-    addRange(completed, chunk.after, chunk.upTo);
-    mark = advanceMark(completed, mark);
-    lastChunkAt = Date.now();
-    progress();
-    poke();
-  };
+  /** Connects to the queue and listens to its events (finished chunks, progress). */
+  async #connect(): Promise<void> {
+    const o = this.#o;
+    const { Queue: QueueClass, QueueEvents: EventsClass } = await import('bullmq');
+    const queue = new QueueClass<ChunkJobData, ChunkJobResult>(o.queueName, {
+      connection: redisConnection(o.queueUrl, { blocking: false }),
+    });
+    this.#queue = queue;
+    const onRedisError = (err: unknown) => this.#onRedisError(err);
+    queue.on('error', onRedisError);
+    const events = new EventsClass(o.queueName, {
+      connection: redisConnection(o.queueUrl, { blocking: true }),
+    });
+    this.#events = events;
+    events.on('error', onRedisError);
+    await Promise.all([queue.waitUntilReady(), events.waitUntilReady()]);
+    const reportLookupError = (err: unknown) => this.#logger.warn(`queue: ${shortError(err)}`);
+    events.on('completed', ({ jobId }) => void this.#lookup(jobId).catch(reportLookupError));
+    events.on('failed', ({ jobId }) => void this.#lookup(jobId).catch(reportLookupError));
+    events.on('progress', ({ jobId, data }) => {
+      const chunk = this.#pending.get(jobId);
+      const done = (data as { done?: unknown } | undefined)?.done;
+      if (chunk && typeof done === 'number') {
+        chunk.inFlight = done;
+        this.#s.progress();
+      }
+    });
+  }
 
-  const onFinished = async (job: Job<ChunkJobData, ChunkJobResult> | undefined, chunk: PendingChunk) => {
+  #onRedisError(err: unknown): void {
+    const now = Date.now();
+    const previous = this.#redisError;
+    const e = {
+      message: shortError(err),
+      at: now,
+      warnedAt: previous?.warnedAt ?? 0,
+      count: (previous?.count ?? 0) + 1,
+    };
+    this.#redisError = e;
+    if (now - e.warnedAt >= 20_000) {
+      e.warnedAt = now;
+      this.#logger.warn(
+        `Redis (${describeQueue(this.#o.queueUrl, this.#o.queueName)}) does not answer: ${e.message}; queued chunks wait for it (${e.count} errors so far)`,
+      );
+    }
+  }
+
+  /** The poll for missed events, the checkpoint, the watchdog. */
+  #startTimers(): void {
+    this.#timers.push(setInterval(() => this.#poll(), 2000));
+    this.#timers.push(
+      setInterval(() => {
+        this.#s.checkpointIfDue();
+        this.#watchdog();
+      }, 250),
+    );
+    for (const t of this.#timers) t.unref();
+  }
+
+  /**
+   * Safety net for missed events (a Redis reconnect): look at the queued
+   * chunks now and then. Too many failures in a row: Redis is lost.
+   */
+  #poll(): void {
+    if (this.#polling) return;
+    this.#polling = true;
+    Promise.all([...this.#pending.keys()].map((id) => this.#lookup(id)))
+      .then(() => {
+        this.#pollFailures = 0;
+      })
+      .catch((err: unknown) => {
+        this.#pollFailures++;
+        this.#onRedisError(err);
+        if (this.#pollFailures >= 10 && this.#s.stopReason === undefined) {
+          this.#s.stop(`the queue's Redis cannot be reached: ${shortError(err)}`);
+        }
+      })
+      .finally(() => {
+        this.#polling = false;
+      });
+  }
+
+  /** No chunk finished for a minute: say whether Redis or the workers are missing. */
+  #watchdog(): void {
+    const pending = this.#pending.size;
+    if (pending === 0 || Date.now() - this.#lastChunkAt <= 60_000) return;
+    this.#lastChunkAt = Date.now();
+    const redisError = this.#redisError;
+    const queue = describeQueue(this.#o.queueUrl, this.#o.queueName);
+    if (this.#pollFailures > 0 || (redisError !== undefined && Date.now() - redisError.at < 60_000)) {
+      // Not the workers: Redis itself is gone (its errors are warned about as they come).
+      this.#logger.warn(
+        `no chunk finished for a minute with ${pending} queued: Redis (${queue}) does not answer${redisError ? ` (${redisError.message})` : ''}; the run stops if it stays away`,
+      );
+    } else {
+      this.#logger.warn(
+        `no chunk finished for a minute with ${pending} queued; are workers running? (blobshift worker --queue … --queue-name ${this.#o.queueName}, with the same config)`,
+      );
+    }
+  }
+
+  /** The listing snapshot of the new backend; without it, workers check each blob. */
+  async #buildSnapshot(): Promise<void> {
+    const o = this.#o;
+    if ((o.existence ?? 'list') !== 'list') return;
+    try {
+      this.#index = await PresentIndex.build(o.newDb, {
+        ...(o.tempDir ? { tempDir: o.tempDir } : {}),
+        ...(o.signal ? { signal: o.signal } : {}),
+      });
+    } catch (err) {
+      if (o.signal?.aborted) throw err;
+      this.#logger.warn(
+        `the listing snapshot of the new backend could not be built; workers check each blob: ${shortError(err)}`,
+      );
+    }
+  }
+
+  #announce(estimatedBytes: number): void {
+    const s = this.#s;
+    const index = this.#index;
+    this.#o.onStart?.({
+      mode: 'backfill',
+      run: this.#names.run,
+      shard: this.#names.shard,
+      log: s.log.path,
+      resumedFrom: s.resumedFrom,
+      attempt: s.current.attempts,
+      estimate: { count: s.estimatedTotal, bytes: estimatedBytes },
+      snapshot: index ? { keys: index.count, bytes: index.bytes } : undefined,
+      queue: describeQueue(this.#o.queueUrl, this.#o.queueName),
+      migrationId: this.#names.mid,
+    });
+  }
+
+  /** Walks the metadata from the mark; each chunk is settled here or enqueued, within the pending limit. */
+  async #walk(): Promise<void> {
+    const o = this.#o;
+    const s = this.#s;
+    const types = this.#names.types;
+    const maxPending = Math.max(1, o.maxPendingChunks ?? 16);
+    const walk = o.meta.walk({
+      afterId: s.resumedFrom,
+      chunkSize: Math.max(1, o.chunkSize ?? 1000),
+      ...(types.length > 0 ? { types } : {}),
+      ...(o.shard && o.shard.count > 1 ? { shard: o.shard } : {}),
+    });
+    let after = s.resumedFrom;
+    const nowMs = Date.now();
+    try {
+      for await (const rows of walk) {
+        while (this.#pending.size >= maxPending && !s.stopping) await this.#nextEvent(1000);
+        if (s.stopping) break;
+        const last = rows[rows.length - 1];
+        if (!last) continue;
+        const chunk = planChunk(after, last.id, rows, this.#completed, this.#index, nowMs);
+        after = last.id;
+        if (chunk.rows.length === 0) this.#settle(chunk, emptyCounts(), []);
+        else await this.#enqueue(chunk);
+      }
+    } catch (err) {
+      throw new InfrastructureLost(`reading the metadata or queueing failed: ${shortError(err)}`, {
+        cause: err,
+      });
+    }
+  }
+
+  /**
+   * Waits for the queued chunks. Interrupted: the chunks no worker holds are
+   * withdrawn, the ones running finish; abandoned (a second signal) or
+   * stopped: waits no more.
+   */
+  async #drain(): Promise<void> {
+    const s = this.#s;
+    while (this.#pending.size > 0 && !s.abandoned && s.stopReason === undefined) {
+      if (s.interrupted) {
+        await this.#withdraw();
+        if (this.#pending.size === 0) break;
+      }
+      await this.#nextEvent(1000);
+    }
+  }
+
+  /**
+   * Withdraws the queued chunks no worker holds (waiting, or delayed for a
+   * retry). A chunk a worker finished meanwhile is settled with its result,
+   * never withdrawn: removing its job would lose what the worker did (the
+   * rerun would find its blobs present and not count them as copied).
+   */
+  async #withdraw(): Promise<void> {
+    const q = this.#queue;
+    if (!q) return;
+    for (const [id, chunk] of [...this.#pending]) {
+      const job = (await q.getJob(id).catch(() => undefined)) as ChunkJob | undefined;
+      const state = job ? await job.getState().catch(() => 'unknown') : 'unknown';
+      if (chunk.done) continue;
+      if (state === 'completed' || state === 'failed') {
+        await this.#onFinished(job, chunk);
+        continue;
+      }
+      // A worker holds it (its lock refuses the removal anyway): it finishes.
+      if (state === 'active') continue;
+      const removed = await q.remove(id).catch(() => 0);
+      if (removed === 1) {
+        this.#pending.delete(id);
+        chunk.jobId = undefined;
+      }
+    }
+  }
+
+  /** Enqueues a chunk (or takes over its job, still in Redis from an earlier attempt). */
+  async #enqueue(chunk: PendingChunk): Promise<void> {
+    const q = this.#queue;
+    if (!q) return;
+    const { run, shard, mid } = this.#names;
+    const jobId = chunkJobId({
+      migrationId: mid,
+      run,
+      shard,
+      epoch: this.#epoch,
+      after: chunk.after,
+      upTo: chunk.upTo,
+    });
+    chunk.jobId = jobId;
+    this.#pending.set(jobId, chunk);
+    const data: ChunkJobData = {
+      v: JOB_VERSION,
+      migrationId: mid,
+      migration: this.#o.migration,
+      run,
+      shard,
+      after: chunk.after,
+      upTo: chunk.upTo,
+      rows: chunk.rows,
+    };
+    const job = await q.add(CHUNK_JOB, data, {
+      jobId,
+      attempts: Math.max(1, this.#o.attempts ?? 5),
+      backoff: { type: 'exponential', delay: this.#o.backoffMs ?? 5000 },
+      // The producer removes finished jobs once a checkpoint covers them;
+      // these ages only clean up after a producer that never came back.
+      removeOnComplete: { age: 7 * 24 * 3600 },
+      removeOnFail: { age: 30 * 24 * 3600 },
+    });
+    // Already finished (a job of an earlier producer attempt): take its result.
+    await this.#onFinished(job as ChunkJob, chunk);
+  }
+
+  /** A job event (or the poll): settles the chunk if its job finished. */
+  async #lookup(jobId: string): Promise<void> {
+    const chunk = this.#pending.get(jobId);
+    if (!chunk || !this.#queue) return;
+    const job = (await this.#queue.getJob(jobId)) as ChunkJob | undefined;
+    // Settled meanwhile (another lookup took the result and the job left Redis).
+    if (chunk.done || this.#pending.get(jobId) !== chunk) return;
+    if (!job) {
+      // Gone from Redis without a result (removed by hand): enqueue it again.
+      await this.#enqueue(chunk);
+      return;
+    }
+    await this.#onFinished(job, chunk);
+  }
+
+  async #onFinished(job: ChunkJob | undefined, chunk: PendingChunk): Promise<void> {
     if (chunk.done || !job) return;
     const state = await job.getState();
     if (chunk.done) return;
     if (state === 'completed') {
       // The job object may predate the completion (the one `add` returned): read the result afresh.
-      const fresh = job.returnvalue ? job : await queue?.getJob(String(job.id));
+      const fresh = job.returnvalue ? job : await this.#queue?.getJob(String(job.id));
       if (chunk.done) return;
       const result = fresh?.returnvalue;
-      if (!result || result.v !== JOB_VERSION || result.migrationId !== mid) {
-        failChunk(chunk, 'the job result is not from a worker of this migration');
+      if (!result || result.v !== JOB_VERSION || result.migrationId !== this.#names.mid) {
+        this.#failChunk(chunk, 'the job result is not from a worker of this migration');
         return;
       }
-      settle(chunk, { ...emptyCounts(), ...result.counts, seconds: 0 }, result.missing);
-      if (chunk.jobId !== undefined) doneJobs.push(chunk.jobId);
+      this.#settle(chunk, { ...emptyCounts(), ...result.counts, seconds: 0 }, result.missing);
+      if (chunk.jobId !== undefined) this.#doneJobs.push(chunk.jobId);
     } else if (state === 'failed') {
-      failChunk(chunk, `${job.failedReason || 'failed'} (after ${job.attemptsMade} attempts)`);
+      this.#failChunk(chunk, `${job.failedReason || 'failed'} (after ${job.attemptsMade} attempts)`);
     }
-  };
+  }
 
-  const failChunk = (chunk: PendingChunk, reason: string) => {
-    logger.error(`chunk ${chunk.after}-${chunk.upTo} (${chunk.rows.length} blobs) failed: ${reason}`, {
+  #failChunk(chunk: PendingChunk, reason: string): void {
+    this.#logger.error(`chunk ${chunk.after}-${chunk.upTo} (${chunk.rows.length} blobs) failed: ${reason}`, {
       job: chunk.jobId,
     });
     const counts = emptyCounts();
@@ -256,317 +585,29 @@ export async function queuedBackfill(opts: QueuedBackfillOptions): Promise<Backf
     counts.failed = chunk.rows.length;
     const at = new Date().toISOString();
     const error = `chunk failed: ${reason}`.slice(0, 500);
-    settle(
+    this.#settle(
       chunk,
       counts,
       chunk.rows.map((r) => ({ id: r.id, key: r.key, type: r.type, parentId: r.parentId, error, at })),
     );
-  };
-
-  let lastSaved = Date.now();
-  let saving: Promise<void> | undefined;
-  const checkpoint = async (status: RunState['status'], exitCode: number | null) => {
-    while (saving) await saving;
-    const p = (async () => {
-      await log.flush();
-      const removable = doneJobs.splice(0);
-      current.lowWaterMark = mark;
-      current.counts = addCounts(baseCounts, finished, (Date.now() - attemptStart) / 1000);
-      current.status = status;
-      current.exitCode = exitCode;
-      current.updatedAt = new Date();
-      current.extra = {
-        ...current.extra,
-        queue: { name: opts.queueName, epoch: extra.epoch, completed: completed.map(([a, b]) => [a, b]) },
-      };
-      if (status === 'completed') current.finishedAt = current.updatedAt;
-      await meta.saveRun(current);
-      lastSaved = Date.now();
-      // The checkpoint covers these chunks now: their jobs may leave Redis.
-      if (queue) await Promise.all(removable.map((id) => queue?.remove(id).catch(() => 0)));
-    })();
-    saving = p;
-    try {
-      await p;
-    } finally {
-      saving = undefined;
-    }
-  };
-  const safeCheckpoint = async (status: RunState['status'], exitCode: number | null) => {
-    try {
-      await checkpoint(status, exitCode);
-      return true;
-    } catch (err) {
-      logger.error(`the checkpoint could not be saved (the previous one stands): ${shortError(err)}`);
-      return false;
-    }
-  };
-
-  let lastProgress = 0;
-  function progress(force = false) {
-    if (!opts.onProgress) return;
-    const t = Date.now();
-    if (!force && t - lastProgress < 200) return;
-    lastProgress = t;
-    let inFlight = 0;
-    for (const c of pending.values()) inFlight += c.inFlight;
-    const done = baseCounts.total + finished.total + inFlight;
-    opts.onProgress({
-      done,
-      total: Math.max(estimatedTotal, done),
-      bytes: baseCounts.bytes + finished.bytes,
-      counts: addCounts(baseCounts, finished, (t - attemptStart) / 1000),
-      lowWaterMark: mark,
-    });
   }
 
-  const onAbort = () => {
-    interrupted = true;
-    poke();
-  };
-  let abandon = false;
-  const onHard = () => {
-    interrupted = true;
-    abandon = true;
-    poke();
-  };
-  if (opts.signal?.aborted) onAbort();
-  else opts.signal?.addEventListener('abort', onAbort, { once: true });
-  if (opts.hardSignal?.aborted) onHard();
-  else opts.hardSignal?.addEventListener('abort', onHard, { once: true });
-
-  let queue: Queue<ChunkJobData, ChunkJobResult> | undefined;
-  let events: QueueEvents | undefined;
-  let index: PresentIndex | undefined;
-  const timers: NodeJS.Timeout[] = [];
-  try {
-    const { Queue: QueueClass, QueueEvents: EventsClass } = await import('bullmq');
-    queue = new QueueClass<ChunkJobData, ChunkJobResult>(opts.queueName, {
-      connection: redisConnection(opts.queueUrl, { blocking: false }),
-    });
-    // Redis errors come once per reconnect attempt: one warning in 20 s, naming Redis.
-    let redisError: { message: string; at: number; warnedAt: number; count: number } | undefined;
-    const onRedisError = (err: unknown) => {
-      const now = Date.now();
-      redisError = {
-        message: shortError(err),
-        at: now,
-        warnedAt: redisError?.warnedAt ?? 0,
-        count: (redisError?.count ?? 0) + 1,
-      };
-      if (now - redisError.warnedAt >= 20_000) {
-        redisError.warnedAt = now;
-        logger.warn(
-          `Redis (${describeQueue(opts.queueUrl, opts.queueName)}) does not answer: ${redisError.message}; queued chunks wait for it (${redisError.count} errors so far)`,
-        );
-      }
-    };
-    queue.on('error', onRedisError);
-    events = new EventsClass(opts.queueName, {
-      connection: redisConnection(opts.queueUrl, { blocking: true }),
-    });
-    events.on('error', onRedisError);
-    await Promise.all([queue.waitUntilReady(), events.waitUntilReady()]);
-    const q = queue;
-    const lookup = async (jobId: string) => {
-      const chunk = pending.get(jobId);
-      if (!chunk) return;
-      const job = (await q.getJob(jobId)) as Job<ChunkJobData, ChunkJobResult> | undefined;
-      // Settled meanwhile (another lookup took the result and the job left Redis).
-      if (chunk.done || pending.get(jobId) !== chunk) return;
-      if (!job) {
-        // Gone from Redis without a result (removed by hand): enqueue it again.
-        await enqueue(chunk);
-        return;
-      }
-      await onFinished(job, chunk);
-    };
-    const reportLookupError = (err: unknown) => logger.warn(`queue: ${shortError(err)}`);
-    events.on('completed', ({ jobId }) => void lookup(jobId).catch(reportLookupError));
-    events.on('failed', ({ jobId }) => void lookup(jobId).catch(reportLookupError));
-    events.on('progress', ({ jobId, data }) => {
-      const chunk = pending.get(jobId);
-      const done = (data as { done?: unknown } | undefined)?.done;
-      if (chunk && typeof done === 'number') {
-        chunk.inFlight = done;
-        progress();
-      }
-    });
-
-    const enqueue = async (chunk: PendingChunk) => {
-      const jobId = chunkJobId({
-        migrationId: mid,
-        run,
-        shard,
-        epoch: extra.epoch,
-        after: chunk.after,
-        upTo: chunk.upTo,
-      });
-      chunk.jobId = jobId;
-      pending.set(jobId, chunk);
-      const job = await q.add(
-        CHUNK_JOB,
-        {
-          v: JOB_VERSION,
-          migrationId: mid,
-          migration: opts.migration,
-          run,
-          shard,
-          after: chunk.after,
-          upTo: chunk.upTo,
-          rows: chunk.rows,
-        },
-        {
-          jobId,
-          attempts: Math.max(1, opts.attempts ?? 5),
-          backoff: { type: 'exponential', delay: opts.backoffMs ?? 5000 },
-          // The producer removes finished jobs once a checkpoint covers them;
-          // these ages only clean up after a producer that never came back.
-          removeOnComplete: { age: 7 * 24 * 3600 },
-          removeOnFail: { age: 30 * 24 * 3600 },
-        },
-      );
-      // Already finished (a job of an earlier producer attempt): take its result.
-      await onFinished(job as Job<ChunkJobData, ChunkJobResult>, chunk);
-    };
-
-    // Safety net for missed events (a Redis reconnect): look at the queued
-    // chunks now and then. Too many failures in a row: Redis is lost.
-    let pollFailures = 0;
-    let polling = false;
-    timers.push(
-      setInterval(() => {
-        if (polling) return;
-        polling = true;
-        Promise.all([...pending.keys()].map((id) => lookup(id)))
-          .then(() => {
-            pollFailures = 0;
-          })
-          .catch((err: unknown) => {
-            pollFailures++;
-            onRedisError(err);
-            if (pollFailures >= 10 && stopReason === undefined) {
-              stopReason = `the queue's Redis cannot be reached: ${shortError(err)}`;
-              poke();
-            }
-          })
-          .finally(() => {
-            polling = false;
-          });
-      }, 2000),
-    );
-    timers.push(
-      setInterval(() => {
-        if (Date.now() - lastSaved >= (opts.checkpointIntervalMs ?? 2000) && !saving) {
-          checkpoint('running', null).catch((err: unknown) => {
-            stopReason ??= `saving the checkpoint failed: ${shortError(err)}`;
-            poke();
-          });
-        }
-        if (pending.size > 0 && Date.now() - lastChunkAt > 60_000) {
-          lastChunkAt = Date.now();
-          if (pollFailures > 0 || (redisError !== undefined && Date.now() - redisError.at < 60_000)) {
-            // Not the workers: Redis itself is gone (its errors are warned about as they come).
-            logger.warn(
-              `no chunk finished for a minute with ${pending.size} queued: Redis (${describeQueue(opts.queueUrl, opts.queueName)}) does not answer${redisError ? ` (${redisError.message})` : ''}; the run stops if it stays away`,
-            );
-          } else {
-            logger.warn(
-              `no chunk finished for a minute with ${pending.size} queued; are workers running? (blobshift worker --queue … --queue-name ${opts.queueName}, with the same config)`,
-            );
-          }
-        }
-      }, 250),
-    );
-    for (const t of timers) t.unref();
-
-    if ((opts.existence ?? 'list') === 'list') {
-      try {
-        index = await PresentIndex.build(opts.newDb, {
-          ...(opts.tempDir ? { tempDir: opts.tempDir } : {}),
-          ...(opts.signal ? { signal: opts.signal } : {}),
-        });
-      } catch (err) {
-        if (opts.signal?.aborted) throw err;
-        logger.warn(
-          `the listing snapshot of the new backend could not be built; workers check each blob: ${shortError(err)}`,
-        );
-      }
-    }
-    opts.onStart?.({
-      mode: 'backfill',
-      run,
-      shard,
-      log: log.path,
-      resumedFrom,
-      attempt: current.attempts,
-      estimate: { count: estimatedTotal, bytes: Math.round(estimate.bytes / shardCount) },
-      snapshot: index ? { keys: index.count, bytes: index.bytes } : undefined,
-      queue: queueLabel,
-      migrationId: mid,
-    });
-
-    const walk = meta.walk({
-      afterId: resumedFrom,
-      chunkSize,
-      ...(types.length > 0 ? { types } : {}),
-      ...(opts.shard && opts.shard.count > 1 ? { shard: opts.shard } : {}),
-    });
-    let after = resumedFrom;
-    const nowMs = Date.now();
-    try {
-      for await (const rows of walk) {
-        while (pending.size >= maxPending && !interrupted && stopReason === undefined) await nextEvent(1000);
-        if (interrupted || stopReason !== undefined) break;
-        const last = rows[rows.length - 1];
-        if (!last) continue;
-        const chunk = planChunk(after, last.id, rows, completed, index, nowMs);
-        after = last.id;
-        if (chunk.rows.length === 0) settle(chunk, emptyCounts(), []);
-        else await enqueue(chunk);
-      }
-    } catch (err) {
-      throw new InfrastructureLost(`reading the metadata or queueing failed: ${shortError(err)}`, {
-        cause: err,
-      });
-    }
-    while (pending.size > 0 && !abandon && stopReason === undefined) {
-      // Interrupted: withdraw the chunks no worker holds (waiting, or delayed
-      // for a retry); the ones running finish.
-      if (interrupted) {
-        for (const [id, chunk] of [...pending]) {
-          const removed = await q.remove(id).catch(() => 0);
-          if (removed === 1) {
-            pending.delete(id);
-            chunk.jobId = undefined;
-          }
-        }
-        if (pending.size === 0) break;
-      }
-      await nextEvent(1000);
-    }
-  } catch (err) {
-    if (err instanceof InfrastructureLost) stopReason ??= err.message;
-    else if (!interrupted) {
-      await safeCheckpoint('failed', null);
-      throw err;
-    }
-  } finally {
-    for (const t of timers) clearInterval(t);
-    opts.signal?.removeEventListener('abort', onAbort);
-    opts.hardSignal?.removeEventListener('abort', onHard);
-    await index?.close().catch(() => {});
+  /** Marks a chunk finished: counts, log records, range, mark. */
+  #settle(chunk: PendingChunk, counts: RunCounts, records: MissingRecord[]): void {
+    if (chunk.done) return;
+    chunk.done = true;
+    if (chunk.jobId !== undefined) this.#pending.delete(chunk.jobId);
+    const finished = this.#s.finalized;
+    const all = addCounts(chunk.local, counts, 0);
+    for (const k of Object.keys(finished) as (keyof RunCounts)[]) finished[k] += all[k];
+    const missing = [...chunk.localMissing, ...records].sort((a, b) => a.id - b.id);
+    for (const r of missing) this.#s.log.write(r);
+    addRange(this.#completed, chunk.after, chunk.upTo);
+    this.#mark = advanceMark(this.#completed, this.#mark);
+    this.#lastChunkAt = Date.now();
+    this.#s.progress();
+    this.#poke();
   }
-
-  const end = await settleRun(
-    { stopReason, interrupted, counts: addCounts(baseCounts, finished, 0) },
-    safeCheckpoint,
-  );
-  await log.close().catch(() => {});
-  await events?.close().catch(() => {});
-  await queue?.close().catch(() => {});
-  progress(true);
-  return endSummary(current, end);
 }
 
 /** Settles what the producer can (expired, present in the snapshot, invalid size); the rest becomes the job. */
@@ -583,40 +624,29 @@ function planChunk(
   const jobRows: JobRow[] = [];
   const todo = rows.filter((r) => !inRanges(completed, r.id));
   const present = index ? index.lookup(todo.map((r) => r.key)) : undefined;
+  const rules: PlanRules = { nowMs, refuse: 'size', headEach: !index };
   for (const row of todo) {
-    if (row.expiresOn && row.expiresOn.getTime() <= nowMs) {
-      local.total++;
-      local.expired++;
-      continue;
-    }
-    if (!Number.isSafeInteger(row.contentLength) || row.contentLength < 0) {
-      local.total++;
-      local.failed++;
-      localMissing.push({
+    const plan = planRow(row, present?.get(row.key), rules);
+    if (plan.kind === 'copy') {
+      jobRows.push({
         id: row.id,
         key: row.key,
+        contentLength: row.contentLength,
+        contentType: row.contentType,
         type: row.type,
         parentId: row.parentId,
-        error: `the metadata row has an invalid size (${row.contentLength})`,
-        at: new Date().toISOString(),
+        ...(plan.check ? { check: true as const } : {}),
       });
       continue;
     }
-    const size = present?.get(row.key);
-    if (size !== undefined && size === row.contentLength) {
-      local.total++;
-      local.present++;
-      continue;
+    local.total++;
+    if (plan.kind === 'expired') local.expired++;
+    else if (plan.kind === 'present') local.present++;
+    else {
+      local.failed++;
+      const { id, key, type, parentId } = row;
+      localMissing.push({ id, key, type, parentId, error: plan.error, at: new Date().toISOString() });
     }
-    jobRows.push({
-      id: row.id,
-      key: row.key,
-      contentLength: row.contentLength,
-      contentType: row.contentType,
-      type: row.type,
-      parentId: row.parentId,
-      ...(size !== undefined || !index ? { check: true as const } : {}),
-    });
   }
   return { jobId: undefined, after, upTo, rows: jobRows, local, localMissing, inFlight: 0, done: false };
 }
@@ -650,15 +680,9 @@ export function advanceMark(ranges: [number, number][], mark: number): number {
 }
 
 function queueExtraOf(state: RunState): QueueExtra | undefined {
-  const q = state.extra.queue as { epoch?: unknown; completed?: unknown } | undefined;
+  const q = state.extra.queue;
   if (!q || typeof q.epoch !== 'string') return undefined;
-  const completed = Array.isArray(q.completed)
-    ? q.completed.filter(
-        (r): r is [number, number] =>
-          Array.isArray(r) && r.length === 2 && typeof r[0] === 'number' && typeof r[1] === 'number',
-      )
-    : [];
-  return { epoch: q.epoch, completed };
+  return { epoch: q.epoch, completed: Array.isArray(q.completed) ? q.completed : [] };
 }
 
 /** `--reset`: jobs of the run's previous epoch leave the queue (running ones finish unobserved). */

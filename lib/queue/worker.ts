@@ -12,21 +12,16 @@
  * times ends in the failed set.
  */
 import { hostname } from 'node:os';
+import type { Job, UnrecoverableError } from 'bullmq';
 import PQueue from 'p-queue';
 import { BlobShiftError } from '../contract/errors.js';
-import type { MetaStore, RunCounts } from '../contract/meta.js';
+import { emptyCounts, type MetaStore, type RunCounts } from '../contract/meta.js';
 import type { BlobDB } from '../contract/types.js';
-import {
-  checkNew,
-  type EngineLogger,
-  emptyCounts,
-  type Outcome,
-  silentLogger,
-  tallyOutcome,
-} from '../engine/backfill.js';
-import { copyBlob, DEFAULT_RETRY, ReferenceChecker, type RetryPolicy } from '../engine/copy.js';
+import { DEFAULT_RETRY, ReferenceChecker, type RetryPolicy } from '../engine/copy.js';
 import { isInfrastructureError, shortError } from '../engine/errors.js';
-import { type MissingRecord, NOT_FOUND } from '../engine/missing-log.js';
+import type { MissingRecord } from '../engine/missing-log.js';
+import { type EngineLogger, silentLogger } from '../engine/session.js';
+import { missingRecord, runTask, tallyOutcome } from '../engine/task.js';
 import {
   type ChunkJobData,
   type ChunkJobResult,
@@ -73,47 +68,27 @@ export async function processChunk(
   let infrastructure: string | undefined;
   const retry = ctx.retry ?? DEFAULT_RETRY;
   const logger = ctx.logger ?? silentLogger;
+  const task = {
+    oldDb: ctx.oldDb,
+    newDb: ctx.newDb,
+    references: ctx.references,
+    ...(ctx.meta ? { meta: ctx.meta } : {}),
+    retry,
+    ...(ctx.signal ? { signal: ctx.signal } : {}),
+    logger,
+  };
   const one = async (row: JobRow) => {
-    let outcome: Outcome | undefined;
-    try {
-      if (row.check) outcome = await checkNew(ctx.newDb, row, ctx.meta);
-      outcome ??= await copyBlob(
-        {
-          oldDb: ctx.oldDb,
-          newDb: ctx.newDb,
-          references: ctx.references,
-          ...(ctx.meta ? { meta: ctx.meta } : {}),
-          retry,
-          ...(ctx.signal ? { signal: ctx.signal } : {}),
-          onRetry: (key, attempt, err) =>
-            logger.warn(`retrying blob (attempt ${attempt + 1} of ${retry.attempts})`, {
-              key,
-              error: shortError(err),
-            }),
-        },
-        row,
-      );
-    } catch (err) {
-      if (ctx.signal?.aborted) throw err;
-      outcome = { kind: 'failed', error: shortError(err), cause: err, infrastructure: false, retries: 0 };
-    }
+    // Rejects only when the signal aborted: the job is abandoned.
+    const outcome = await runTask(task, row, row.check === true);
     if (outcome.kind === 'failed' && (outcome.infrastructure || isInfrastructureError(outcome.cause))) {
       infrastructure ??= outcome.error;
     }
     tallyOutcome(counts, outcome);
-    if (outcome.kind === 'notFound' || outcome.kind === 'failed') {
-      if (outcome.kind === 'failed') {
-        logger.warn(`blob failed: ${outcome.error}`, { key: row.key, id: row.id });
-      }
-      missing.push({
-        id: row.id,
-        key: row.key,
-        type: row.type,
-        parentId: row.parentId,
-        error: outcome.kind === 'notFound' ? NOT_FOUND : outcome.error,
-        at: new Date().toISOString(),
-      });
+    if (outcome.kind === 'failed') {
+      logger.warn(`blob failed: ${outcome.error}`, { key: row.key, id: row.id });
     }
+    const record = missingRecord(row, outcome);
+    if (record) missing.push(record);
     onProgress?.(counts.total, counts.bytes);
   };
   await Promise.all(rows.map((row) => ctx.copies.add(() => one(row), { throwOnTimeout: true })));
@@ -174,6 +149,75 @@ export interface WorkerSummary {
   reason?: string;
 }
 
+/** What a worker did so far, and how its job handler tells it to stop. */
+interface WorkerTally {
+  /** The migration id of this worker's config. */
+  own: string;
+  /** `host:pid`, in results and refusals. */
+  me: string;
+  chunk: Omit<ChunkContext, 'logger'> & { logger: EngineLogger };
+  totals: RunCounts;
+  chunks: number;
+  /** Why the worker refused a job of another migration. */
+  refusal: string | undefined;
+  stop: () => void;
+}
+
+/**
+ * The handler of one chunk job: refuses a job of another format or
+ * migration (unrecoverable: no worker of this config can do it), copies the
+ * rows (`processChunk`), reports progress, and throws so BullMQ retries the
+ * job when blobs failed on the infrastructure.
+ */
+function chunkHandler(
+  opts: WorkerOptions,
+  w: WorkerTally,
+  Unrecoverable: typeof UnrecoverableError,
+): (job: Job<ChunkJobData, ChunkJobResult>) => Promise<ChunkJobResult> {
+  return async (job) => {
+    const data: unknown = job.data;
+    if (!isChunkJobData(data)) {
+      throw new Unrecoverable(
+        `job ${job.id} is not a blobshift chunk job of format ${JOB_VERSION} (a producer of another version?)`,
+      );
+    }
+    if (data.migrationId !== w.own) {
+      const reason =
+        `refused by worker ${w.me}: the job belongs to migration ${data.migrationId} ` +
+        `(${data.migration.meta}; ${data.migration.old} → ${data.migration.new}), ` +
+        `this worker's config is migration ${w.own} ` +
+        `(${opts.migration.meta}; ${opts.migration.old} → ${opts.migration.new}); ` +
+        'start workers with the same config as the producer';
+      w.refusal ??= reason;
+      w.chunk.logger.error(reason, { job: job.id });
+      w.stop();
+      throw new Unrecoverable(reason);
+    }
+    let lastReport = 0;
+    const result = await processChunk(w.chunk, data.rows, (done, bytes) => {
+      const now = Date.now();
+      if (now - lastReport < 1000) return;
+      lastReport = now;
+      job.updateProgress({ done, bytes }).catch(() => {});
+    });
+    if (result.infrastructure !== undefined) {
+      throw new ChunkInfrastructureError(
+        `blobs of chunk ${data.after}-${data.upTo} failed on the infrastructure (${result.infrastructure}); the chunk is retried`,
+      );
+    }
+    w.chunks++;
+    for (const k of Object.keys(w.totals) as (keyof RunCounts)[]) w.totals[k] += result.counts[k];
+    opts.onChunk?.({ jobId: String(job.id), rows: data.rows.length, counts: result.counts });
+    return {
+      v: JOB_VERSION,
+      migrationId: w.own,
+      counts: result.counts,
+      missing: result.missing,
+      worker: w.me,
+    };
+  };
+}
+
 /**
  * Takes chunk jobs until `signal` aborts, or until it meets a job of another
  * migration: that job is failed with the reason (it cannot be done with this
@@ -183,77 +227,33 @@ export interface WorkerSummary {
 export async function runWorker(opts: WorkerOptions): Promise<WorkerSummary> {
   const { Worker, UnrecoverableError } = await import('bullmq');
   const logger = opts.logger ?? silentLogger;
-  const own = migrationId(opts.migration);
-  const me = `${hostname()}:${process.pid}`;
-  const copies = new PQueue({ concurrency: Math.max(1, opts.concurrency ?? 16) });
-  const references = new ReferenceChecker(opts.meta);
-  const retry: RetryPolicy = { ...DEFAULT_RETRY, ...opts.retry };
   const lockDuration = opts.lockDurationMs ?? 30_000;
-  const totals = emptyCounts();
-  let chunks = 0;
-  let refusal: string | undefined;
   let stopRequested: (() => void) | undefined;
   const stopped = new Promise<void>((resolve) => {
     stopRequested = resolve;
   });
+  const w: WorkerTally = {
+    own: migrationId(opts.migration),
+    me: `${hostname()}:${process.pid}`,
+    chunk: {
+      oldDb: opts.oldDb,
+      newDb: opts.newDb,
+      references: new ReferenceChecker(opts.meta),
+      meta: opts.meta,
+      copies: new PQueue({ concurrency: Math.max(1, opts.concurrency ?? 16) }),
+      retry: { ...DEFAULT_RETRY, ...opts.retry },
+      ...(opts.hardSignal ? { signal: opts.hardSignal } : {}),
+      logger,
+    },
+    totals: emptyCounts(),
+    chunks: 0,
+    refusal: undefined,
+    stop: () => stopRequested?.(),
+  };
 
   const worker = new Worker<ChunkJobData, ChunkJobResult>(
     opts.queueName,
-    async (job) => {
-      const data: unknown = job.data;
-      if (!isChunkJobData(data)) {
-        throw new UnrecoverableError(
-          `job ${job.id} is not a blobshift chunk job of format ${JOB_VERSION} (a producer of another version?)`,
-        );
-      }
-      if (data.migrationId !== own) {
-        const reason =
-          `refused by worker ${me}: the job belongs to migration ${data.migrationId} ` +
-          `(${data.migration.meta}; ${data.migration.old} → ${data.migration.new}), ` +
-          `this worker's config is migration ${own} ` +
-          `(${opts.migration.meta}; ${opts.migration.old} → ${opts.migration.new}); ` +
-          'start workers with the same config as the producer';
-        refusal ??= reason;
-        logger.error(reason, { job: job.id });
-        stopRequested?.();
-        throw new UnrecoverableError(reason);
-      }
-      let lastReport = 0;
-      const result = await processChunk(
-        {
-          oldDb: opts.oldDb,
-          newDb: opts.newDb,
-          references,
-          meta: opts.meta,
-          copies,
-          retry,
-          ...(opts.hardSignal ? { signal: opts.hardSignal } : {}),
-          logger,
-        },
-        data.rows,
-        (done, bytes) => {
-          const now = Date.now();
-          if (now - lastReport < 1000) return;
-          lastReport = now;
-          job.updateProgress({ done, bytes }).catch(() => {});
-        },
-      );
-      if (result.infrastructure !== undefined) {
-        throw new ChunkInfrastructureError(
-          `blobs of chunk ${data.after}-${data.upTo} failed on the infrastructure (${result.infrastructure}); the chunk is retried`,
-        );
-      }
-      chunks++;
-      for (const k of Object.keys(totals) as (keyof RunCounts)[]) totals[k] += result.counts[k];
-      opts.onChunk?.({ jobId: String(job.id), rows: data.rows.length, counts: result.counts });
-      return {
-        v: JOB_VERSION,
-        migrationId: own,
-        counts: result.counts,
-        missing: result.missing,
-        worker: me,
-      };
-    },
+    chunkHandler(opts, w, UnrecoverableError),
     {
       connection: redisConnection(opts.queueUrl, { blocking: true }),
       concurrency: Math.max(1, opts.jobsAtOnce ?? 2),
@@ -305,9 +305,9 @@ export async function runWorker(opts: WorkerOptions): Promise<WorkerSummary> {
     await worker.close(true).catch(() => {});
   }
   return {
-    status: refusal !== undefined ? 'refused' : 'stopped',
-    chunks,
-    counts: totals,
-    ...(refusal !== undefined ? { reason: refusal } : {}),
+    status: w.refusal !== undefined ? 'refused' : 'stopped',
+    chunks: w.chunks,
+    counts: w.totals,
+    ...(w.refusal !== undefined ? { reason: w.refusal } : {}),
   };
 }

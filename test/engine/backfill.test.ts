@@ -402,6 +402,61 @@ function backfillEngineSuite(this: Mocha.Suite, database: MetaDatabase): void {
     expect(reset.status).to.equal('completed');
   });
 
+  it('resumes a state row as the previous version stored it (options and extra as plain JSON)', async () => {
+    await seed(f, 100);
+    const ids: number[] = [];
+    for await (const chunk of f.meta.walk({ chunkSize: 1000 })) ids.push(...chunk.map((r) => r.id));
+    const mark = ids[39] as number;
+    const table = f.meta.knex(f.meta.runsTable);
+    const runs = f.meta.schema ? table.withSchema(f.meta.schema) : table;
+    // The row exactly as the earlier writer stored it: counts without `replaced`,
+    // untyped options, an owner that is gone, and a field this version does not know.
+    await runs.insert({
+      name: 'default',
+      shard: '',
+      status: 'interrupted',
+      low_water_mark: mark,
+      counts: JSON.stringify({
+        total: 40,
+        copied: 40,
+        present: 0,
+        notFound: 0,
+        failed: 0,
+        deletedDuringMigration: 0,
+        expired: 0,
+        bytes: 4000,
+        retries: 0,
+        seconds: 1.5,
+      }),
+      logs: JSON.stringify(['backfill-default-20260101T000000Z.jsonl']),
+      options: JSON.stringify({ types: [], shard: '', old: null, new: null }),
+      attempts: 1,
+      exit_code: 130,
+      started_at: new Date('2026-01-01T00:00:00.000Z'),
+      updated_at: new Date('2026-01-01T00:05:00.000Z'),
+      finished_at: null,
+      extra: JSON.stringify({ owner: { host: 'gone.example', pid: 1 }, note: 'kept' }),
+    });
+    const refused = await backfill(opts(f, { types: ['image'] })).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(refused).to.be.instanceOf(RunStateError);
+    expect((refused as Error).message).to.match(/--types \(all\) then, image now/);
+    const summary = await backfill(opts(f));
+    // The counts go on from the row's; the rows at or below its mark are not walked again.
+    expect(summary).to.include({ status: 'completed', exitCode: 0, attempts: 2, total: 100, copied: 100 });
+    let inNew = 0;
+    for await (const _ of f.newDb.list()) inNew++;
+    expect(inNew).to.equal(60);
+    expect(summary.logs[0]).to.equal('backfill-default-20260101T000000Z.jsonl');
+    const state = await f.meta.getRun('default', '');
+    expect(state?.options).to.deep.equal({ types: [], shard: '', old: null, new: null });
+    expect(state?.extra.note).to.equal('kept');
+    expect(state?.extra.owner?.pid).to.equal(process.pid);
+    expect(state?.counts.replaced).to.equal(0);
+  });
+
   it('resumes after an interruption, re-doing at most the in-flight window', async () => {
     await seed(f, 300);
     const ac = new AbortController();

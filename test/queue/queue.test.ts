@@ -9,8 +9,11 @@ import type { BackfillSummary } from '../../lib/engine/backfill.js';
 import { ReferenceChecker } from '../../lib/engine/copy.js';
 import { MetaDB } from '../../lib/meta/index.js';
 import {
+  type ChunkJobData,
+  type ChunkJobResult,
   chunkJobId,
   describeQueue,
+  JOB_VERSION,
   type MigrationNames,
   migrationId,
   redisConnection,
@@ -327,6 +330,87 @@ if (!REDIS_URL || QUEUE_DATABASES.length === 0) {
       expect(first.error)
         .to.match(/failed on the infrastructure/)
         .and.match(/after 2 attempts/);
+    });
+
+    it('interrupted as a chunk finishes: the finished chunk is counted, never withdrawn with its result', async () => {
+      await fx.seed(60);
+      const interrupt = new AbortController();
+      const producing = queuedBackfill({
+        meta: fx.meta,
+        newDb: fx.newDb,
+        queueUrl: redisUrl,
+        queueName: fx.queueName,
+        migration: names(),
+        chunkSize: 20,
+        logDir: fx.logDir,
+        signal: interrupt.signal,
+      });
+      const { Queue, Worker } = await import('bullmq');
+      const connection = redisConnection(redisUrl, { blocking: false });
+      const q = new Queue(fx.queueName, { connection });
+      // A worker processed by hand: it takes one chunk, stores its result, and
+      // the producer is interrupted at that moment, before it has seen the result.
+      const hand = new Worker<ChunkJobData, ChunkJobResult>(fx.queueName, null, {
+        connection: redisConnection(redisUrl, { blocking: true }),
+      });
+      try {
+        for (let i = 0; (await q.getWaitingCount()) < 3; i++) {
+          if (i > 200) throw new Error('the producer did not queue its three chunks');
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        const job = await hand.getNextJob('test-token');
+        if (!job) throw new Error('no job to take');
+        const run = await processChunk(
+          {
+            oldDb: fx.oldDb,
+            newDb: fx.newDb,
+            references: new ReferenceChecker(fx.meta),
+            meta: fx.meta,
+            copies: new PQueue({ concurrency: 4 }),
+          },
+          job.data.rows,
+        );
+        const result: ChunkJobResult = {
+          v: JOB_VERSION,
+          migrationId: migrationId(names()),
+          counts: run.counts,
+          missing: run.missing,
+          worker: 'test',
+        };
+        await job.moveToCompleted(result, 'test-token', false);
+        interrupt.abort();
+        const summary = await producing;
+        expect(summary).to.include({ status: 'interrupted', exitCode: 130, copied: 20, total: 20 });
+        const state = await fx.meta.getRun('default', '');
+        expect(state?.counts.copied).to.equal(20);
+        expect(state?.lowWaterMark).to.equal(job.data.upTo);
+      } finally {
+        await hand.close(true);
+        await q.close();
+      }
+      const w = startWorker();
+      const rerun = await queuedBackfill({
+        meta: fx.meta,
+        newDb: fx.newDb,
+        queueUrl: redisUrl,
+        queueName: fx.queueName,
+        migration: names(),
+        chunkSize: 20,
+        logDir: fx.logDir,
+      });
+      w.stop.abort();
+      await w.done;
+      expect(pickCounts(rerun)).to.deep.equal({
+        status: 'completed',
+        exitCode: 0,
+        total: 60,
+        copied: 60,
+        present: 0,
+        expired: 0,
+        failed: 0,
+        notFound: 0,
+        deletedDuringMigration: 0,
+      });
     });
 
     it('refuses a SQLite metadata database before touching Redis', async () => {
