@@ -1,9 +1,10 @@
 /** Helpers of the conformance suite, exported for backends' own tests too. */
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
-import { expect } from 'chai';
 import { readAll } from '../../lib/contract/body.js';
 import type { BlobDB, BlobInfo, ListOptions } from '../../lib/contract/types.js';
+
+export { rejectionOf } from '../support/promises.js';
 
 export const MiB = 1024 * 1024;
 
@@ -27,25 +28,6 @@ export async function listKeys(db: BlobDB, opts?: ListOptions): Promise<string[]
 /** A copy sorted in UTF-8 byte order. */
 export function byteSorted(keys: readonly string[]): string[] {
   return [...keys].sort((a, b) => Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8')));
-}
-
-/** What a promise rejects with; fails the test when it resolves. */
-export async function rejectionOf(p: Promise<unknown>): Promise<unknown> {
-  let value: unknown;
-  try {
-    value = await p;
-  } catch (err) {
-    return err;
-  }
-  if (value instanceof Readable) value.destroy();
-  return expect.fail(
-    `expected a rejection, got ${value instanceof Readable ? 'a stream' : JSON.stringify(value)}`,
-  );
-}
-
-/** Resolves after `ms` milliseconds. */
-export function tick(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 /** `ns` plus segments of at most `segment` bytes, `bytes` long in all. */

@@ -1,8 +1,9 @@
 /** Conformance: listing. */
 import { PassThrough } from 'node:stream';
 import { expect } from 'chai';
+import { sleep } from '../support/time.js';
 import { type BlobDBFactory, type ConformanceOptions, useBlobDB } from './context.js';
-import { byteSorted, getBytes, listInfos, listKeys, pool, tick } from './helpers.js';
+import { byteSorted, getBytes, listInfos, listKeys, pool } from './helpers.js';
 
 /** `list`: UTF-8 byte order, prefixes, `startAfter`, puts in progress, pagination past 1000 keys. */
 export function listTests(factory: BlobDBFactory, options: ConformanceOptions = {}): void {
@@ -130,7 +131,7 @@ export function listTests(factory: BlobDBFactory, options: ConformanceOptions = 
       const pass = new PassThrough();
       const put = bdb().put(k('pending'), pass);
       pass.write(Buffer.alloc(64 * 1024, 1));
-      await tick(50);
+      await sleep(50);
       const during = await listInfos(bdb(), { prefix: ns() });
       expect(rel(during.map((i) => i.key))).to.deep.equal(['done']);
       expect(await bdb().exists(k('pending'))).to.equal(false);

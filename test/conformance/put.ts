@@ -3,6 +3,7 @@ import { PassThrough, Readable } from 'node:stream';
 import { expect } from 'chai';
 import { readAll } from '../../lib/contract/body.js';
 import { BlobExistsError, BlobNotFoundError, SizeMismatchError } from '../../lib/contract/errors.js';
+import { sleep } from '../support/time.js';
 import { type BlobDBFactory, type ConformanceOptions, useBlobDB } from './context.js';
 import {
   byteSorted,
@@ -15,7 +16,6 @@ import {
   MiB,
   patternStream,
   rejectionOf,
-  tick,
 } from './helpers.js';
 
 /** Put and get: every body type (Buffer, Uint8Array view, string, stream), empty and binary blobs, big streams, escaped and longest keys. */
@@ -62,7 +62,7 @@ export function putTests(factory: BlobDBFactory, options: ConformanceOptions = {
       const put = bdb().put(k('pass'), pass);
       for (let i = 0; i < 5; i++) {
         pass.write(Buffer.from(`part ${i};`));
-        await tick(5);
+        await sleep(5);
       }
       pass.end();
       const info = await put;

@@ -19,7 +19,7 @@ import { redact } from '../../lib/contract/redact.js';
 import type { BlobBody, PutOptions } from '../../lib/contract/types.js';
 import { backfill, freshRunState } from '../../lib/engine/backfill.js';
 import { MetaDB } from '../../lib/meta/index.js';
-import { runCli, startCli, writeConfig } from '../support/cli.js';
+import { backfillArgs, runCli, startCli, writeConfig } from '../support/cli.js';
 import { MYSQL_URL, REDIS_URL, uniqueName } from '../support/env.js';
 import { type FaultProxy, startFaultProxy } from '../support/fault-proxy.js';
 import {
@@ -168,9 +168,7 @@ describe('operator faults', function () {
       const { meta, filename } = await seeded(20);
       await meta.close();
       const cfg = await config(filename);
-      expect(
-        (await runCli(['backfill', '-c', cfg, '--log-dir', join(dir, 'logs'), '--no-progress'])).code,
-      ).to.equal(0);
+      expect((await runCli(backfillArgs(cfg, join(dir, 'logs'), '--no-progress'))).code).to.equal(0);
       expect((await runCli(['verify', '-c', cfg, '--log-dir', join(dir, 'logs')])).code).to.equal(0);
       // Full listings stall (the preflight's one-key listing does not).
       proxy.setRules([{ rate: 1, kinds: ['stall'], match: (r) => isListing(r.path) && !oneKey(r.path) }]);
@@ -195,7 +193,7 @@ describe('operator faults', function () {
       const cfg = await config(filename);
       proxy.setRules([{ rate: 1, kinds: ['stall'], match: (r) => isListing(r.path) && oneKey(r.path) }]);
       const seen = proxy.requests.length;
-      const child = startCli(['backfill', '-c', cfg, '--log-dir', join(dir, 'logs'), '--no-progress']);
+      const child = startCli(backfillArgs(cfg, join(dir, 'logs'), '--no-progress'));
       await until(() => proxy.requests.slice(seen).some((r) => r.fault === 'stall'));
       child.child.kill('SIGTERM');
       proxy.setRules([]);
