@@ -20,6 +20,7 @@ import {
   type S3rverHandle,
   startS3rver,
 } from './support/s3rver.js';
+import { sleep } from './support/time.js';
 
 const freshDir = tempDirs('blobshift-urls-');
 
@@ -110,7 +111,7 @@ for (const server of servers) {
         await db.put('k', 'v');
         const url = await db.getSignedUrl('k', { expiresIn: 1 });
         expect((await fetch(url.replace('/k?', '/k2?'))).status).to.equal(403);
-        await new Promise((r) => setTimeout(r, 2100));
+        await sleep(2100);
         expect((await fetch(url)).status).to.equal(403);
       });
     }

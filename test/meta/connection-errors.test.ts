@@ -20,6 +20,7 @@ import { createKnex, MetaDB } from '../../lib/meta/index.js';
 import { runCli, writeConfig } from '../support/cli.js';
 import { announce, MYSQL_URL, PG_URL, uniqueName } from '../support/env.js';
 import { rejectionOf } from '../support/promises.js';
+import { sleep } from '../support/time.js';
 
 function expectConnectionLost(err: unknown, what: string): void {
   expect(err, what).to.be.instanceOf(Error);
@@ -59,7 +60,7 @@ if (PG_URL) {
             [name],
           )) as { rows: { n: number }[] };
           if (r.rows[0]?.n) break;
-          await new Promise((res) => setTimeout(res, 20));
+          await sleep(20);
         }
         await admin.raw('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ?', [
           name,
@@ -112,7 +113,7 @@ if (MYSQL_URL) {
         const [rows] = (await victim.raw('SELECT CONNECTION_ID() AS id')) as [{ id: number }[]];
         const id = Number(rows[0]?.id);
         const sleeping = rejectionOf(victim.raw('SELECT SLEEP(5)'));
-        await new Promise((res) => setTimeout(res, 200));
+        await sleep(200);
         await admin.raw(`KILL ${id}`);
         expectConnectionLost(await sleeping, 'the query whose connection was KILLed');
       } finally {

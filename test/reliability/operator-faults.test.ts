@@ -29,6 +29,7 @@ import {
   type S3rverHandle,
   startS3rver,
 } from '../support/s3rver.js';
+import { sleep } from '../support/time.js';
 
 /** A filesystem backend whose disk can be made full: every put then fails with ENOSPC. */
 class FullDisk extends FilesystemBlobDB {
@@ -160,7 +161,7 @@ describe('operator faults', function () {
       const end = Date.now() + ms;
       while (!what()) {
         if (Date.now() > end) throw new Error('timed out');
-        await new Promise((r) => setTimeout(r, 20));
+        await sleep(20);
       }
     }
 
@@ -270,7 +271,7 @@ describe('operator faults', function () {
         });
         const end = Date.now() + 60_000;
         while (!/worker ready/.test(worker.stderr) && worker.child.exitCode === null && Date.now() < end) {
-          await new Promise((r) => setTimeout(r, 50));
+          await sleep(50);
         }
         expect(worker.stderr).to.match(/worker ready/);
         worker.child.kill('SIGTERM');
@@ -352,7 +353,7 @@ describe('operator faults', function () {
         });
         const end = Date.now() + 20_000;
         while (!warnings.some((w) => /Redis .* does not answer/.test(w)) && Date.now() < end) {
-          await new Promise((r) => setTimeout(r, 100));
+          await sleep(100);
         }
         ac.abort();
         hard.abort();
