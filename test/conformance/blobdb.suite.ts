@@ -12,8 +12,7 @@
  * list); each topic exports functions that register one describe block given
  * the same factory and options, so a backend may also run one topic alone.
  */
-import type { BlobDB } from '../../lib/contract/types.js';
-import type { ConformanceOptions } from './context.js';
+import type { BlobDBFactory, ConformanceOptions } from './context.js';
 import { deleteTests } from './delete.js';
 import { getWithInfoTests, missingKeyTests, signedUrlTests, statTests } from './get.js';
 import { invalidKeyTests, keyConflictTests } from './keys.js';
@@ -25,11 +24,7 @@ export type { BlobDBFactory, ConformanceOptions } from './context.js';
 export { byteSorted, getBytes, listInfos, listKeys, rejectionOf } from './helpers.js';
 
 /** Registers the conformance tests for one backend. */
-export function describeBlobDB(
-  name: string,
-  factory: () => Promise<BlobDB> | BlobDB,
-  options: ConformanceOptions = {},
-): void {
+export function describeBlobDB(name: string, factory: BlobDBFactory, options: ConformanceOptions = {}): void {
   describe(`BlobDB conformance: ${name}`, function () {
     this.timeout(options.slow ? 180_000 : 60_000);
     for (const topic of [
