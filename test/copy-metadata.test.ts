@@ -1,16 +1,5 @@
-/**
- * What a copy carries besides the bytes: content type, Cache-Control,
- * Content-Disposition, Content-Encoding, Content-Language and user metadata,
- * through the real backfill (the copy path), for files → S3, S3 → files and
- * S3 → S3 both server-side (CopyObject) and streamed; and public-read ACLs,
- * on Ceph RGW (which keeps ACLs): a canned ACL the new backend applies to
- * every write, and a source's public-read carried where the source is read
- * with `readAcl`.
- */
-import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, get } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GetObjectAclCommand } from '@aws-sdk/client-s3';
 import { expect } from 'chai';
@@ -21,6 +10,7 @@ import type { BlobDB, HttpMeta } from '../lib/contract/types.js';
 import { backfill } from '../lib/engine/backfill.js';
 import { MetaDB } from '../lib/meta/index.js';
 import { announce, RGW_ENDPOINT } from './support/env.js';
+import { tempDirs } from './support/fs.js';
 import {
   countRequests,
   createBucket,
@@ -31,15 +21,7 @@ import {
   startS3rver,
 } from './support/s3rver.js';
 
-const roots: string[] = [];
-async function freshDir(): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'blobshift-carry-'));
-  roots.push(dir);
-  return dir;
-}
-after(async () => {
-  await Promise.all(roots.splice(0).map((r) => rm(r, { recursive: true, force: true })));
-});
+const freshDir = tempDirs('blobshift-carry-');
 
 /** The blobs of every case: each kind of metadata alone, all together, and none. */
 const BLOBS: { key: string; body: string; contentType?: string; httpMeta?: HttpMeta }[] = [

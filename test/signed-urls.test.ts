@@ -1,11 +1,3 @@
-/**
- * Presigned GET URLs: S3BlobDB signs them (checked with a real, credential-free
- * GET against s3rver and Ceph RGW), MigratingBlobDB signs for the backend that
- * holds the blob, the filesystem and memory backends say what to do instead,
- * and BlobStore hands them out.
- */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import { MigratingBlobDB } from '../lib/app/migrating.js';
@@ -18,6 +10,8 @@ import { InvalidFieldError, NotSupportedError } from '../lib/contract/errors.js'
 import type { BlobDB } from '../lib/contract/types.js';
 import { MetaDB } from '../lib/meta/index.js';
 import { announce, RGW_ENDPOINT } from './support/env.js';
+import { tempDirs } from './support/fs.js';
+import { rejectionOf } from './support/promises.js';
 import {
   countRequests,
   createBucket,
@@ -26,25 +20,9 @@ import {
   type S3rverHandle,
   startS3rver,
 } from './support/s3rver.js';
+import { sleep } from './support/time.js';
 
-const roots: string[] = [];
-async function freshDir(): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'blobshift-urls-'));
-  roots.push(dir);
-  return dir;
-}
-after(async () => {
-  await Promise.all(roots.splice(0).map((r) => rm(r, { recursive: true, force: true })));
-});
-
-async function rejectionOf(p: Promise<unknown>): Promise<unknown> {
-  try {
-    await p;
-  } catch (err) {
-    return err;
-  }
-  throw new Error('expected a rejection');
-}
+const freshDir = tempDirs('blobshift-urls-');
 
 interface Server {
   name: string;
@@ -133,7 +111,7 @@ for (const server of servers) {
         await db.put('k', 'v');
         const url = await db.getSignedUrl('k', { expiresIn: 1 });
         expect((await fetch(url.replace('/k?', '/k2?'))).status).to.equal(403);
-        await new Promise((r) => setTimeout(r, 2100));
+        await sleep(2100);
         expect((await fetch(url)).status).to.equal(403);
       });
     }

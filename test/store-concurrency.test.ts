@@ -24,6 +24,7 @@ import type { BlobBody, BlobDB, ListOptions, PutOptions } from '../lib/contract/
 import { createKnex, MetaDB } from '../lib/meta/index.js';
 import { dropOwnTables, POSTGRES } from './support/databases.js';
 import { announce, MYSQL_URL, RGW_ENDPOINT, uniqueName } from './support/env.js';
+import { tempDirs } from './support/fs.js';
 import {
   createBucket,
   deleteBucket,
@@ -31,10 +32,10 @@ import {
   type S3rverHandle,
   startS3rver,
 } from './support/s3rver.js';
+import { sleep } from './support/time.js';
 import { WrappedBlobDB } from './support/wrap.js';
 
 const sha = (data: string) => createHash('sha256').update(data).digest('hex');
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 function gate(): { wait: () => Promise<void>; open: () => void } {
   let open!: () => void;
@@ -166,15 +167,7 @@ interface DbTarget {
   open(): Promise<{ db: MigratingBlobDB; close(): Promise<void> }>;
 }
 
-const roots: string[] = [];
-async function freshDir(): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'blobshift-race-fs-'));
-  roots.push(dir);
-  return dir;
-}
-after(async () => {
-  await Promise.all(roots.splice(0).map((r) => rm(r, { recursive: true, force: true })));
-});
+const freshDir = tempDirs('blobshift-race-fs-');
 
 let s3rver: S3rverHandle | undefined;
 after(async () => {

@@ -19,15 +19,8 @@ import { isInfrastructureError, isTransientError } from '../../lib/engine/errors
 import { createKnex, MetaDB } from '../../lib/meta/index.js';
 import { runCli, writeConfig } from '../support/cli.js';
 import { announce, MYSQL_URL, PG_URL, uniqueName } from '../support/env.js';
-
-async function rejection(p: Promise<unknown>): Promise<unknown> {
-  return p.then(
-    () => {
-      throw new Error('expected the query to fail');
-    },
-    (err: unknown) => err,
-  );
-}
+import { rejectionOf } from '../support/promises.js';
+import { sleep } from '../support/time.js';
 
 function expectConnectionLost(err: unknown, what: string): void {
   expect(err, what).to.be.instanceOf(Error);
@@ -60,14 +53,14 @@ if (PG_URL) {
       });
       try {
         await victim.raw('select 1');
-        const sleeping = rejection(victim.raw('select pg_sleep(5)'));
+        const sleeping = rejectionOf(victim.raw('select pg_sleep(5)'));
         for (let i = 0; i < 100; i++) {
           const r = (await admin.raw(
             "SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ? AND state = 'active'",
             [name],
           )) as { rows: { n: number }[] };
           if (r.rows[0]?.n) break;
-          await new Promise((res) => setTimeout(res, 20));
+          await sleep(20);
         }
         await admin.raw('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ?', [
           name,
@@ -98,7 +91,7 @@ if (PG_URL) {
         log: { warn() {}, error() {}, deprecate() {}, debug() {} },
       });
       try {
-        expectConnectionLost(await rejection(k.raw('select 1')), 'connection refused');
+        expectConnectionLost(await rejectionOf(k.raw('select 1')), 'connection refused');
       } finally {
         await k.destroy();
       }
@@ -119,8 +112,8 @@ if (MYSQL_URL) {
       try {
         const [rows] = (await victim.raw('SELECT CONNECTION_ID() AS id')) as [{ id: number }[]];
         const id = Number(rows[0]?.id);
-        const sleeping = rejection(victim.raw('SELECT SLEEP(5)'));
-        await new Promise((res) => setTimeout(res, 200));
+        const sleeping = rejectionOf(victim.raw('SELECT SLEEP(5)'));
+        await sleep(200);
         await admin.raw(`KILL ${id}`);
         expectConnectionLost(await sleeping, 'the query whose connection was KILLed');
       } finally {
@@ -148,7 +141,7 @@ describe('metadata connection errors: nothing on stdout', function () {
       }) as typeof process.stdout.write;
       let err: unknown;
       try {
-        err = await rejection(MetaDB.open({ ...config, acquireConnectionTimeout: 3000 }));
+        err = await rejectionOf(MetaDB.open({ ...config, acquireConnectionTimeout: 3000 }));
       } finally {
         process.stdout.write = write;
       }

@@ -17,16 +17,23 @@ import { MemoryBlobDB } from '../../lib/backends/memory/index.js';
 import { InvalidKeyError } from '../../lib/contract/errors.js';
 import { type LogProblem, type MissingRecord, readMissingLog } from '../../lib/engine/missing-log.js';
 import { MetaDB } from '../../lib/meta/index.js';
-import { type CliResult, readJsonLines, runCli, seedOldFs, writeConfig } from '../support/cli.js';
+import {
+  backfillArgs,
+  type CliResult,
+  readJsonLines,
+  runCli,
+  SQLITE_META,
+  seedOldFs,
+  writeConfig,
+} from '../support/cli.js';
 import { createBucket, type S3rverHandle, startS3rver } from '../support/s3rver.js';
 
 let dir: string;
 let s3: S3rverHandle;
 let bucket: string;
-const META = { client: 'better-sqlite3', connection: { filename: './meta.sqlite' } };
 const OLD = { type: 'fs', root: './old' };
 const NEW = { type: 'fs', root: './new' };
-const GOOD = { meta: META, old: OLD, new: NEW };
+const GOOD = { meta: SQLITE_META, old: OLD, new: NEW };
 
 /** One line on stderr naming the problem, no stack, nothing on stdout, nothing written. */
 function expectRefused(r: CliResult, mention: RegExp): void {
@@ -42,7 +49,7 @@ function expectRefused(r: CliResult, mention: RegExp): void {
 
 async function backfillWith(config: unknown, flags: string[] = []): Promise<CliResult> {
   const file = await writeConfig(join(dir, 'case.config.json'), config);
-  return runCli(['backfill', '-c', file, '--log-dir', join(dir, 'logs'), '--no-progress', ...flags], {
+  return runCli(backfillArgs(file, join(dir, 'logs'), '--no-progress', ...flags), {
     cwd: dir,
     env: { NEW_SECRET: 'secret-value' },
   });

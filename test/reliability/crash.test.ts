@@ -4,56 +4,63 @@
  * byte-identical, nothing else is there, nothing half-written is left behind,
  * and the puts stay within blobs + kills × the in-flight window.
  */
-import { mkdtemp, readdir, rm, utimes } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { lstat, mkdtemp, readdir, rm, utimes } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { ListMultipartUploadsCommand, type S3Client } from '@aws-sdk/client-s3';
 import { expect } from 'chai';
 import { FilesystemBlobDB } from '../../lib/backends/fs/index.js';
 import { createS3Client, S3BlobDB } from '../../lib/backends/s3/index.js';
 import type { BlobDB } from '../../lib/contract/types.js';
-import { MetaDB } from '../../lib/meta/index.js';
 import {
+  backfillArgs,
   bucketShas,
   fileSha,
   listBucket,
   runCli,
   type SeededBlob,
-  seedOldFs,
+  SQLITE_META,
   startCli,
   writeConfig,
 } from '../support/cli.js';
 import { announce, RGW_CREDENTIALS, RGW_ENDPOINT } from '../support/env.js';
 import { type FaultProxy, startFaultProxy } from '../support/fault-proxy.js';
+import { walkFiles } from '../support/fs.js';
+import { TEST_SEED as SEED, seeded } from '../support/random.js';
 import { createBucket, deleteBucket, S3RVER_CREDENTIALS, startS3rver } from '../support/s3rver.js';
 import { truncatedLeftovers } from '../support/s3rver-leftovers.js';
+import { seedSqliteOldFs } from '../support/seed.js';
 
 const KILLS = 10;
 const WINDOW = 16;
-const SEED = Number(process.env.BLOBSHIFT_TEST_SEED ?? Date.now() % 1_000_000);
 
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+/** A name of blobshift's own (temp files, metadata sidecars) somewhere in the path. */
+function isReserved(rel: string): boolean {
+  return rel.split('/').some((s) => s.startsWith('.blobshift-'));
 }
 
-/** Every file under `root` (relative paths with `/`). */
-async function walkFiles(root: string): Promise<string[]> {
-  const out: string[] = [];
-  const walk = async (dir: string, rel: string) => {
-    for (const d of await readdir(dir, { withFileTypes: true })) {
-      const r = rel ? `${rel}/${d.name}` : d.name;
-      if (d.isDirectory()) await walk(join(dir, d.name), r);
-      else out.push(r);
-    }
-  };
-  await walk(root, '');
-  return out;
+/** A put's temporary file. */
+function isTempFile(rel: string): boolean {
+  return (rel.split('/').at(-1) ?? '').startsWith('.blobshift-tmp-');
+}
+
+/**
+ * Whether `rel` is the metadata sidecar of the blob file beside it as that
+ * file is now: the filesystem backend names it
+ * `.blobshift-meta-<32 hex of the SHA-256 of the blob's name>-s<size>-m<mtime ns>.json`.
+ * Such a sidecar is the blob's metadata, not a leftover.
+ */
+async function describesBlobBeside(root: string, rel: string): Promise<boolean> {
+  const m = /^\.blobshift-meta-([0-9a-f]{32})-s(\d+)-m(\d+)\.json$/.exec(rel.split('/').at(-1) ?? '');
+  if (!m) return false;
+  const dir = join(root, dirname(rel));
+  for (const name of await readdir(dir)) {
+    if (createHash('sha256').update(name, 'utf8').digest('hex').slice(0, 32) !== m[1]) continue;
+    const st = await lstat(join(dir, name), { bigint: true });
+    return st.isFile() && st.size === BigInt(m[2] as string) && st.mtimeNs === BigInt(m[3] as string);
+  }
+  return false;
 }
 
 interface NewSide {
@@ -75,15 +82,12 @@ interface NewSide {
 
 async function crashAndRestart(dir: string, blobs: SeededBlob[], side: NewSide): Promise<void> {
   const config = await writeConfig(join(dir, 'blobshift.config.json'), {
-    meta: { client: 'better-sqlite3', connection: { filename: './meta.sqlite' } },
+    meta: SQLITE_META,
     old: { type: 'fs', root: './old' },
     new: side.config,
   });
-  const args = [
-    'backfill',
-    '-c',
+  const args = backfillArgs(
     config,
-    '--log-dir',
     join(dir, 'logs'),
     '--concurrency',
     String(WINDOW),
@@ -91,7 +95,7 @@ async function crashAndRestart(dir: string, blobs: SeededBlob[], side: NewSide):
     '500',
     '--no-progress',
     '--json',
-  ];
+  );
   const env = { NEW_KEY: 'k', NEW_SECRET: 's' };
   const rand = seeded(SEED);
   const moments: number[] = [];
@@ -157,18 +161,6 @@ async function crashAndRestart(dir: string, blobs: SeededBlob[], side: NewSide):
   expect(puts, `seed ${SEED}: puts`).to.be.at.most(blobs.length + KILLS * WINDOW + KILLS + 1);
 }
 
-async function seedAll(dir: string, n: number): Promise<SeededBlob[]> {
-  const meta = await MetaDB.open({
-    client: 'better-sqlite3',
-    connection: { filename: join(dir, 'meta.sqlite') },
-  });
-  try {
-    return await seedOldFs(meta, join(dir, 'old'), n);
-  } finally {
-    await meta.close();
-  }
-}
-
 function s3Side(
   proxy: FaultProxy,
   admin: S3Client,
@@ -212,7 +204,7 @@ describe('reliability: SIGKILL at 10 random moments, restarted each time', funct
     const admin = s3.client();
     try {
       const bucket = await createBucket(admin);
-      const blobs = await seedAll(dir, 1500);
+      const blobs = await seedSqliteOldFs(dir, 1500);
       const side = s3Side(proxy, admin, bucket, {
         requestChecksumCalculation: 'WHEN_REQUIRED',
         responseChecksumValidation: 'WHEN_REQUIRED',
@@ -234,7 +226,7 @@ describe('reliability: SIGKILL at 10 random moments, restarted each time', funct
   it('filesystem → filesystem, 1,500 blobs: all there byte-identical; temp files a kill leaves (≤ window each) are removed once stale', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'blobshift-crash-'));
     try {
-      const blobs = await seedAll(dir, 1500);
+      const blobs = await seedSqliteOldFs(dir, 1500);
       const newRoot = join(dir, 'new');
       await crashAndRestart(dir, blobs, {
         config: { type: 'fs', root: './new' },
@@ -250,11 +242,18 @@ describe('reliability: SIGKILL at 10 random moments, restarted each time', funct
             },
           );
           expect(verified.code, verified.stderr).to.equal(0);
+          const leftovers = (await walkFiles(newRoot).catch(() => [] as string[])).filter(isTempFile);
+          // A listing never meets metadata sidecars: the backend's cleanupTemp()
+          // removes those a kill orphaned (backdated before the last run) and
+          // keeps those that describe a present blob, whatever their age.
+          await new FilesystemBlobDB({ root: newRoot }).cleanupTemp();
           const files = await walkFiles(newRoot).catch(() => [] as string[]);
-          const leftovers = files.filter((f) => f.split('/').some((s) => s.startsWith('.blobshift-')));
           const blobsFound = new Map<string, string>();
           for (const f of files) {
-            if (leftovers.includes(f)) continue;
+            if (isReserved(f)) {
+              if (!leftovers.includes(f) && !(await describesBlobBeside(newRoot, f))) leftovers.push(f);
+              continue;
+            }
             blobsFound.set(f, (await fileSha(join(newRoot, f))) ?? '');
           }
           return { blobs: blobsFound, leftovers };
@@ -265,12 +264,14 @@ describe('reliability: SIGKILL at 10 random moments, restarted each time', funct
           // A SIGKILL mid-put leaves its temp file: at most the window per kill.
           // The backend removes temp files an hour old when a listing meets
           // them (a younger one may be a live put of the app); pretend the hour passed.
-          const temps = (await walkFiles(newRoot).catch(() => [] as string[])).filter((f) =>
-            (f.split('/').at(-1) ?? '').startsWith('.blobshift-tmp-'),
-          );
+          const files = await walkFiles(newRoot).catch(() => [] as string[]);
+          const temps = files.filter(isTempFile);
           expect(temps.length, `seed ${SEED}: temp files after ${KILLS} kills`).to.be.at.most(KILLS * WINDOW);
+          // A kill between writing a put's metadata sidecar and its rename leaves
+          // the sidecar, orphaned: cleanupTemp() removes orphans an hour old.
+          const sidecars = files.filter((f) => (f.split('/').at(-1) ?? '').startsWith('.blobshift-meta-'));
           const past = new Date(Date.now() - 2 * 3600_000);
-          for (const f of temps) await utimes(join(newRoot, f), past, past);
+          for (const f of [...temps, ...sidecars]) await utimes(join(newRoot, f), past, past);
         },
         dispose: async () => {},
       });
@@ -292,7 +293,7 @@ describe('reliability: SIGKILL at 10 random moments, restarted each time', funct
       });
       const bucket = await createBucket(admin);
       try {
-        const blobs = await seedAll(dir, 1500);
+        const blobs = await seedSqliteOldFs(dir, 1500);
         const side = s3Side(proxy, admin, bucket, {});
         await crashAndRestart(dir, blobs, {
           ...side,

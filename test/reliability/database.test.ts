@@ -12,7 +12,7 @@
  * its connections (`application_name`) and the killer picks them by that
  * name. The test's own connections are never killed.
  */
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
@@ -20,6 +20,7 @@ import type { Knex } from 'knex';
 import mysql from 'mysql2/promise';
 import { createKnex, MetaDB } from '../../lib/meta/index.js';
 import {
+  backfillArgs,
   bucketShas,
   type CliResult,
   fileSha,
@@ -31,7 +32,9 @@ import {
 } from '../support/cli.js';
 import { dropOwnTables } from '../support/databases.js';
 import { announce, MYSQL_URL, PG_URL, uniqueName } from '../support/env.js';
+import { walkFiles } from '../support/fs.js';
 import { createBucket, S3RVER_CREDENTIALS, startS3rver } from '../support/s3rver.js';
+import { sleep } from '../support/time.js';
 
 /** Enough for a run of several seconds at `--max-rate 300` (s3rver shares the test's core: fewer). */
 const FS_BLOBS = 2000;
@@ -52,24 +55,6 @@ interface Summary {
   lowWaterMark: number;
   attempts: number;
   seconds: number;
-}
-
-/** Every file under `root` (relative paths with `/`). */
-async function walkFiles(root: string): Promise<string[]> {
-  const out: string[] = [];
-  const walk = async (dir: string, rel: string) => {
-    for (const d of await readdir(dir, { withFileTypes: true })) {
-      const r = rel ? `${rel}/${d.name}` : d.name;
-      if (d.isDirectory()) await walk(join(dir, d.name), r);
-      else out.push(r);
-    }
-  };
-  await walk(root, '');
-  return out;
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }
 
 /** Kills the CLI's database connections, and only those. */
@@ -246,11 +231,8 @@ async function killAndRerun(
       old: { type: 'fs', root: './old' },
       new: side.config,
     });
-    const args = [
-      'backfill',
-      '-c',
+    const args = backfillArgs(
       config,
-      '--log-dir',
       join(dir, 'logs'),
       '--concurrency',
       '4',
@@ -260,7 +242,7 @@ async function killAndRerun(
       '300',
       '--no-progress',
       '--json',
-    ];
+    );
     const env = { META_URL: killer.cliUrl };
     const exits: string[] = [];
     let last: CliResult | undefined;

@@ -14,6 +14,7 @@ import { expect } from 'chai';
 import { createS3Client, type S3ClientConfigLike } from '../../lib/backends/s3/index.js';
 import { MetaDB } from '../../lib/meta/index.js';
 import {
+  backfillArgs,
   blobKey,
   bucketShas,
   type CliResult,
@@ -22,7 +23,7 @@ import {
   readJsonLines,
   runCli,
   type SeededBlob,
-  seedOldFs,
+  SQLITE_META,
   sha256,
   writeConfig,
 } from '../support/cli.js';
@@ -35,6 +36,7 @@ import {
   type S3rverHandle,
   startS3rver,
 } from '../support/s3rver.js';
+import { seedSqliteOldFs } from '../support/seed.js';
 
 interface Summary {
   status: string;
@@ -126,7 +128,7 @@ function s3Section(server: Server, proxy: FaultProxy, bucket: string): Record<st
 async function backfill(dir: string, config: unknown): Promise<{ r: CliResult; summary: Summary }> {
   const file = await writeConfig(join(dir, 'blobshift.config.json'), config);
   const r = await runCli(
-    ['backfill', '-c', file, '--log-dir', join(dir, 'logs'), '--concurrency', '8', '--no-progress', '--json'],
+    backfillArgs(file, join(dir, 'logs'), '--concurrency', '8', '--no-progress', '--json'),
     { cwd: dir, timeoutMs: 120_000 },
   );
   let summary: Summary;
@@ -137,24 +139,6 @@ async function backfill(dir: string, config: unknown): Promise<{ r: CliResult; s
   }
   return { r, summary };
 }
-
-async function seed(
-  dir: string,
-  n: number,
-  opts: { sizeOf?: (i: number) => number } = {},
-): Promise<SeededBlob[]> {
-  const meta = await MetaDB.open({
-    client: 'better-sqlite3',
-    connection: { filename: join(dir, 'meta.sqlite') },
-  });
-  try {
-    return await seedOldFs(meta, join(dir, 'old'), n, opts);
-  } finally {
-    await meta.close();
-  }
-}
-
-const META = { client: 'better-sqlite3', connection: { filename: './meta.sqlite' } };
 
 for (const server of servers()) {
   describe(`reliability: a flaky S3 (${server.name} behind the fault proxy)`, function () {
@@ -179,12 +163,12 @@ for (const server of servers()) {
       // Every fourth blob is over 256 KiB: S3BlobDB streams those, so a put
       // whose body was spent cannot be retried by the SDK and is retried whole
       // by the engine (small bodies are buffered and the SDK retries them).
-      const blobs = await seed(dir, N, {
+      const blobs = await seedSqliteOldFs(dir, N, {
         sizeOf: (i) => (i % 4 === 0 ? 300 * 1024 + i : 200 + ((i * 7919) % 3900)),
       });
       proxy.setRules([{ rate: 0.1 }]);
       const { r, summary } = await backfill(dir, {
-        meta: META,
+        meta: SQLITE_META,
         old: { type: 'fs', root: './old' },
         new: s3Section(server, proxy, bucket),
       });
@@ -206,7 +190,7 @@ for (const server of servers()) {
     });
 
     it('100% faults on one key: that key is logged "too many retries", the rest are copied, exit 1', async () => {
-      const blobs = await seed(dir, 40);
+      const blobs = await seedSqliteOldFs(dir, 40);
       const victim = blobs[17]?.key as string;
       proxy.setRules([
         {
@@ -216,7 +200,7 @@ for (const server of servers()) {
         },
       ]);
       const { r, summary } = await backfill(dir, {
-        meta: META,
+        meta: SQLITE_META,
         old: { type: 'fs', root: './old' },
         new: s3Section(server, proxy, bucket),
       });
@@ -269,7 +253,7 @@ for (const server of servers()) {
         },
       ]);
       const { r, summary } = await backfill(dir, {
-        meta: META,
+        meta: SQLITE_META,
         old: s3Section(server, proxy, bucket),
         new: { type: 'fs', root: './new' },
       });

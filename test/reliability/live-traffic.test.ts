@@ -19,35 +19,18 @@ import { FilesystemBlobDB } from '../../lib/backends/fs/index.js';
 import { createS3Client, S3BlobDB } from '../../lib/backends/s3/index.js';
 import { isBlobNotFound } from '../../lib/contract/errors.js';
 import type { BlobDB } from '../../lib/contract/types.js';
-import { readJsonLines, seedOldFs, startCli, writeConfig } from '../support/cli.js';
+import { backfillArgs, readJsonLines, seedOldFs, sha256, startCli, writeConfig } from '../support/cli.js';
 import { MARIADB, type MetaDatabase, POSTGRES } from '../support/databases.js';
 import { announce, RGW_CREDENTIALS, RGW_ENDPOINT, uniqueName } from '../support/env.js';
+import { TEST_SEED as SEED, seeded } from '../support/random.js';
 import { createBucket, deleteBucket, rgwClientConfig } from '../support/s3rver.js';
+import { sleep } from '../support/time.js';
 
 /** App operations per test, spread over the backfill by a few concurrent app workers. */
 const OPS = 400;
 const APP_WORKERS = 4;
-const SEED = Number(process.env.BLOBSHIFT_TEST_SEED ?? Date.now() % 1_000_000);
 /** The CLI's line once the run is set up and copying. */
 const STARTED = /backfill run "default", attempt \d+/;
-
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-function sha256(data: Uint8Array): string {
-  return createHash('sha256').update(data).digest('hex');
-}
 
 /** sha256 of a blob, or undefined when the backend does not have it. */
 async function blobSha(db: BlobDB, key: string): Promise<string | undefined> {
@@ -118,11 +101,8 @@ async function liveTraffic(
       new: side.config,
     });
     const running = startCli(
-      [
-        'backfill',
-        '-c',
+      backfillArgs(
         config,
-        '--log-dir',
         join(dir, 'logs'),
         '--concurrency',
         '4',
@@ -132,7 +112,7 @@ async function liveTraffic(
         String(maxRate),
         '--no-progress',
         '--json',
-      ],
+      ),
       { cwd: dir, timeoutMs: 85_000 },
     );
     let backfillDone = false;

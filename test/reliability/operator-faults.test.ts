@@ -19,7 +19,7 @@ import { redact } from '../../lib/contract/redact.js';
 import type { BlobBody, PutOptions } from '../../lib/contract/types.js';
 import { backfill, freshRunState } from '../../lib/engine/backfill.js';
 import { MetaDB } from '../../lib/meta/index.js';
-import { runCli, startCli, writeConfig } from '../support/cli.js';
+import { backfillArgs, runCli, startCli, writeConfig } from '../support/cli.js';
 import { MYSQL_URL, REDIS_URL, uniqueName } from '../support/env.js';
 import { type FaultProxy, startFaultProxy } from '../support/fault-proxy.js';
 import {
@@ -29,6 +29,7 @@ import {
   type S3rverHandle,
   startS3rver,
 } from '../support/s3rver.js';
+import { sleep } from '../support/time.js';
 
 /** A filesystem backend whose disk can be made full: every put then fails with ENOSPC. */
 class FullDisk extends FilesystemBlobDB {
@@ -160,7 +161,7 @@ describe('operator faults', function () {
       const end = Date.now() + ms;
       while (!what()) {
         if (Date.now() > end) throw new Error('timed out');
-        await new Promise((r) => setTimeout(r, 20));
+        await sleep(20);
       }
     }
 
@@ -168,9 +169,7 @@ describe('operator faults', function () {
       const { meta, filename } = await seeded(20);
       await meta.close();
       const cfg = await config(filename);
-      expect(
-        (await runCli(['backfill', '-c', cfg, '--log-dir', join(dir, 'logs'), '--no-progress'])).code,
-      ).to.equal(0);
+      expect((await runCli(backfillArgs(cfg, join(dir, 'logs'), '--no-progress'))).code).to.equal(0);
       expect((await runCli(['verify', '-c', cfg, '--log-dir', join(dir, 'logs')])).code).to.equal(0);
       // Full listings stall (the preflight's one-key listing does not).
       proxy.setRules([{ rate: 1, kinds: ['stall'], match: (r) => isListing(r.path) && !oneKey(r.path) }]);
@@ -195,7 +194,7 @@ describe('operator faults', function () {
       const cfg = await config(filename);
       proxy.setRules([{ rate: 1, kinds: ['stall'], match: (r) => isListing(r.path) && oneKey(r.path) }]);
       const seen = proxy.requests.length;
-      const child = startCli(['backfill', '-c', cfg, '--log-dir', join(dir, 'logs'), '--no-progress']);
+      const child = startCli(backfillArgs(cfg, join(dir, 'logs'), '--no-progress'));
       await until(() => proxy.requests.slice(seen).some((r) => r.fault === 'stall'));
       child.child.kill('SIGTERM');
       proxy.setRules([]);
@@ -272,7 +271,7 @@ describe('operator faults', function () {
         });
         const end = Date.now() + 60_000;
         while (!/worker ready/.test(worker.stderr) && worker.child.exitCode === null && Date.now() < end) {
-          await new Promise((r) => setTimeout(r, 50));
+          await sleep(50);
         }
         expect(worker.stderr).to.match(/worker ready/);
         worker.child.kill('SIGTERM');
@@ -354,7 +353,7 @@ describe('operator faults', function () {
         });
         const end = Date.now() + 20_000;
         while (!warnings.some((w) => /Redis .* does not answer/.test(w)) && Date.now() < end) {
-          await new Promise((r) => setTimeout(r, 100));
+          await sleep(100);
         }
         ac.abort();
         hard.abort();

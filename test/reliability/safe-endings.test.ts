@@ -14,7 +14,7 @@ import { createS3Client, S3BlobDB } from '../../lib/backends/s3/index.js';
 import { readAll } from '../../lib/contract/body.js';
 import type { BlobDB } from '../../lib/contract/types.js';
 import { MetaDB } from '../../lib/meta/index.js';
-import { type CliResult, runCli, writeConfig } from '../support/cli.js';
+import { backfillArgs, type CliResult, runCli, writeConfig } from '../support/cli.js';
 import { POSTGRES } from '../support/databases.js';
 import { announce, MYSQL_URL, RGW_CREDENTIALS, RGW_ENDPOINT, uniqueName } from '../support/env.js';
 import { createBucket, deleteBucket, emptyBucket } from '../support/s3rver.js';
@@ -384,7 +384,7 @@ describe('safe endings: old and new the same place under two names', function ()
           new: side(alias),
         });
         // backfill already refused (its write probe); verify and cleanup-old now do too.
-        const bf = await runCli(['backfill', '-c', config, '--log-dir', join(dir, 'logs'), '--no-progress']);
+        const bf = await runCli(backfillArgs(config, join(dir, 'logs'), '--no-progress'));
         expect(bf.code).to.equal(2);
         expect(bf.stderr).to.match(/same place/);
         await expectRefusedEverywhere(config, join(dir, 'logs'), () =>

@@ -12,25 +12,12 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { expect } from 'chai';
 import { FilesystemBlobDB } from '../../lib/backends/fs/index.js';
-import { MetaDB } from '../../lib/meta/index.js';
-import { readJsonLines, runCli, type SeededBlob, seedOldFs, writeConfig } from '../support/cli.js';
+import { backfillArgs, readJsonLines, runCli, SQLITE_META, writeConfig } from '../support/cli.js';
 import { createBucket, type S3rverHandle, startS3rver } from '../support/s3rver.js';
+import { seedSqliteOldFs } from '../support/seed.js';
 
 const SECRET = 'sEcReT-9f3a7c1e-do-not-print';
 const DB_PASSWORD = 'pw-7d2e-do-not-print';
-const META = { client: 'better-sqlite3', connection: { filename: './meta.sqlite' } };
-
-async function seeded(dir: string, n: number): Promise<SeededBlob[]> {
-  const meta = await MetaDB.open({
-    client: 'better-sqlite3',
-    connection: { filename: join(dir, 'meta.sqlite') },
-  });
-  try {
-    return await seedOldFs(meta, join(dir, 'old'), n);
-  } finally {
-    await meta.close();
-  }
-}
 
 async function allFiles(root: string): Promise<string[]> {
   if (!existsSync(root)) return [];
@@ -44,7 +31,7 @@ describe('reliability: security', function () {
   let bucket: string;
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'blobshift-sec-'));
-    await seeded(dir, 20);
+    await seedSqliteOldFs(dir, 20);
     s3 = await startS3rver();
     const admin = s3.client();
     bucket = await createBucket(admin);
@@ -70,7 +57,7 @@ describe('reliability: security', function () {
     [
       'S3 credentials the server refuses (AWS SDK errors)',
       () => ({
-        meta: META,
+        meta: SQLITE_META,
         old: { type: 'fs', root: './old' },
         new: {
           type: 's3',
@@ -177,7 +164,7 @@ dns.promises.lookup = function (host, ...rest) { note('lookup ' + host); return 
 `,
     );
     const cfg = await writeConfig(join(dir, 'net.config.json'), {
-      meta: META,
+      meta: SQLITE_META,
       old: { type: 'fs', root: './old' },
       new: {
         type: 's3',
@@ -188,10 +175,11 @@ dns.promises.lookup = function (host, ...rest) { note('lookup ' + host); return 
         responseChecksumValidation: 'WHEN_REQUIRED',
       },
     });
-    const r = await runCli(
-      ['backfill', '-c', cfg, '--log-dir', join(dir, 'net-logs'), '--no-progress', '--run', 'net'],
-      { cwd: dir, env: { RECORD_CONNECTIONS: record }, nodeArgs: ['--import', pathToFileURL(hook).href] },
-    );
+    const r = await runCli(backfillArgs(cfg, join(dir, 'net-logs'), '--no-progress', '--run', 'net'), {
+      cwd: dir,
+      env: { RECORD_CONNECTIONS: record },
+      nodeArgs: ['--import', pathToFileURL(hook).href],
+    });
     expect(r.code, r.stderr).to.equal(0);
     const seen = (await readFile(record, 'utf8')).split('\n').filter(Boolean);
     expect(seen.length, 'connections recorded').to.be.greaterThan(0);
@@ -202,7 +190,7 @@ dns.promises.lookup = function (host, ...rest) { note('lookup ' + host); return 
   it('log and audit files are 0600 in 0700 directories; blob files get fileMode', async () => {
     const logDir = join(dir, 'mode-logs');
     const cfg = await writeConfig(join(dir, 'mode.config.json'), {
-      meta: META,
+      meta: SQLITE_META,
       old: { type: 'fs', root: './old' },
       new: { type: 'fs', root: './new-mode', fileMode: '0640' },
     });
@@ -278,7 +266,7 @@ describe('reliability: filesystem errors', function () {
   it('a file where a directory of the new backend should be (ENOTDIR), a directory where the old blob should be: those blobs are logged (a clear error; "not found" for the directory), the rest are copied, exit 1', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'blobshift-fserr-'));
     try {
-      const blobs = await seeded(dir, 60);
+      const blobs = await seedSqliteOldFs(dir, 60);
       const newRoot = join(dir, 'new');
       // Blob 0's first directory is a file in new (ENOTDIR for every blob below it).
       const first = blobs[0]?.key as string;
@@ -292,16 +280,13 @@ describe('reliability: filesystem errors', function () {
       const hitByFirst = blobs.filter((b) => b.key.split('/')[0] === first.split('/')[0]).map((b) => b.key);
       for (const k of hitByFirst) victims.add(k);
       const cfg = await writeConfig(join(dir, 'c.json'), {
-        meta: META,
+        meta: SQLITE_META,
         old: { type: 'fs', root: './old' },
         new: { type: 'fs', root: './new' },
       });
-      const r = await runCli(
-        ['backfill', '-c', cfg, '--log-dir', join(dir, 'logs'), '--no-progress', '--json'],
-        {
-          cwd: dir,
-        },
-      );
+      const r = await runCli(backfillArgs(cfg, join(dir, 'logs'), '--no-progress', '--json'), {
+        cwd: dir,
+      });
       expect(r.code, r.stderr).to.equal(1);
       const summary = JSON.parse(r.stdout) as {
         copied: number;

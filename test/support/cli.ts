@@ -98,6 +98,14 @@ export function runCli(args: string[], opts: CliOptions = {}): Promise<CliResult
   return startCli(args, opts).done;
 }
 
+/** `backfill -c <config> --log-dir <logDir>`, then `flags` in their order. */
+export function backfillArgs(config: string, logDir: string, ...flags: string[]): string[] {
+  return ['backfill', '-c', config, '--log-dir', logDir, ...flags];
+}
+
+/** The `meta` section of a config for the SQLite database `meta.sqlite` in the CLI's working directory. */
+export const SQLITE_META = { client: 'better-sqlite3', connection: { filename: './meta.sqlite' } };
+
 /** Writes `config` as JSON to `file` (directories created). */
 export async function writeConfig(file: string, config: unknown): Promise<string> {
   await mkdir(dirname(file), { recursive: true });
