@@ -82,7 +82,17 @@ import type {
   PutOptions,
   SignedUrlOptions,
 } from '../../contract/types.js';
+import {
+  describeS3Error,
+  isConditionalConflict,
+  isPreconditionFailed,
+  isS3NotFoundError,
+  refusesAcl,
+  refusesHeader,
+} from './errors.js';
 import { type LeanObjectOutput, type LeanPutInput, LeanS3, leanPutFits } from './lean.js';
+
+export { isS3NotFoundError } from './errors.js';
 
 export const DEFAULT_MAX_SOCKETS = 64;
 export const DEFAULT_CONNECTION_TIMEOUT_MS = 5_000;
@@ -221,73 +231,6 @@ function cannedFromGrants(
   if (has(ALL_USERS, 'READ')) return has(ALL_USERS, 'WRITE') ? 'public-read-write' : 'public-read';
   if (has(AUTHENTICATED_USERS, 'READ')) return 'authenticated-read';
   return undefined;
-}
-
-/** An S3 error saying the bucket takes no ACLs. */
-function refusesAcl(err: unknown): boolean {
-  const name = (err as { name?: unknown } | null)?.name;
-  return name === 'AccessControlListNotSupported';
-}
-
-/**
- * True for an S3 "no such object": `NotFound` (HEAD), `NoSuchKey` (GET), or
- * any HTTP 404 but a missing bucket or multipart upload. A HEAD on a missing
- * bucket is a bare 404 too; preflight checks that buckets exist.
- */
-export function isS3NotFoundError(err: unknown): boolean {
-  if (typeof err !== 'object' || err === null) return false;
-  const e = err as { name?: unknown; Code?: unknown; $metadata?: { httpStatusCode?: unknown } };
-  const name = typeof e.Code === 'string' ? e.Code : e.name;
-  if (name === 'NoSuchBucket' || name === 'NoSuchUpload') return false;
-  if (name === 'NotFound' || name === 'NoSuchKey' || e.name === 'NoSuchKey') return true;
-  return e.$metadata?.httpStatusCode === 404;
-}
-
-/** A 412 answer to a conditional write. */
-function isPreconditionFailed(err: unknown): boolean {
-  if (typeof err !== 'object' || err === null) return false;
-  const e = err as { name?: unknown; $metadata?: { httpStatusCode?: unknown } };
-  return e.name === 'PreconditionFailed' || e.$metadata?.httpStatusCode === 412;
-}
-
-/** A 409 ConditionalRequestConflict: a concurrent conditional write; retry. */
-function isConditionalConflict(err: unknown): boolean {
-  if (typeof err !== 'object' || err === null) return false;
-  const e = err as { name?: unknown; $metadata?: { httpStatusCode?: unknown } };
-  return (
-    e.name === 'ConditionalRequestConflict' ||
-    (e.$metadata?.httpStatusCode === 409 && e.name !== 'BucketAlreadyExists')
-  );
-}
-
-/** A 400 or 501 answer to a request carrying `If-None-Match`: the server does not take the header. */
-function refusesHeader(err: unknown): boolean {
-  if (typeof err !== 'object' || err === null) return false;
-  const e = err as { name?: unknown; $metadata?: { httpStatusCode?: unknown } };
-  const status = e.$metadata?.httpStatusCode;
-  return e.name === 'NotImplemented' || status === 501 || (status === 400 && e.name !== 'InvalidPart');
-}
-
-/** An SDK error's name and message, safe to show. */
-function describeS3Error(err: unknown): string {
-  if (typeof err !== 'object' || err === null) return redactString(String(err));
-  const e = err as { name?: unknown; message?: unknown; $metadata?: { httpStatusCode?: unknown } };
-  const status = typeof e.$metadata?.httpStatusCode === 'number' ? e.$metadata.httpStatusCode : undefined;
-  const name = typeof e.name === 'string' && e.name !== 'Error' && e.name !== 'Unknown' ? e.name : undefined;
-  // A HEAD answer has no body: the SDK can only say "UnknownError".
-  const message =
-    typeof e.message === 'string' && e.message !== '' && e.message !== 'UnknownError' ? e.message : '';
-  const parts: string[] = [];
-  if (name) parts.push(message ? `${name}: ${message}` : name);
-  else if (message) parts.push(message);
-  if (status !== undefined) {
-    parts.push(
-      status === 403 && !message
-        ? '(HTTP 403: access denied; check the credentials and the bucket policy)'
-        : `(HTTP ${status})`,
-    );
-  }
-  return redactString(parts.length > 0 ? parts.join(' ') : 'unknown error');
 }
 
 /** `scheme://host[:port][/path]` of an endpoint, without user info or a trailing slash. */
@@ -944,7 +887,7 @@ export class S3BlobDB implements BlobDB {
    * and these credentials may list it, in one ListObjectsV2 of one key (a
    * server that builds whole pages, like s3rver, answers that fast too).
    */
-  async preflight(): Promise<void> {
+  async preflight(_opts?: { write: boolean }): Promise<void> {
     this.#checkOpen();
     try {
       await this.#client.send(
