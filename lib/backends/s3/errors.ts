@@ -4,10 +4,11 @@
  * what the engine needs to know of them (throttling, credentials), told
  * through the contract when this module loads.
  */
-import { registerErrorKnowledge } from '../../contract/error-knowledge.js';
+import { type ErrorKnowledge, registerErrorKnowledge } from '../../contract/error-knowledge.js';
 import { redactString } from '../../contract/redact.js';
 
-registerErrorKnowledge('s3', {
+/** What the engine reads from S3's error names (see `lib/engine/errors.ts`). */
+export const S3_ERROR_KNOWLEDGE: ErrorKnowledge = {
   // Throttling, a busy or failing server, a request the server timed out,
   // and a concurrent conditional write: a retry may fare better.
   transientNames: [
@@ -29,7 +30,9 @@ registerErrorKnowledge('s3', {
     'TokenRefreshRequired',
     'CredentialsProviderError',
   ],
-});
+};
+
+registerErrorKnowledge('s3', S3_ERROR_KNOWLEDGE);
 
 /** An S3 error saying the bucket takes no ACLs. */
 export function refusesAcl(err: unknown): boolean {
