@@ -4,6 +4,7 @@ import { isAbsolute, relative, resolve, sep } from 'node:path';
 import { z } from 'zod';
 import { mode, nonEmpty, strict } from '../../contract/config-schema.js';
 import type { BackendEntry } from '../entry.js';
+import { FilesystemBlobDB } from './index.js';
 
 export type FsBackendConfig = { type: 'fs'; root: string; fileMode?: number; dirMode?: number };
 
@@ -40,7 +41,6 @@ export const fsEntry: BackendEntry<FsBackendConfig> = {
     };
   },
   async create(cfg) {
-    const { FilesystemBlobDB } = await import('./index.js');
     return new FilesystemBlobDB({
       root: cfg.root,
       ...(cfg.fileMode !== undefined ? { fileMode: cfg.fileMode } : {}),

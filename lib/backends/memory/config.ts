@@ -2,6 +2,7 @@
 import { z } from 'zod';
 import { strict } from '../../contract/config-schema.js';
 import type { BackendEntry } from '../entry.js';
+import { MemoryBlobDB } from './index.js';
 
 export type MemoryBackendConfig = { type: 'memory' };
 
@@ -10,7 +11,6 @@ export const memoryEntry: BackendEntry<MemoryBackendConfig> = {
   schema: strict({ type: z.literal('memory') }),
   normalize: () => ({ type: 'memory' }),
   async create() {
-    const { MemoryBlobDB } = await import('./index.js');
     return new MemoryBlobDB();
   },
   describe: () => 'memory',

@@ -6,6 +6,7 @@ import { keyProblem } from '../../contract/keys.js';
 import { redactString } from '../../contract/redact.js';
 import type { BackendEntry } from '../entry.js';
 import { S3_ERROR_KNOWLEDGE } from './errors.js';
+import { S3BlobDB } from './index.js';
 
 const credentialsSchema = strict({
   accessKeyId: nonEmpty,
@@ -83,7 +84,6 @@ export const s3Entry: BackendEntry<S3BackendConfig> = {
     return b;
   },
   async create(cfg) {
-    const { S3BlobDB } = await import('./index.js');
     const clientConfig = {
       ...(cfg.endpoint !== undefined ? { endpoint: cfg.endpoint } : {}),
       ...(cfg.region !== undefined ? { region: cfg.region } : {}),
