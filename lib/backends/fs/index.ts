@@ -1,7 +1,7 @@
 /**
  * The filesystem backend: one file per blob under a root directory.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { type BigIntStats, constants as fsc } from 'node:fs';
 import {
   type FileHandle,
@@ -10,7 +10,6 @@ import {
   mkdir,
   open,
   opendir,
-  readFile,
   realpath,
   rename,
   rmdir,
@@ -42,11 +41,42 @@ import type {
   BlobWithInfo,
   BulkDeleteResult,
   Capabilities,
-  HttpMeta,
   ListOptions,
   PutOptions,
   SignedUrlOptions,
 } from '../../contract/types.js';
+import {
+  checkMode,
+  firstEntry,
+  isMissing,
+  lstatBig,
+  readIfThere,
+  removeIfStale,
+  renameNoReplace,
+  syncDir,
+  unlinkQuiet,
+  wrap,
+  writeAll,
+  writeDurably,
+} from './files.js';
+import {
+  blobInfo,
+  type Location,
+  META_PREFIX,
+  nameHash,
+  parseSidecar,
+  removeSidecars,
+  SIDECAR_V1,
+  SIDECAR_V2,
+  type Sidecar,
+  sameVersion,
+  sidecarName,
+  sidecarNameV1,
+  stampMtime,
+  type Version,
+} from './sidecars.js';
+
+export { META_PREFIX } from './sidecars.js';
 
 export interface FilesystemBlobDBOptions {
   /** The directory holding the blobs. Created (with `dirMode`) on the first put when missing. */
@@ -59,11 +89,6 @@ export interface FilesystemBlobDBOptions {
 
 /** Temporary files: `.blobshift-tmp-<16 hex>`, in the blob's own directory. */
 export const TEMP_PREFIX = `${RESERVED_PREFIX}tmp-`;
-/**
- * Metadata sidecars: `.blobshift-meta-<32 hex of the name's SHA-256>-s<size>-m<mtime ns>.json`.
- * Sidecars of the first format, `.blobshift-meta-<32 hex>-<inode>.json`, are still read.
- */
-export const META_PREFIX = `${RESERVED_PREFIX}meta-`;
 /** Temporary files and orphaned sidecars older than this are removed when met. */
 export const STALE_TEMP_MS = 60 * 60 * 1000;
 
@@ -75,29 +100,6 @@ const WHOLE_READ_BYTES = 256 * 1024;
 const STAT_BATCH = 64;
 /** Attempts at giving a new blob file a (size, mtime) no other version of its key has. */
 const STAMP_ATTEMPTS = 8;
-
-/**
- * The sidecar's JSON. `size` and `mtimeNs` tie it to one version of the blob
- * file (the name of a version-2 sidecar holds them too; a version-1 sidecar's
- * name holds the file's inode instead).
- */
-interface Sidecar {
-  v: 1 | 2;
-  size: string;
-  mtimeNs: string;
-  contentType?: string;
-  httpMeta?: HttpMeta;
-}
-
-const SIDECAR_V2 = /^\.blobshift-meta-([0-9a-f]{32})-s(\d+)-m(\d+)\.json$/;
-const SIDECAR_V1 = /^\.blobshift-meta-([0-9a-f]{32})-(\d+)\.json$/;
-
-/** Where a key lives: its real directory (checked to be under the root) and file name. */
-interface Location {
-  dir: string;
-  name: string;
-  file: string;
-}
 
 /**
  * A `BlobDB` on a local (or mounted) filesystem.
@@ -900,210 +902,4 @@ export class FilesystemBlobDB implements BlobDB {
       }
     }
   }
-}
-
-// ---------------------------------------------------------------------------
-// helpers
-
-function checkMode(what: string, mode: unknown): number {
-  if (typeof mode !== 'number' || !Number.isInteger(mode) || mode < 0 || mode > 0o7777) {
-    throw new BlobShiftError(
-      `FilesystemBlobDB: ${what} must be a file mode such as 0o644, got ${String(mode)}`,
-    );
-  }
-  return mode;
-}
-
-/** Not found, for a path: ENOENT, or ENOTDIR when a parent is a file. */
-function isMissing(err: unknown): boolean {
-  return isErrnoException(err, 'ENOENT') || isErrnoException(err, 'ENOTDIR');
-}
-
-/** BlobShiftErrors pass through; anything else becomes a BackendError with the key and the cause. */
-function wrap(err: unknown, op: string, key: string): Error {
-  if (err instanceof BlobShiftError) return err;
-  return new BackendError(`FilesystemBlobDB ${op} ${describeKey(key)} failed: ${errorMessage(err)}`, {
-    cause: err,
-    key,
-  });
-}
-
-function lstatBig(p: string) {
-  return lstat(p, { bigint: true });
-}
-
-function nameHash(name: string): string {
-  return createHash('sha256').update(name, 'utf8').digest('hex').slice(0, 32);
-}
-
-/** The version of a blob file: its size and modification time (what a copy that keeps times keeps). */
-interface Version {
-  size: bigint;
-  mtimeNs: bigint;
-}
-
-function sameVersion(a: Version, b: Version): boolean {
-  return a.size === b.size && a.mtimeNs === b.mtimeNs;
-}
-
-/** The sidecar of the blob file `name` at version `v`. */
-function sidecarName(name: string, v: Version): string {
-  return `${META_PREFIX}${nameHash(name)}-s${v.size.toString()}-m${v.mtimeNs.toString()}.json`;
-}
-
-/** A sidecar of the first format, named by the blob file's inode. */
-function sidecarNameV1(name: string, ino: bigint): string {
-  return `${META_PREFIX}${nameHash(name)}-${ino.toString()}.json`;
-}
-
-/**
- * Sets the modification time of a file being written: now, less a random
- * part of a second (in microseconds, what Node passes on), and one second
- * more per earlier attempt, so two versions of a key written in the same
- * clock tick (or on a filesystem with whole-second times) still differ.
- * A filesystem that refuses keeps the time the write gave.
- */
-async function stampMtime(handle: FileHandle, attempt: number): Promise<void> {
-  const now = Date.now() / 1000;
-  const t = Math.round((now - attempt - Math.random()) * 1e6) / 1e6;
-  try {
-    await handle.utimes(now, t);
-  } catch (err) {
-    if (!['EPERM', 'EACCES', 'ENOTSUP', 'EOPNOTSUPP', 'EROFS'].some((c) => isErrnoException(err, c)))
-      throw err;
-  }
-}
-
-/**
- * Removes the sidecars of a blob file that is gone (deleted, or replaced by
- * the version `keep`): the current format's and the first format's.
- */
-async function removeSidecars(
-  dir: string,
-  name: string,
-  gone: Version & { ino: bigint },
-  keep?: Version,
-): Promise<void> {
-  if (keep === undefined || !sameVersion(gone, keep))
-    await unlinkQuiet(path.join(dir, sidecarName(name, gone)));
-  await unlinkQuiet(path.join(dir, sidecarNameV1(name, gone.ino)));
-}
-
-/** What `stat` says of an open blob file: its size and time, and the sidecar's metadata. */
-async function blobInfo(key: string, loc: Location, st: BigIntStats): Promise<BlobInfo> {
-  const out: BlobInfo = { key, size: Number(st.size), lastModified: new Date(Number(st.mtimeMs)) };
-  const meta = await readSidecar(loc, st);
-  if (meta?.contentType !== undefined) out.contentType = meta.contentType;
-  if (meta?.httpMeta !== undefined) out.httpMeta = meta.httpMeta;
-  return out;
-}
-
-/** A sidecar's JSON, when it parses and describes version `v`. */
-function parseSidecar(text: string, v: Version): Sidecar | undefined {
-  let meta: unknown;
-  try {
-    meta = JSON.parse(text);
-  } catch {
-    return undefined; // torn or foreign: no metadata rather than a failed stat
-  }
-  if (typeof meta !== 'object' || meta === null) return undefined;
-  const m = meta as Partial<Sidecar>;
-  if ((m.v !== 1 && m.v !== 2) || m.size !== v.size.toString() || m.mtimeNs !== v.mtimeNs.toString()) {
-    return undefined;
-  }
-  return m as Sidecar;
-}
-
-async function readIfThere(file: string): Promise<string | undefined> {
-  try {
-    return await readFile(file, 'utf8');
-  } catch (err) {
-    if (isMissing(err)) return undefined;
-    throw err;
-  }
-}
-
-/** The metadata of the blob file whose stats are `st`: its sidecar, or a first-format one of its inode. */
-async function readSidecar(loc: Location, st: Version & { ino: bigint }): Promise<Sidecar | undefined> {
-  const text =
-    (await readIfThere(path.join(loc.dir, sidecarName(loc.name, st)))) ??
-    (await readIfThere(path.join(loc.dir, sidecarNameV1(loc.name, st.ino))));
-  return text === undefined ? undefined : parseSidecar(text, st);
-}
-
-async function writeAll(handle: FileHandle, data: Uint8Array): Promise<void> {
-  let at = 0;
-  while (at < data.length) {
-    const { bytesWritten } = await handle.write(data, at, data.length - at);
-    at += bytesWritten;
-  }
-}
-
-/** Writes a small file and fsyncs it; `exclusive`: EEXIST when the name is taken. */
-async function writeDurably(file: string, text: string, mode: number, exclusive = false): Promise<void> {
-  const handle = await open(file, exclusive ? 'wx' : 'w', mode);
-  try {
-    await handle.chmod(mode);
-    await writeAll(handle, Buffer.from(text, 'utf8'));
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-/** fsync of a directory, so a rename in it survives a crash. Filesystems that refuse it are skipped. */
-async function syncDir(dir: string): Promise<void> {
-  let handle: FileHandle | undefined;
-  try {
-    handle = await open(dir, fsc.O_RDONLY);
-    await handle.sync();
-  } catch (err) {
-    if (!['EINVAL', 'ENOTSUP', 'EISDIR', 'EPERM', 'EBADF'].some((c) => isErrnoException(err, c))) throw err;
-  } finally {
-    await handle?.close().catch(() => undefined);
-  }
-}
-
-async function unlinkQuiet(file: string): Promise<void> {
-  try {
-    await unlink(file);
-  } catch {
-    // Already gone, or cleanup will find it.
-  }
-}
-
-/** Renames `from` to `to` unless `to` exists (link, then unlink): false when `to` was taken. */
-async function renameNoReplace(from: string, to: string): Promise<boolean> {
-  try {
-    await link(from, to);
-  } catch (err) {
-    if (isErrnoException(err, 'EEXIST')) return false;
-    throw err;
-  }
-  await unlinkQuiet(from);
-  return true;
-}
-
-/** Removes `file` when it is a regular file last modified before `cutoff`. */
-async function removeIfStale(file: string, cutoff: number): Promise<boolean> {
-  try {
-    const st = await lstat(file);
-    if (!st.isFile() || st.mtimeMs >= cutoff) return false;
-    await unlink(file);
-    return true;
-  } catch {
-    return false; // gone already, or a read-only tree
-  }
-}
-
-/** The first non-reserved entry of a directory (with '/' for a directory), for messages. */
-async function firstEntry(dir: string): Promise<string | undefined> {
-  try {
-    for await (const d of await opendir(dir)) {
-      if (!d.name.startsWith(RESERVED_PREFIX)) return d.isDirectory() ? `${d.name}/` : d.name;
-    }
-  } catch {
-    // Best effort only.
-  }
-  return undefined;
 }
