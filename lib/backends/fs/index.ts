@@ -6,7 +6,6 @@ import { type BigIntStats, constants as fsc } from 'node:fs';
 import {
   type FileHandle,
   link,
-  lstat,
   mkdir,
   open,
   opendir,
@@ -33,7 +32,7 @@ import {
   NotSupportedError,
   SizeMismatchError,
 } from '../../contract/errors.js';
-import { isValidKey, RESERVED_PREFIX, validateKey, validatePrefix } from '../../contract/keys.js';
+import { validateKey, validatePrefix } from '../../contract/keys.js';
 import type {
   BlobBody,
   BlobDB,
@@ -45,14 +44,12 @@ import type {
   PutOptions,
   SignedUrlOptions,
 } from '../../contract/types.js';
+import { cleanupTree } from './cleanup.js';
 import {
   checkMode,
   firstEntry,
   isMissing,
   lstatBig,
-  readIfThere,
-  removeIfStale,
-  renameNoReplace,
   syncDir,
   unlinkQuiet,
   wrap,
@@ -62,21 +59,16 @@ import {
 import {
   blobInfo,
   type Location,
-  META_PREFIX,
-  nameHash,
-  parseSidecar,
   removeSidecars,
-  SIDECAR_V1,
-  SIDECAR_V2,
   type Sidecar,
   sameVersion,
   sidecarName,
-  sidecarNameV1,
   stampMtime,
-  type Version,
 } from './sidecars.js';
+import { TEMP_PREFIX, walkTree } from './walk.js';
 
 export { META_PREFIX } from './sidecars.js';
+export { TEMP_PREFIX } from './walk.js';
 
 export interface FilesystemBlobDBOptions {
   /** The directory holding the blobs. Created (with `dirMode`) on the first put when missing. */
@@ -87,8 +79,6 @@ export interface FilesystemBlobDBOptions {
   dirMode?: number;
 }
 
-/** Temporary files: `.blobshift-tmp-<16 hex>`, in the blob's own directory. */
-export const TEMP_PREFIX = `${RESERVED_PREFIX}tmp-`;
 /** Temporary files and orphaned sidecars older than this are removed when met. */
 export const STALE_TEMP_MS = 60 * 60 * 1000;
 
@@ -97,7 +87,6 @@ const TEMP_FLAGS = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | (fsc.O_NOFOLLOW ?? 
 const DELETE_CONCURRENCY = 16;
 /** `getWithInfo` reads a blob up to this size in one read instead of streaming it. */
 const WHOLE_READ_BYTES = 256 * 1024;
-const STAT_BATCH = 64;
 /** Attempts at giving a new blob file a (size, mtime) no other version of its key has. */
 const STAMP_ATTEMPTS = 8;
 
@@ -356,7 +345,7 @@ export class FilesystemBlobDB implements BlobDB {
     }
     // A symbolic link on the way: list does not follow links.
     if (real !== literal) return;
-    yield* this.#walk(real, startRel, prefix, startAfter, Date.now() - STALE_TEMP_MS);
+    yield* walkTree(real, startRel, prefix, startAfter, Date.now() - STALE_TEMP_MS);
   }
 
   /**
@@ -400,97 +389,11 @@ export class FilesystemBlobDB implements BlobDB {
     const root = await this.#getRoot(false);
     if (root === undefined) return { removed: 0, migrated: 0 };
     const cutoff = Date.now() - (opts.olderThanMs ?? STALE_TEMP_MS);
-    let removed = 0;
-    let migrated = 0;
-    const visit = async (dir: string): Promise<void> => {
-      const files: string[] = [];
-      const dirs: string[] = [];
-      const temps: string[] = [];
-      const sidecars: string[] = [];
-      try {
-        for await (const d of await opendir(dir)) {
-          if (d.name.startsWith(TEMP_PREFIX)) temps.push(d.name);
-          else if (d.name.startsWith(META_PREFIX)) sidecars.push(d.name);
-          else if (d.name.startsWith(RESERVED_PREFIX)) continue;
-          else if (d.isDirectory()) dirs.push(d.name);
-          else if (d.isFile()) files.push(d.name);
-        }
-      } catch (err) {
-        if (isMissing(err)) return;
-        throw err;
-      }
-      for (const name of temps) if (await removeIfStale(path.join(dir, name), cutoff)) removed++;
-      if (sidecars.length > 0) {
-        const byHash = new Map(files.map((f) => [nameHash(f), f]));
-        const owners = new Map<string, BigIntStats | undefined>();
-        const ownerStat = async (owner: string): Promise<BigIntStats | undefined> => {
-          if (!owners.has(owner)) {
-            const st = await lstatBig(path.join(dir, owner)).catch(() => undefined);
-            owners.set(owner, st?.isFile() ? st : undefined);
-          }
-          return owners.get(owner);
-        };
-        const present = new Set(sidecars);
-        for (const name of sidecars) {
-          const file = path.join(dir, name);
-          const v2 = SIDECAR_V2.exec(name);
-          const v1 = v2 ? undefined : SIDECAR_V1.exec(name);
-          const owner = byHash.get(((v2 ?? v1)?.[1] ?? '') as string);
-          const st = owner === undefined ? undefined : await ownerStat(owner);
-          let described: Version | undefined;
-          if (v2) {
-            described = { size: BigInt(v2[2] as string), mtimeNs: BigInt(v2[3] as string) };
-            if (st && sameVersion(st, described)) continue;
-          } else if (v1 && st) {
-            const text = await readIfThere(file);
-            const meta = text === undefined ? undefined : parseSidecar(text, st);
-            if (meta !== undefined && owner !== undefined) {
-              // The first format, describing the blob that is there (in place, or
-              // copied with its times): renamed to the current format, unless the
-              // blob has a sidecar of that format already.
-              const target = sidecarName(owner, st);
-              if (!present.has(target) && (await renameNoReplace(file, path.join(dir, target)))) {
-                present.add(target);
-                migrated++;
-                continue;
-              }
-            }
-            if (st.ino.toString() === v1[2]) continue;
-            if (text !== undefined) {
-              try {
-                const m = JSON.parse(text) as Partial<Sidecar>;
-                if (
-                  typeof m.size === 'string' &&
-                  /^\d+$/.test(m.size) &&
-                  typeof m.mtimeNs === 'string' &&
-                  /^\d+$/.test(m.mtimeNs)
-                )
-                  described = { size: BigInt(m.size), mtimeNs: BigInt(m.mtimeNs) };
-              } catch {
-                // Torn: an orphan.
-              }
-            }
-          }
-          // Maybe this blob's metadata, after a copy that lost modification
-          // times: kept, unless the blob has its own.
-          if (st && described && described.size === st.size && owner !== undefined) {
-            const own = present.has(sidecarName(owner, st)) || present.has(sidecarNameV1(owner, st.ino));
-            if (!own) continue;
-          }
-          if (await removeIfStale(file, cutoff)) {
-            removed++;
-            present.delete(name);
-          }
-        }
-      }
-      for (const name of dirs) await visit(path.join(dir, name));
-    };
     try {
-      await visit(root);
+      return await cleanupTree(root, cutoff);
     } catch (err) {
       throw wrap(err, 'cleanupTemp', '');
     }
-    return { removed, migrated };
   }
 
   async close(): Promise<void> {}
@@ -810,96 +713,4 @@ export class FilesystemBlobDB implements BlobDB {
    * ending in '/') in byte order, filtered by `prefix` and `startAfter`.
    * Stale temp files met on the way are removed.
    */
-  async *#walk(
-    abs: string,
-    rel: string,
-    prefix: string,
-    startAfter: string | undefined,
-    staleBefore: number,
-  ): AsyncGenerator<BlobInfo> {
-    interface Entry {
-      name: string;
-      sortKey: Buffer;
-      dir: boolean;
-      /** For directories: the startAfter to carry down (undefined when the whole subtree follows it). */
-      after?: string | undefined;
-    }
-    const entries: Entry[] = [];
-    const temps: string[] = [];
-    const afterBytes = startAfter === undefined ? undefined : Buffer.from(startAfter, 'utf8');
-    try {
-      for await (const d of await opendir(abs, { bufferSize: 256 })) {
-        const name = d.name;
-        if (name.startsWith(RESERVED_PREFIX)) {
-          if (name.startsWith(TEMP_PREFIX)) temps.push(name);
-          continue;
-        }
-        let isDir = d.isDirectory();
-        let isFile = d.isFile();
-        if (!isDir && !isFile && !d.isSymbolicLink() && !d.isFIFO() && !d.isSocket()) {
-          // The filesystem did not say (DT_UNKNOWN): ask.
-          const st = await lstat(path.join(abs, name)).catch(() => undefined);
-          isDir = st?.isDirectory() ?? false;
-          isFile = st?.isFile() ?? false;
-        }
-        if (isFile) {
-          const key = rel + name;
-          if (!key.startsWith(prefix)) continue;
-          const sortKey = Buffer.from(key, 'utf8');
-          if (afterBytes !== undefined && Buffer.compare(sortKey, afterBytes) <= 0) continue;
-          entries.push({ name, sortKey, dir: false });
-        } else if (isDir) {
-          const sub = `${rel}${name}/`;
-          if (!sub.startsWith(prefix) && !prefix.startsWith(sub)) continue;
-          const sortKey = Buffer.from(sub, 'utf8');
-          let after: string | undefined;
-          if (
-            startAfter !== undefined &&
-            afterBytes !== undefined &&
-            Buffer.compare(sortKey, afterBytes) <= 0
-          ) {
-            // Every key below `sub` starts with it: the subtree is either wholly
-            // before startAfter, or startAfter falls inside it.
-            if (!startAfter.startsWith(sub)) continue;
-            after = startAfter;
-          }
-          entries.push({ name, sortKey, dir: true, after });
-        }
-      }
-    } catch (err) {
-      if (isMissing(err)) return; // removed while we walked
-      throw wrap(err, 'list', rel);
-    }
-    for (const name of temps) await removeIfStale(path.join(abs, name), staleBefore);
-    entries.sort((a, b) => Buffer.compare(a.sortKey, b.sortKey));
-
-    for (let i = 0; i < entries.length; ) {
-      const entry = entries[i] as Entry;
-      if (entry.dir) {
-        i++;
-        yield* this.#walk(
-          path.join(abs, entry.name),
-          `${rel}${entry.name}/`,
-          prefix,
-          entry.after,
-          staleBefore,
-        );
-        continue;
-      }
-      // A run of files: stat them a batch at a time.
-      const batch: Entry[] = [];
-      while (i < entries.length && batch.length < STAT_BATCH && !(entries[i] as Entry).dir) {
-        batch.push(entries[i] as Entry);
-        i++;
-      }
-      const stats = await Promise.all(batch.map((e) => lstat(path.join(abs, e.name)).catch(() => undefined)));
-      for (const [j, e] of batch.entries()) {
-        const st = stats[j];
-        const key = rel + e.name;
-        // Gone since the directory was read, or a name that is no valid key (made by something else).
-        if (!st?.isFile() || !isValidKey(key)) continue;
-        yield { key, size: st.size, lastModified: st.mtime };
-      }
-    }
-  }
 }
