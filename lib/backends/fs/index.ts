@@ -17,8 +17,7 @@ import {
 } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import { ByteCounter, bodyBuffer, isValidSize } from '../../contract/body.js';
+import { bodyBuffer, isValidSize } from '../../contract/body.js';
 import {
   BackendError,
   BlobExistsError,
@@ -45,27 +44,10 @@ import type {
   SignedUrlOptions,
 } from '../../contract/types.js';
 import { cleanupTree } from './cleanup.js';
-import {
-  checkMode,
-  firstEntry,
-  isMissing,
-  lstatBig,
-  syncDir,
-  unlinkQuiet,
-  wrap,
-  writeAll,
-  writeDurably,
-} from './files.js';
-import {
-  blobInfo,
-  type Location,
-  removeSidecars,
-  type Sidecar,
-  sameVersion,
-  sidecarName,
-  stampMtime,
-} from './sidecars.js';
+import { checkMode, firstEntry, isMissing, lstatBig, syncDir, unlinkQuiet, wrap } from './files.js';
+import { blobInfo, type Location, removeSidecars } from './sidecars.js';
 import { TEMP_PREFIX, walkTree } from './walk.js';
+import { stampVersion, writeBody } from './write.js';
 
 export { META_PREFIX } from './sidecars.js';
 export { TEMP_PREFIX } from './walk.js';
@@ -88,7 +70,7 @@ const DELETE_CONCURRENCY = 16;
 /** `getWithInfo` reads a blob up to this size in one read instead of streaming it. */
 const WHOLE_READ_BYTES = 256 * 1024;
 /** Attempts at giving a new blob file a (size, mtime) no other version of its key has. */
-const STAMP_ATTEMPTS = 8;
+const _STAMP_ATTEMPTS = 8;
 
 /**
  * A `BlobDB` on a local (or mounted) filesystem.
@@ -407,73 +389,18 @@ export class FilesystemBlobDB implements BlobDB {
     if (!overwrite && (await this.exists(key))) throw new BlobExistsError(key);
     const segments = key.split('/');
     const name = segments.pop() as string;
-    let dir = await this.#ensureDir(key, segments);
-    let tmp = '';
-    let handle: FileHandle | undefined;
-    for (let attempt = 0; handle === undefined; attempt++) {
-      tmp = path.join(dir, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
-      try {
-        handle = await open(tmp, TEMP_FLAGS, this.#fileMode);
-      } catch (err) {
-        // A concurrent delete pruned the (then empty) directory: create it again.
-        if (isErrnoException(err, 'ENOENT') && attempt < 5) {
-          dir = await this.#ensureDir(key, segments);
-          continue;
-        }
-        if (isErrnoException(err, 'ENOTDIR')) throw await this.#conflictAbove(key, segments, err);
-        throw err;
-      }
-    }
+    const temp = await this.#openTemp(key, segments);
+    const { dir, tmp } = temp;
+    let handle: FileHandle | undefined = temp.handle;
     let sidecar: string | undefined;
     let committed = false;
     try {
       await handle.chmod(this.#fileMode);
-      if (known !== undefined) {
-        await writeAll(handle, known);
-      } else {
-        const fh = handle;
-        await pipeline(
-          body as Readable,
-          new ByteCounter(key, opts.size),
-          async (source: AsyncIterable<Buffer>) => {
-            for await (const chunk of source) await writeAll(fh, chunk);
-          },
-        );
-      }
+      await writeBody(handle, key, body, known, opts.size);
       const target = path.join(dir, name);
-      const withMeta = opts.contentType !== undefined || opts.httpMeta !== undefined;
-      // This version's identity is its (size, mtime): stamp one that no
-      // present blob or sidecar of the key has, then create the sidecar under it.
-      let st: BigIntStats | undefined;
-      let meta: Sidecar | undefined;
-      for (let attempt = 0; st === undefined; attempt++) {
-        if (attempt >= STAMP_ATTEMPTS) {
-          throw new BackendError(
-            `put ${describeKey(key)}: could not give the new file a modification time no other version of the key has`,
-            { key },
-          );
-        }
-        await stampMtime(handle, attempt);
-        await handle.sync();
-        const stamped = await handle.stat({ bigint: true });
-        const current = await lstatBig(target).catch(() => undefined);
-        if (current?.isFile() && current.ino !== stamped.ino && sameVersion(current, stamped)) continue;
-        if (withMeta) {
-          const m: Sidecar = { v: 2, size: stamped.size.toString(), mtimeNs: stamped.mtimeNs.toString() };
-          if (opts.contentType !== undefined) m.contentType = opts.contentType;
-          if (opts.httpMeta !== undefined) m.httpMeta = opts.httpMeta;
-          const file = path.join(dir, sidecarName(name, stamped));
-          try {
-            await writeDurably(file, JSON.stringify(m), this.#fileMode, true);
-          } catch (err) {
-            if (isErrnoException(err, 'EEXIST')) continue;
-            throw err;
-          }
-          sidecar = file;
-          meta = m;
-        }
-        st = stamped;
-      }
+      const version = await stampVersion(handle, { key, dir, name, target, opts, fileMode: this.#fileMode });
+      sidecar = version.sidecar;
+      const { st, meta } = version;
       await handle.close();
       handle = undefined;
 
@@ -508,6 +435,33 @@ export class FilesystemBlobDB implements BlobDB {
         await this.#prune(dir);
       }
       throw err;
+    }
+  }
+
+  /**
+   * Creates a new temp file in the directory of `key` (created as needed),
+   * exclusively, with the blob file mode. A directory a concurrent delete
+   * pruned is created again; a file where a directory should be is a
+   * `KeyConflictError`.
+   */
+  async #openTemp(
+    key: string,
+    segments: string[],
+  ): Promise<{ dir: string; tmp: string; handle: FileHandle }> {
+    let dir = await this.#ensureDir(key, segments);
+    for (let attempt = 0; ; attempt++) {
+      const tmp = path.join(dir, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
+      try {
+        return { dir, tmp, handle: await open(tmp, TEMP_FLAGS, this.#fileMode) };
+      } catch (err) {
+        // A concurrent delete pruned the (then empty) directory: create it again.
+        if (isErrnoException(err, 'ENOENT') && attempt < 5) {
+          dir = await this.#ensureDir(key, segments);
+          continue;
+        }
+        if (isErrnoException(err, 'ENOTDIR')) throw await this.#conflictAbove(key, segments, err);
+        throw err;
+      }
     }
   }
 
