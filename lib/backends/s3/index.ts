@@ -334,10 +334,10 @@ export class S3BlobDB implements BlobDB {
    */
   async resolveIdentity(): Promise<{ endpoint: string; accessKeyId: string | undefined }> {
     await this.#resolving;
-    const config = this.#client?.config as unknown as
-      | { credentials?: () => Promise<{ accessKeyId?: string }> }
-      | undefined;
-    if (this.#accessKeyId === undefined && typeof config?.credentials === 'function') {
+    const config = (await this.#ready()).client.config as unknown as {
+      credentials?: () => Promise<{ accessKeyId?: string }>;
+    };
+    if (this.#accessKeyId === undefined && typeof config.credentials === 'function') {
       try {
         const identity = await config.credentials();
         if (typeof identity.accessKeyId === 'string') this.#accessKeyId = identity.accessKeyId;
@@ -391,7 +391,6 @@ export class S3BlobDB implements BlobDB {
     // Answered already (every put with overwrite: false asks): no await.
     if (this.#conditional !== undefined && (opts.copyFrom === undefined || this.#copyProbed))
       return this.capabilities;
-    await this.#ready();
     const { endpoint } = await this.resolveIdentity();
     const cacheKey = probeKey(endpoint, this.#bucket);
     if (this.#conditional === undefined) this.#conditional = await conditionalPutSupport(this.#ctx, cacheKey);
