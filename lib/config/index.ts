@@ -14,102 +14,39 @@
  * - Secrets (S3 secret keys and session tokens, database passwords, passwords
  *   inside URLs) are registered with the redactor as they are read, and never
  *   appear in a `ConfigError`. Print the config with `redact(loaded.config)`.
+ * - Each backend's section, builder, description and same-place rule are
+ *   its own (`lib/backends/<type>/config.ts`), listed in
+ *   `lib/backends/registry.ts`; this module knows no backend by name.
  * - Heavy modules load only in the builders that need them: knex when the
- *   metadata is opened, the AWS SDK when an S3 backend is built. The other
- *   modules are light and imported statically, so errors they throw are the
- *   same classes callers import.
+ *   metadata is opened, a backend's module (the AWS SDK for S3) when it is
+ *   built.
  */
-import { realpathSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { dirname, isAbsolute, relative, resolve, sep } from 'node:path';
+import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
 import { MigratingBlobDB } from '../app/migrating.js';
-import { FilesystemBlobDB } from '../backends/fs/index.js';
-import { MemoryBlobDB } from '../backends/memory/index.js';
+import {
+  BACKEND_TYPES,
+  type BackendConfig,
+  backendSchema,
+  createBackend,
+  normalizeBackend as normalizeSection,
+} from '../backends/registry.js';
+import { bool, didYouMean, int, nonEmpty, strict } from '../contract/config-schema.js';
 import { ConfigError, isErrnoException } from '../contract/errors.js';
-import { keyProblem } from '../contract/keys.js';
 import type { ColumnMap, MetaOpenOptions } from '../contract/meta.js';
 import { redactString, registerSecret } from '../contract/redact.js';
 import type { BlobDB } from '../contract/types.js';
 import { MetaDB } from '../meta/index.js';
 import { IDENTIFIER, MAX_TABLE_NAME } from '../meta/schema.js';
 
+export { didYouMean, editDistance } from '../contract/config-schema.js';
+
 /** The config file the CLI reads when `-c` is not given. */
 export const DEFAULT_CONFIG_FILE = 'blobshift.config.json';
 
 // ---------------------------------------------------------------------------
-// Did-you-mean
-
-/**
- * Edit distance between two short strings: insertions, deletions,
- * substitutions and swaps of neighbours (`nwe` → `new` is 1), each costing 1.
- */
-export function editDistance(a: string, b: string): number {
-  const rows: number[][] = [];
-  for (let i = 0; i <= a.length; i++) {
-    const row: number[] = [i];
-    for (let j = 1; j <= b.length; j++) {
-      if (i === 0) {
-        row.push(j);
-        continue;
-      }
-      const above = rows[i - 1] as number[];
-      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
-      let d = Math.min((above[j] as number) + 1, (row[j - 1] as number) + 1, (above[j - 1] as number) + cost);
-      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
-        d = Math.min(d, ((rows[i - 2] as number[])[j - 2] as number) + 1);
-      }
-      row.push(d);
-    }
-    rows.push(row);
-  }
-  return (rows[a.length] as number[])[b.length] as number;
-}
-
-/** The allowed word closest to `word`, when it is close enough to be a likely typo. */
-export function didYouMean(word: string, allowed: readonly string[]): string | undefined {
-  let best: string | undefined;
-  let bestDistance = Number.POSITIVE_INFINITY;
-  for (const candidate of allowed) {
-    const d = candidate.toLowerCase() === word.toLowerCase() ? 0 : editDistance(word, candidate);
-    if (d < bestDistance) {
-      best = candidate;
-      bestDistance = d;
-    }
-  }
-  const limit = word.length <= 3 ? 1 : Math.max(2, Math.floor(word.length / 3));
-  return bestDistance <= limit ? best : undefined;
-}
-
-function unknownKeyMessage(key: string, allowed: readonly string[]): string {
-  const guess = didYouMean(key, allowed);
-  return (
-    `unknown key "${key}"` +
-    (guess !== undefined ? `; did you mean "${guess}"?` : '') +
-    ` (allowed: ${allowed.join(', ')})`
-  );
-}
-
-// ---------------------------------------------------------------------------
 // Schema
-
-/** A strict object whose unknown keys get a did-you-mean message. */
-function strict<T extends z.ZodRawShape>(shape: T) {
-  const allowed = Object.keys(shape);
-  return z.strictObject(shape, {
-    error: (iss) =>
-      iss.code === 'unrecognized_keys' ? unknownKeyMessage(String(iss.keys[0]), allowed) : undefined,
-  });
-}
-
-const intFromString = (v: unknown) => (typeof v === 'string' && /^-?\d+$/.test(v.trim()) ? Number(v) : v);
-const boolFromString = (v: unknown) => (v === 'true' ? true : v === 'false' ? false : v);
-
-function int(min: number, max = Number.MAX_SAFE_INTEGER) {
-  return z.preprocess(intFromString, z.number().int().min(min).max(max));
-}
-const bool = z.preprocess(boolFromString, z.boolean());
-const nonEmpty = z.string().min(1, { error: 'must not be empty' });
 
 const identifier = (max: number) =>
   z
@@ -118,19 +55,6 @@ const identifier = (max: number) =>
       error: 'must be a plain SQL name: letters, digits and "_", not starting with a digit',
     })
     .max(max);
-
-/** `"0644"` (octal string) or a number of mode bits (0–0o777). */
-const mode = z.preprocess(
-  (v) => {
-    if (typeof v === 'string' && /^0?[0-7]{3}$/.test(v.trim())) return Number.parseInt(v.trim(), 8);
-    return v;
-  },
-  z
-    .number({ error: 'must be an octal string such as "0644"' })
-    .int()
-    .min(0)
-    .max(0o777, { error: 'is not a file mode: write it as an octal string, e.g. "0644"' }),
-);
 
 const columnsSchema = strict({
   id: identifier(64),
@@ -248,65 +172,6 @@ const pgMeta = strict({
   ...metaCommon,
 });
 
-const credentialsSchema = strict({
-  accessKeyId: nonEmpty,
-  secretAccessKey: nonEmpty,
-  sessionToken: nonEmpty.optional(),
-});
-
-const checksumMode = z.enum(['WHEN_SUPPORTED', 'WHEN_REQUIRED']);
-
-const fsBackend = strict({
-  type: z.literal('fs'),
-  root: nonEmpty,
-  fileMode: mode.optional(),
-  dirMode: mode.optional(),
-});
-
-const s3Backend = strict({
-  type: z.literal('s3'),
-  bucket: nonEmpty.regex(/^[^/\s]+$/, {
-    error: 'must be a bucket name (no "/" or spaces); use prefix for a path',
-  }),
-  prefix: z.string().optional(),
-  endpoint: z
-    .string()
-    .refine((s) => /^https?:\/\/[^/]/.test(s), { error: 'must be an http:// or https:// URL' })
-    .optional(),
-  region: nonEmpty.optional(),
-  forcePathStyle: bool.optional(),
-  credentials: credentialsSchema.optional(),
-  requestChecksumCalculation: checksumMode.optional(),
-  responseChecksumValidation: checksumMode.optional(),
-  maxSockets: int(1).optional(),
-  connectionTimeoutMs: int(1).optional(),
-  requestTimeoutMs: int(1).optional(),
-  maxAttempts: int(1, 100).optional(),
-  partSize: int(5 * 1024 * 1024).optional(),
-  queueSize: int(1, 1000).optional(),
-  /** A canned ACL on every object written (puts, multipart, server-side copies). */
-  acl: z
-    .enum([
-      'private',
-      'public-read',
-      'public-read-write',
-      'authenticated-read',
-      'aws-exec-read',
-      'bucket-owner-read',
-      'bucket-owner-full-control',
-    ])
-    .optional(),
-  /** Read each object's ACL with its info (one GetObjectAcl more a blob), so copies carry a public one. */
-  readAcl: bool.optional(),
-});
-
-/** In-process memory: for tests only; nothing survives the process. */
-const memoryBackend = strict({ type: z.literal('memory') });
-
-const BACKEND_TYPES = ['fs', 's3', 'memory'];
-
-const backendSchema = z.discriminatedUnion('type', [fsBackend, s3Backend, memoryBackend]);
-
 /**
  * The Redis queue of `--queue` (scale-out over workers): its URL, and its
  * password kept out of the command line (where `ps` shows it), usually as
@@ -332,10 +197,12 @@ const configSchema = strict({
 // ---------------------------------------------------------------------------
 // Types
 
-export type FsBackendConfig = { type: 'fs'; root: string; fileMode?: number; dirMode?: number };
-export type S3BackendConfig = z.output<typeof s3Backend>;
-export type MemoryBackendConfig = { type: 'memory' };
-export type BackendConfig = FsBackendConfig | S3BackendConfig | MemoryBackendConfig;
+export type {
+  BackendConfig,
+  FsBackendConfig,
+  MemoryBackendConfig,
+  S3BackendConfig,
+} from '../backends/registry.js';
 
 export type MysqlConnectionConfig = z.output<typeof mysqlConnection>;
 export type PgConnectionConfig = z.output<typeof pgConnection>;
@@ -688,29 +555,11 @@ function parseMeta(raw: unknown, baseDir: string): MetaConfig {
 }
 
 function normalizeBackend(
-  b: z.output<typeof backendSchema> | undefined,
+  b: { type: string } | undefined,
   baseDir: string,
   path: string,
 ): BackendConfig | undefined {
-  if (b === undefined) return undefined;
-  if (b.type === 'fs') {
-    return {
-      type: 'fs',
-      root: resolve(baseDir, b.root),
-      ...(b.fileMode !== undefined ? { fileMode: b.fileMode as number } : {}),
-      ...(b.dirMode !== undefined ? { dirMode: b.dirMode as number } : {}),
-    };
-  }
-  if (b.type === 's3') {
-    if (b.prefix !== undefined && b.prefix !== '') {
-      const probe = b.prefix.endsWith('/') ? `${b.prefix}x` : b.prefix;
-      const problem = keyProblem(probe);
-      if (problem !== undefined)
-        throw new ConfigError(`${path}.prefix`, `is not a valid key prefix: ${problem}`);
-    }
-    return b;
-  }
-  return { type: 'memory' };
+  return b === undefined ? undefined : normalizeSection(b, { baseDir, path });
 }
 
 /**
@@ -899,46 +748,6 @@ export async function loadConfig(file: string, opts: ConfigOptions = {}): Promis
 // ---------------------------------------------------------------------------
 // Builders
 
-async function buildBackend(cfg: BackendConfig): Promise<BlobDB> {
-  if (cfg.type === 'fs') {
-    return new FilesystemBlobDB({
-      root: cfg.root,
-      ...(cfg.fileMode !== undefined ? { fileMode: cfg.fileMode } : {}),
-      ...(cfg.dirMode !== undefined ? { dirMode: cfg.dirMode } : {}),
-    });
-  }
-  if (cfg.type === 's3') {
-    const { S3BlobDB } = await import('../backends/s3/index.js');
-    const clientConfig = {
-      ...(cfg.endpoint !== undefined ? { endpoint: cfg.endpoint } : {}),
-      ...(cfg.region !== undefined ? { region: cfg.region } : {}),
-      ...(cfg.forcePathStyle !== undefined ? { forcePathStyle: cfg.forcePathStyle } : {}),
-      // A copy: the SDK annotates the credentials object it is given.
-      ...(cfg.credentials !== undefined ? { credentials: { ...cfg.credentials } } : {}),
-      ...(cfg.requestChecksumCalculation !== undefined
-        ? { requestChecksumCalculation: cfg.requestChecksumCalculation }
-        : {}),
-      ...(cfg.responseChecksumValidation !== undefined
-        ? { responseChecksumValidation: cfg.responseChecksumValidation }
-        : {}),
-      ...(cfg.maxAttempts !== undefined ? { maxAttempts: cfg.maxAttempts } : {}),
-    };
-    return new S3BlobDB({
-      bucket: cfg.bucket,
-      ...(cfg.prefix !== undefined ? { prefix: cfg.prefix } : {}),
-      clientConfig,
-      ...(cfg.maxSockets !== undefined ? { maxSockets: cfg.maxSockets } : {}),
-      ...(cfg.connectionTimeoutMs !== undefined ? { connectionTimeoutMs: cfg.connectionTimeoutMs } : {}),
-      ...(cfg.requestTimeoutMs !== undefined ? { requestTimeoutMs: cfg.requestTimeoutMs } : {}),
-      ...(cfg.partSize !== undefined ? { partSize: cfg.partSize } : {}),
-      ...(cfg.queueSize !== undefined ? { queueSize: cfg.queueSize } : {}),
-      ...(cfg.acl !== undefined ? { acl: cfg.acl } : {}),
-      ...(cfg.readAcl !== undefined ? { readAcl: cfg.readAcl } : {}),
-    });
-  }
-  return new MemoryBlobDB();
-}
-
 /** What `MetaDB.open` takes from the `meta` section besides the knex config. */
 export function metaOpenOptions(m: MetaConfig): MetaOpenOptions {
   return {
@@ -991,13 +800,13 @@ class Loaded implements LoadedConfig {
 
   buildOld(): Promise<BlobDB | undefined> {
     const cfg = this.config.old;
-    this.#old ??= cfg === undefined ? Promise.resolve(undefined) : buildBackend(cfg);
+    this.#old ??= cfg === undefined ? Promise.resolve(undefined) : createBackend(cfg);
     return this.#old;
   }
 
   buildNew(): Promise<BlobDB | undefined> {
     const cfg = this.config.new;
-    this.#new ??= cfg === undefined ? Promise.resolve(undefined) : buildBackend(cfg);
+    this.#new ??= cfg === undefined ? Promise.resolve(undefined) : createBackend(cfg);
     return this.#new;
   }
 
@@ -1018,64 +827,6 @@ class Loaded implements LoadedConfig {
 }
 
 // ---------------------------------------------------------------------------
-// Describing and comparing backends
+// Describing and comparing backends (each backend's own, through the registry)
 
-/** A short, secret-free description for messages: `fs:/srv/blobs`, `s3://bucket/prefix at http://host:9000`. */
-export function describeBackend(cfg: BackendConfig): string {
-  if (cfg.type === 'fs') return `fs:${cfg.root}`;
-  if (cfg.type === 'memory') return 'memory';
-  const where =
-    cfg.endpoint !== undefined
-      ? ` at ${redactString(cfg.endpoint)}`
-      : ` at AWS S3${cfg.region !== undefined ? ` (${cfg.region})` : ''}`;
-  return `s3://${cfg.bucket}/${cfg.prefix ?? ''}${where}`;
-}
-
-function realOrResolved(p: string): string {
-  try {
-    return realpathSync(p);
-  } catch {
-    return resolve(p);
-  }
-}
-
-function inside(parent: string, child: string): boolean {
-  const rel = relative(parent, child);
-  return rel === '' || (!rel.startsWith(`..${sep}`) && rel !== '..' && !isAbsolute(rel));
-}
-
-function endpointId(endpoint: string | undefined): string {
-  if (endpoint === undefined) return 'aws';
-  try {
-    const u = new URL(endpoint);
-    return `${u.protocol}//${u.host}`.toLowerCase();
-  } catch {
-    return endpoint.toLowerCase();
-  }
-}
-
-function normalPrefix(prefix: string | undefined): string {
-  if (prefix === undefined || prefix === '') return '';
-  return prefix.endsWith('/') ? prefix : `${prefix}/`;
-}
-
-/**
- * True when two backends could hold the same blobs: the same or nested
- * filesystem roots (symlinks resolved where the paths exist), or the same
- * endpoint and bucket with overlapping prefixes. Copying between them, or
- * cleaning one after the other, would destroy data.
- */
-export function sameLocation(a: BackendConfig, b: BackendConfig): boolean {
-  if (a.type === 'fs' && b.type === 'fs') {
-    const ra = realOrResolved(a.root);
-    const rb = realOrResolved(b.root);
-    return inside(ra, rb) || inside(rb, ra);
-  }
-  if (a.type === 's3' && b.type === 's3') {
-    if (endpointId(a.endpoint) !== endpointId(b.endpoint) || a.bucket !== b.bucket) return false;
-    const pa = normalPrefix(a.prefix);
-    const pb = normalPrefix(b.prefix);
-    return pa.startsWith(pb) || pb.startsWith(pa);
-  }
-  return false;
-}
+export { describeBackend, sameLocation } from '../backends/registry.js';

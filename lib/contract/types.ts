@@ -214,6 +214,16 @@ export interface BlobDB {
    */
   probeCapabilities?(opts?: { copyFrom?: BlobDB }): Promise<Capabilities>;
 
+  /**
+   * Optional: the backend's own check, before a command touches anything,
+   * that it answers and these credentials may use it (S3: the bucket exists
+   * and may be listed, in one one-key ListObjectsV2). Rejects with the
+   * backend's error when it does not. `write: true` asks for a check fit for
+   * a command that will write (the write probe itself is the engine's).
+   * Absent: preflight lists the first key instead.
+   */
+  preflight?(opts: { write: boolean }): Promise<void>;
+
   /** Releases sockets, handles and timers. The instance is unusable afterwards. */
   close(): Promise<void>;
 }

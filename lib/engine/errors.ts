@@ -1,8 +1,12 @@
 /**
  * How the engine reads an error: retry it (transient), give up on that blob
  * (permanent), or stop the run because the infrastructure is gone.
- * Backends wrap native errors as `cause`; these guards walk the chain.
+ * Backends wrap native errors as `cause`; these guards walk the chain. The
+ * names and codes of a driver (S3's throttling and credential errors, the
+ * database drivers' lost connections) are the knowledge of the layer that
+ * owns the driver, registered through `lib/contract/error-knowledge.ts`.
  */
+import { codeFromError, knownErrors } from '../contract/error-knowledge.js';
 import { isBlobShiftError } from '../contract/errors.js';
 import { redactString } from '../contract/redact.js';
 
@@ -29,15 +33,10 @@ const FULL_ERRNO = new Set(['ENOSPC', 'EDQUOT', 'EROFS']);
 const PERMANENT_ERRNO = new Set(['EACCES', 'EPERM', 'ENOTDIR', 'EISDIR', 'ENAMETOOLONG', 'ELOOP', 'EINVAL']);
 
 /**
- * The pg driver's errors for a connection that is gone carry no code (the
- * next query on a connection the server ended, or one whose socket closed):
- * they are recognised by their message and given this one.
+ * The network is not there: retried, and a run of them means the
+ * infrastructure is lost. Drivers add their own codes (MySQL's, PostgreSQL's
+ * SQLSTATEs) through `registerErrorKnowledge`.
  */
-const PG_CONNECTION_LOST = 'PG_CONNECTION_LOST';
-const PG_LOST_MESSAGE =
-  /\bConnection terminated( unexpectedly)?$|Client has encountered a connection error and is not queryable|Connection ended unexpectedly/;
-
-/** The network or the server is not there: retried, and a run of them means the infrastructure is lost. */
 const CONNECTION_ERRNO = new Set([
   'ECONNREFUSED',
   'ECONNRESET',
@@ -49,45 +48,24 @@ const CONNECTION_ERRNO = new Set([
   'ENETUNREACH',
   'ECONNABORTED',
   'EHOSTDOWN',
-  'PROTOCOL_CONNECTION_LOST',
-  'ER_SERVER_SHUTDOWN',
-  // PostgreSQL SQLSTATEs: connection exceptions (class 08); the server ended
-  // the session (admin_shutdown: pg_terminate_backend, a failover;
-  // crash_shutdown) or cannot take it yet (cannot_connect_now: starting up).
-  '08000',
-  '08001',
-  '08003',
-  '08004',
-  '08006',
-  '08007',
-  '08P01',
-  '57P01',
-  '57P02',
-  '57P03',
-  PG_CONNECTION_LOST,
 ]);
 
-const TRANSIENT_NAMES = new Set([
-  'TimeoutError',
-  'RequestTimeout',
-  'RequestTimeoutException',
-  'SlowDown',
-  'Throttling',
-  'ThrottlingException',
-  'InternalError',
-  'ServiceUnavailable',
-  'ConditionalRequestConflict',
-  'KnexTimeoutError',
-]);
+/**
+ * A timeout (`AbortSignal.timeout`, an HTTP handler's socket timeout):
+ * retried, and a run of them means the infrastructure is lost. Drivers add
+ * their own timeout names.
+ */
+const TIMEOUT_NAMES = new Set(['TimeoutError']);
 
-const AUTH_NAMES = new Set([
-  'InvalidAccessKeyId',
-  'SignatureDoesNotMatch',
-  'ExpiredToken',
-  'InvalidToken',
-  'TokenRefreshRequired',
-  'CredentialsProviderError',
-]);
+const known = knownErrors();
+
+function isConnectionCode(errno: string): boolean {
+  return CONNECTION_ERRNO.has(errno) || known.connectionCodes.has(errno);
+}
+
+function isTimeoutName(name: string): boolean {
+  return TIMEOUT_NAMES.has(name) || known.timeoutNames.has(name);
+}
 
 export interface ErrorFacts {
   errno?: string;
@@ -109,7 +87,7 @@ export function errorFacts(err: unknown): ErrorFacts {
     };
     if (isBlobShiftError(cur)) facts.code ??= cur.code;
     else if (typeof e.code === 'string') facts.errno ??= e.code;
-    else if (cur instanceof Error && PG_LOST_MESSAGE.test(cur.message)) facts.errno ??= PG_CONNECTION_LOST;
+    else if (cur instanceof Error) facts.errno ??= codeFromError(cur);
     if (typeof e.name === 'string' && e.name !== 'Error' && !isBlobShiftError(cur)) facts.name ??= e.name;
     const status = e.$metadata?.httpStatusCode;
     if (typeof status === 'number') facts.httpStatus ??= status;
@@ -123,9 +101,9 @@ export function isTransientError(err: unknown): boolean {
   const f = errorFacts(err);
   if (f.code && PERMANENT_CODES.has(f.code)) return false;
   if (f.errno && (PERMANENT_ERRNO.has(f.errno) || FULL_ERRNO.has(f.errno))) return false;
-  if (f.errno && CONNECTION_ERRNO.has(f.errno)) return true;
-  if (f.name && TRANSIENT_NAMES.has(f.name)) return true;
-  if (f.name && AUTH_NAMES.has(f.name)) return false;
+  if (f.errno && isConnectionCode(f.errno)) return true;
+  if (f.name && (isTimeoutName(f.name) || known.transientNames.has(f.name))) return true;
+  if (f.name && known.authNames.has(f.name)) return false;
   if (f.httpStatus !== undefined) return f.httpStatus >= 500 || f.httpStatus === 429 || f.httpStatus === 408;
   // Unknown failures (a stream cut short, a parse error of a truncated response): retry.
   return true;
@@ -141,9 +119,9 @@ export function isInfrastructureError(err: unknown): boolean {
   if (f.code === 'E_INFRASTRUCTURE') return true;
   if (f.errno && FULL_ERRNO.has(f.errno)) return true;
   if (f.code && PERMANENT_CODES.has(f.code)) return false;
-  if (f.errno && CONNECTION_ERRNO.has(f.errno)) return true;
-  if (f.name && AUTH_NAMES.has(f.name)) return true;
-  if (f.name === 'TimeoutError' || f.name === 'KnexTimeoutError') return true;
+  if (f.errno && isConnectionCode(f.errno)) return true;
+  if (f.name && known.authNames.has(f.name)) return true;
+  if (f.name && isTimeoutName(f.name)) return true;
   if (f.httpStatus !== undefined) return f.httpStatus >= 500 || f.httpStatus === 403;
   return false;
 }

@@ -10,12 +10,6 @@ import type { MetaStore } from '../contract/meta.js';
 import type { BlobDB } from '../contract/types.js';
 import { shortError } from './errors.js';
 
-/** A backend may offer its own checks (S3: bucket and capability probes). */
-interface Probeable {
-  preflight?(opts: { write: boolean }): Promise<void>;
-  probeCapabilities?(): Promise<unknown>;
-}
-
 export interface PreflightOptions {
   meta?: MetaStore;
   oldDb?: BlobDB;
@@ -61,8 +55,7 @@ export async function preflight(opts: PreflightOptions): Promise<void> {
     const name = names[side];
     try {
       // A backend's own check (S3: a one-key listing) is cheaper than a first listing page.
-      const probe = db as BlobDB & Probeable;
-      if (typeof probe.preflight === 'function') await probe.preflight({ write: false });
+      if (db.preflight) await db.preflight({ write: false });
       else for await (const _ of db.list()) break;
     } catch (err) {
       throw new PreflightError(name, `it cannot be listed: ${shortError(err)}`, { cause: err });
@@ -87,8 +80,7 @@ async function writeProbe(
   sweep: boolean,
 ) {
   try {
-    const probe = newDb as BlobDB & Probeable;
-    if (typeof probe.probeCapabilities === 'function') await probe.probeCapabilities();
+    await newDb.probeCapabilities?.();
     if (sweep) await sweepProbes(newDb);
   } catch (err) {
     throw new PreflightError(names.new, `a test write failed: ${shortError(err)}`, { cause: err });

@@ -5,6 +5,7 @@
  */
 import { access } from 'node:fs/promises';
 import type { Knex } from 'knex';
+import { registerErrorKnowledge } from '../contract/error-knowledge.js';
 import {
   BlobShiftError,
   ConfigError,
@@ -115,6 +116,44 @@ function isMysqlClient(client: unknown): boolean {
 function isPgClient(client: unknown): boolean {
   return client === 'pg' || client === 'postgres' || client === 'postgresql';
 }
+
+/**
+ * The database drivers' errors, told to the engine (`lib/engine/errors.ts`)
+ * through the contract: which codes mean a lost connection, which names a
+ * timeout. Registered when this module loads, before any knex exists.
+ */
+const PG_CONNECTION_LOST = 'PG_CONNECTION_LOST';
+/**
+ * The pg driver's errors for a connection that is gone carry no code (the
+ * next query on a connection the server ended, or one whose socket closed):
+ * they are recognised by their message and given `PG_CONNECTION_LOST`.
+ */
+const PG_LOST_MESSAGE =
+  /\bConnection terminated( unexpectedly)?$|Client has encountered a connection error and is not queryable|Connection ended unexpectedly/;
+
+registerErrorKnowledge('meta', {
+  timeoutNames: ['KnexTimeoutError'],
+  connectionCodes: [
+    // MySQL/MariaDB (mysql2): the connection dropped, the server shut down.
+    'PROTOCOL_CONNECTION_LOST',
+    'ER_SERVER_SHUTDOWN',
+    // PostgreSQL SQLSTATEs: connection exceptions (class 08); the server ended
+    // the session (admin_shutdown: pg_terminate_backend, a failover;
+    // crash_shutdown) or cannot take it yet (cannot_connect_now: starting up).
+    '08000',
+    '08001',
+    '08003',
+    '08004',
+    '08006',
+    '08007',
+    '08P01',
+    '57P01',
+    '57P02',
+    '57P03',
+    PG_CONNECTION_LOST,
+  ],
+  codeOf: (err) => (PG_LOST_MESSAGE.test(err.message) ? PG_CONNECTION_LOST : undefined),
+});
 
 /** How blobshift's connections show in `pg_stat_activity` unless the config names them otherwise. */
 export const PG_APPLICATION_NAME = 'blobshift';

@@ -1,16 +1,14 @@
 /**
  * The filesystem backend: one file per blob under a root directory.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { type BigIntStats, constants as fsc } from 'node:fs';
 import {
   type FileHandle,
   link,
-  lstat,
   mkdir,
   open,
   opendir,
-  readFile,
   realpath,
   rename,
   rmdir,
@@ -19,8 +17,7 @@ import {
 } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import { ByteCounter, bodyBuffer, isValidSize } from '../../contract/body.js';
+import { bodyBuffer, isValidSize } from '../../contract/body.js';
 import {
   BackendError,
   BlobExistsError,
@@ -34,7 +31,7 @@ import {
   NotSupportedError,
   SizeMismatchError,
 } from '../../contract/errors.js';
-import { isValidKey, RESERVED_PREFIX, validateKey, validatePrefix } from '../../contract/keys.js';
+import { validateKey, validatePrefix } from '../../contract/keys.js';
 import type {
   BlobBody,
   BlobDB,
@@ -42,11 +39,18 @@ import type {
   BlobWithInfo,
   BulkDeleteResult,
   Capabilities,
-  HttpMeta,
   ListOptions,
   PutOptions,
   SignedUrlOptions,
 } from '../../contract/types.js';
+import { cleanupTree } from './cleanup.js';
+import { checkMode, firstEntry, isMissing, lstatBig, syncDir, unlinkQuiet, wrap } from './files.js';
+import { blobInfo, type Location, removeSidecars } from './sidecars.js';
+import { TEMP_PREFIX, walkTree } from './walk.js';
+import { stampVersion, writeBody } from './write.js';
+
+export { META_PREFIX } from './sidecars.js';
+export { TEMP_PREFIX } from './walk.js';
 
 export interface FilesystemBlobDBOptions {
   /** The directory holding the blobs. Created (with `dirMode`) on the first put when missing. */
@@ -57,13 +61,6 @@ export interface FilesystemBlobDBOptions {
   dirMode?: number;
 }
 
-/** Temporary files: `.blobshift-tmp-<16 hex>`, in the blob's own directory. */
-export const TEMP_PREFIX = `${RESERVED_PREFIX}tmp-`;
-/**
- * Metadata sidecars: `.blobshift-meta-<32 hex of the name's SHA-256>-s<size>-m<mtime ns>.json`.
- * Sidecars of the first format, `.blobshift-meta-<32 hex>-<inode>.json`, are still read.
- */
-export const META_PREFIX = `${RESERVED_PREFIX}meta-`;
 /** Temporary files and orphaned sidecars older than this are removed when met. */
 export const STALE_TEMP_MS = 60 * 60 * 1000;
 
@@ -72,32 +69,8 @@ const TEMP_FLAGS = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | (fsc.O_NOFOLLOW ?? 
 const DELETE_CONCURRENCY = 16;
 /** `getWithInfo` reads a blob up to this size in one read instead of streaming it. */
 const WHOLE_READ_BYTES = 256 * 1024;
-const STAT_BATCH = 64;
 /** Attempts at giving a new blob file a (size, mtime) no other version of its key has. */
-const STAMP_ATTEMPTS = 8;
-
-/**
- * The sidecar's JSON. `size` and `mtimeNs` tie it to one version of the blob
- * file (the name of a version-2 sidecar holds them too; a version-1 sidecar's
- * name holds the file's inode instead).
- */
-interface Sidecar {
-  v: 1 | 2;
-  size: string;
-  mtimeNs: string;
-  contentType?: string;
-  httpMeta?: HttpMeta;
-}
-
-const SIDECAR_V2 = /^\.blobshift-meta-([0-9a-f]{32})-s(\d+)-m(\d+)\.json$/;
-const SIDECAR_V1 = /^\.blobshift-meta-([0-9a-f]{32})-(\d+)\.json$/;
-
-/** Where a key lives: its real directory (checked to be under the root) and file name. */
-interface Location {
-  dir: string;
-  name: string;
-  file: string;
-}
+const _STAMP_ATTEMPTS = 8;
 
 /**
  * A `BlobDB` on a local (or mounted) filesystem.
@@ -354,7 +327,7 @@ export class FilesystemBlobDB implements BlobDB {
     }
     // A symbolic link on the way: list does not follow links.
     if (real !== literal) return;
-    yield* this.#walk(real, startRel, prefix, startAfter, Date.now() - STALE_TEMP_MS);
+    yield* walkTree(real, startRel, prefix, startAfter, Date.now() - STALE_TEMP_MS);
   }
 
   /**
@@ -398,97 +371,11 @@ export class FilesystemBlobDB implements BlobDB {
     const root = await this.#getRoot(false);
     if (root === undefined) return { removed: 0, migrated: 0 };
     const cutoff = Date.now() - (opts.olderThanMs ?? STALE_TEMP_MS);
-    let removed = 0;
-    let migrated = 0;
-    const visit = async (dir: string): Promise<void> => {
-      const files: string[] = [];
-      const dirs: string[] = [];
-      const temps: string[] = [];
-      const sidecars: string[] = [];
-      try {
-        for await (const d of await opendir(dir)) {
-          if (d.name.startsWith(TEMP_PREFIX)) temps.push(d.name);
-          else if (d.name.startsWith(META_PREFIX)) sidecars.push(d.name);
-          else if (d.name.startsWith(RESERVED_PREFIX)) continue;
-          else if (d.isDirectory()) dirs.push(d.name);
-          else if (d.isFile()) files.push(d.name);
-        }
-      } catch (err) {
-        if (isMissing(err)) return;
-        throw err;
-      }
-      for (const name of temps) if (await removeIfStale(path.join(dir, name), cutoff)) removed++;
-      if (sidecars.length > 0) {
-        const byHash = new Map(files.map((f) => [nameHash(f), f]));
-        const owners = new Map<string, BigIntStats | undefined>();
-        const ownerStat = async (owner: string): Promise<BigIntStats | undefined> => {
-          if (!owners.has(owner)) {
-            const st = await lstatBig(path.join(dir, owner)).catch(() => undefined);
-            owners.set(owner, st?.isFile() ? st : undefined);
-          }
-          return owners.get(owner);
-        };
-        const present = new Set(sidecars);
-        for (const name of sidecars) {
-          const file = path.join(dir, name);
-          const v2 = SIDECAR_V2.exec(name);
-          const v1 = v2 ? undefined : SIDECAR_V1.exec(name);
-          const owner = byHash.get(((v2 ?? v1)?.[1] ?? '') as string);
-          const st = owner === undefined ? undefined : await ownerStat(owner);
-          let described: Version | undefined;
-          if (v2) {
-            described = { size: BigInt(v2[2] as string), mtimeNs: BigInt(v2[3] as string) };
-            if (st && sameVersion(st, described)) continue;
-          } else if (v1 && st) {
-            const text = await readIfThere(file);
-            const meta = text === undefined ? undefined : parseSidecar(text, st);
-            if (meta !== undefined && owner !== undefined) {
-              // The first format, describing the blob that is there (in place, or
-              // copied with its times): renamed to the current format, unless the
-              // blob has a sidecar of that format already.
-              const target = sidecarName(owner, st);
-              if (!present.has(target) && (await renameNoReplace(file, path.join(dir, target)))) {
-                present.add(target);
-                migrated++;
-                continue;
-              }
-            }
-            if (st.ino.toString() === v1[2]) continue;
-            if (text !== undefined) {
-              try {
-                const m = JSON.parse(text) as Partial<Sidecar>;
-                if (
-                  typeof m.size === 'string' &&
-                  /^\d+$/.test(m.size) &&
-                  typeof m.mtimeNs === 'string' &&
-                  /^\d+$/.test(m.mtimeNs)
-                )
-                  described = { size: BigInt(m.size), mtimeNs: BigInt(m.mtimeNs) };
-              } catch {
-                // Torn: an orphan.
-              }
-            }
-          }
-          // Maybe this blob's metadata, after a copy that lost modification
-          // times: kept, unless the blob has its own.
-          if (st && described && described.size === st.size && owner !== undefined) {
-            const own = present.has(sidecarName(owner, st)) || present.has(sidecarNameV1(owner, st.ino));
-            if (!own) continue;
-          }
-          if (await removeIfStale(file, cutoff)) {
-            removed++;
-            present.delete(name);
-          }
-        }
-      }
-      for (const name of dirs) await visit(path.join(dir, name));
-    };
     try {
-      await visit(root);
+      return await cleanupTree(root, cutoff);
     } catch (err) {
       throw wrap(err, 'cleanupTemp', '');
     }
-    return { removed, migrated };
   }
 
   async close(): Promise<void> {}
@@ -502,73 +389,18 @@ export class FilesystemBlobDB implements BlobDB {
     if (!overwrite && (await this.exists(key))) throw new BlobExistsError(key);
     const segments = key.split('/');
     const name = segments.pop() as string;
-    let dir = await this.#ensureDir(key, segments);
-    let tmp = '';
-    let handle: FileHandle | undefined;
-    for (let attempt = 0; handle === undefined; attempt++) {
-      tmp = path.join(dir, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
-      try {
-        handle = await open(tmp, TEMP_FLAGS, this.#fileMode);
-      } catch (err) {
-        // A concurrent delete pruned the (then empty) directory: create it again.
-        if (isErrnoException(err, 'ENOENT') && attempt < 5) {
-          dir = await this.#ensureDir(key, segments);
-          continue;
-        }
-        if (isErrnoException(err, 'ENOTDIR')) throw await this.#conflictAbove(key, segments, err);
-        throw err;
-      }
-    }
+    const temp = await this.#openTemp(key, segments);
+    const { dir, tmp } = temp;
+    let handle: FileHandle | undefined = temp.handle;
     let sidecar: string | undefined;
     let committed = false;
     try {
       await handle.chmod(this.#fileMode);
-      if (known !== undefined) {
-        await writeAll(handle, known);
-      } else {
-        const fh = handle;
-        await pipeline(
-          body as Readable,
-          new ByteCounter(key, opts.size),
-          async (source: AsyncIterable<Buffer>) => {
-            for await (const chunk of source) await writeAll(fh, chunk);
-          },
-        );
-      }
+      await writeBody(handle, key, body, known, opts.size);
       const target = path.join(dir, name);
-      const withMeta = opts.contentType !== undefined || opts.httpMeta !== undefined;
-      // This version's identity is its (size, mtime): stamp one that no
-      // present blob or sidecar of the key has, then create the sidecar under it.
-      let st: BigIntStats | undefined;
-      let meta: Sidecar | undefined;
-      for (let attempt = 0; st === undefined; attempt++) {
-        if (attempt >= STAMP_ATTEMPTS) {
-          throw new BackendError(
-            `put ${describeKey(key)}: could not give the new file a modification time no other version of the key has`,
-            { key },
-          );
-        }
-        await stampMtime(handle, attempt);
-        await handle.sync();
-        const stamped = await handle.stat({ bigint: true });
-        const current = await lstatBig(target).catch(() => undefined);
-        if (current?.isFile() && current.ino !== stamped.ino && sameVersion(current, stamped)) continue;
-        if (withMeta) {
-          const m: Sidecar = { v: 2, size: stamped.size.toString(), mtimeNs: stamped.mtimeNs.toString() };
-          if (opts.contentType !== undefined) m.contentType = opts.contentType;
-          if (opts.httpMeta !== undefined) m.httpMeta = opts.httpMeta;
-          const file = path.join(dir, sidecarName(name, stamped));
-          try {
-            await writeDurably(file, JSON.stringify(m), this.#fileMode, true);
-          } catch (err) {
-            if (isErrnoException(err, 'EEXIST')) continue;
-            throw err;
-          }
-          sidecar = file;
-          meta = m;
-        }
-        st = stamped;
-      }
+      const version = await stampVersion(handle, { key, dir, name, target, opts, fileMode: this.#fileMode });
+      sidecar = version.sidecar;
+      const { st, meta } = version;
       await handle.close();
       handle = undefined;
 
@@ -603,6 +435,33 @@ export class FilesystemBlobDB implements BlobDB {
         await this.#prune(dir);
       }
       throw err;
+    }
+  }
+
+  /**
+   * Creates a new temp file in the directory of `key` (created as needed),
+   * exclusively, with the blob file mode. A directory a concurrent delete
+   * pruned is created again; a file where a directory should be is a
+   * `KeyConflictError`.
+   */
+  async #openTemp(
+    key: string,
+    segments: string[],
+  ): Promise<{ dir: string; tmp: string; handle: FileHandle }> {
+    let dir = await this.#ensureDir(key, segments);
+    for (let attempt = 0; ; attempt++) {
+      const tmp = path.join(dir, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
+      try {
+        return { dir, tmp, handle: await open(tmp, TEMP_FLAGS, this.#fileMode) };
+      } catch (err) {
+        // A concurrent delete pruned the (then empty) directory: create it again.
+        if (isErrnoException(err, 'ENOENT') && attempt < 5) {
+          dir = await this.#ensureDir(key, segments);
+          continue;
+        }
+        if (isErrnoException(err, 'ENOTDIR')) throw await this.#conflictAbove(key, segments, err);
+        throw err;
+      }
     }
   }
 
@@ -808,302 +667,4 @@ export class FilesystemBlobDB implements BlobDB {
    * ending in '/') in byte order, filtered by `prefix` and `startAfter`.
    * Stale temp files met on the way are removed.
    */
-  async *#walk(
-    abs: string,
-    rel: string,
-    prefix: string,
-    startAfter: string | undefined,
-    staleBefore: number,
-  ): AsyncGenerator<BlobInfo> {
-    interface Entry {
-      name: string;
-      sortKey: Buffer;
-      dir: boolean;
-      /** For directories: the startAfter to carry down (undefined when the whole subtree follows it). */
-      after?: string | undefined;
-    }
-    const entries: Entry[] = [];
-    const temps: string[] = [];
-    const afterBytes = startAfter === undefined ? undefined : Buffer.from(startAfter, 'utf8');
-    try {
-      for await (const d of await opendir(abs, { bufferSize: 256 })) {
-        const name = d.name;
-        if (name.startsWith(RESERVED_PREFIX)) {
-          if (name.startsWith(TEMP_PREFIX)) temps.push(name);
-          continue;
-        }
-        let isDir = d.isDirectory();
-        let isFile = d.isFile();
-        if (!isDir && !isFile && !d.isSymbolicLink() && !d.isFIFO() && !d.isSocket()) {
-          // The filesystem did not say (DT_UNKNOWN): ask.
-          const st = await lstat(path.join(abs, name)).catch(() => undefined);
-          isDir = st?.isDirectory() ?? false;
-          isFile = st?.isFile() ?? false;
-        }
-        if (isFile) {
-          const key = rel + name;
-          if (!key.startsWith(prefix)) continue;
-          const sortKey = Buffer.from(key, 'utf8');
-          if (afterBytes !== undefined && Buffer.compare(sortKey, afterBytes) <= 0) continue;
-          entries.push({ name, sortKey, dir: false });
-        } else if (isDir) {
-          const sub = `${rel}${name}/`;
-          if (!sub.startsWith(prefix) && !prefix.startsWith(sub)) continue;
-          const sortKey = Buffer.from(sub, 'utf8');
-          let after: string | undefined;
-          if (
-            startAfter !== undefined &&
-            afterBytes !== undefined &&
-            Buffer.compare(sortKey, afterBytes) <= 0
-          ) {
-            // Every key below `sub` starts with it: the subtree is either wholly
-            // before startAfter, or startAfter falls inside it.
-            if (!startAfter.startsWith(sub)) continue;
-            after = startAfter;
-          }
-          entries.push({ name, sortKey, dir: true, after });
-        }
-      }
-    } catch (err) {
-      if (isMissing(err)) return; // removed while we walked
-      throw wrap(err, 'list', rel);
-    }
-    for (const name of temps) await removeIfStale(path.join(abs, name), staleBefore);
-    entries.sort((a, b) => Buffer.compare(a.sortKey, b.sortKey));
-
-    for (let i = 0; i < entries.length; ) {
-      const entry = entries[i] as Entry;
-      if (entry.dir) {
-        i++;
-        yield* this.#walk(
-          path.join(abs, entry.name),
-          `${rel}${entry.name}/`,
-          prefix,
-          entry.after,
-          staleBefore,
-        );
-        continue;
-      }
-      // A run of files: stat them a batch at a time.
-      const batch: Entry[] = [];
-      while (i < entries.length && batch.length < STAT_BATCH && !(entries[i] as Entry).dir) {
-        batch.push(entries[i] as Entry);
-        i++;
-      }
-      const stats = await Promise.all(batch.map((e) => lstat(path.join(abs, e.name)).catch(() => undefined)));
-      for (const [j, e] of batch.entries()) {
-        const st = stats[j];
-        const key = rel + e.name;
-        // Gone since the directory was read, or a name that is no valid key (made by something else).
-        if (!st?.isFile() || !isValidKey(key)) continue;
-        yield { key, size: st.size, lastModified: st.mtime };
-      }
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------
-// helpers
-
-function checkMode(what: string, mode: unknown): number {
-  if (typeof mode !== 'number' || !Number.isInteger(mode) || mode < 0 || mode > 0o7777) {
-    throw new BlobShiftError(
-      `FilesystemBlobDB: ${what} must be a file mode such as 0o644, got ${String(mode)}`,
-    );
-  }
-  return mode;
-}
-
-/** Not found, for a path: ENOENT, or ENOTDIR when a parent is a file. */
-function isMissing(err: unknown): boolean {
-  return isErrnoException(err, 'ENOENT') || isErrnoException(err, 'ENOTDIR');
-}
-
-/** BlobShiftErrors pass through; anything else becomes a BackendError with the key and the cause. */
-function wrap(err: unknown, op: string, key: string): Error {
-  if (err instanceof BlobShiftError) return err;
-  return new BackendError(`FilesystemBlobDB ${op} ${describeKey(key)} failed: ${errorMessage(err)}`, {
-    cause: err,
-    key,
-  });
-}
-
-function lstatBig(p: string) {
-  return lstat(p, { bigint: true });
-}
-
-function nameHash(name: string): string {
-  return createHash('sha256').update(name, 'utf8').digest('hex').slice(0, 32);
-}
-
-/** The version of a blob file: its size and modification time (what a copy that keeps times keeps). */
-interface Version {
-  size: bigint;
-  mtimeNs: bigint;
-}
-
-function sameVersion(a: Version, b: Version): boolean {
-  return a.size === b.size && a.mtimeNs === b.mtimeNs;
-}
-
-/** The sidecar of the blob file `name` at version `v`. */
-function sidecarName(name: string, v: Version): string {
-  return `${META_PREFIX}${nameHash(name)}-s${v.size.toString()}-m${v.mtimeNs.toString()}.json`;
-}
-
-/** A sidecar of the first format, named by the blob file's inode. */
-function sidecarNameV1(name: string, ino: bigint): string {
-  return `${META_PREFIX}${nameHash(name)}-${ino.toString()}.json`;
-}
-
-/**
- * Sets the modification time of a file being written: now, less a random
- * part of a second (in microseconds, what Node passes on), and one second
- * more per earlier attempt, so two versions of a key written in the same
- * clock tick (or on a filesystem with whole-second times) still differ.
- * A filesystem that refuses keeps the time the write gave.
- */
-async function stampMtime(handle: FileHandle, attempt: number): Promise<void> {
-  const now = Date.now() / 1000;
-  const t = Math.round((now - attempt - Math.random()) * 1e6) / 1e6;
-  try {
-    await handle.utimes(now, t);
-  } catch (err) {
-    if (!['EPERM', 'EACCES', 'ENOTSUP', 'EOPNOTSUPP', 'EROFS'].some((c) => isErrnoException(err, c)))
-      throw err;
-  }
-}
-
-/**
- * Removes the sidecars of a blob file that is gone (deleted, or replaced by
- * the version `keep`): the current format's and the first format's.
- */
-async function removeSidecars(
-  dir: string,
-  name: string,
-  gone: Version & { ino: bigint },
-  keep?: Version,
-): Promise<void> {
-  if (keep === undefined || !sameVersion(gone, keep))
-    await unlinkQuiet(path.join(dir, sidecarName(name, gone)));
-  await unlinkQuiet(path.join(dir, sidecarNameV1(name, gone.ino)));
-}
-
-/** What `stat` says of an open blob file: its size and time, and the sidecar's metadata. */
-async function blobInfo(key: string, loc: Location, st: BigIntStats): Promise<BlobInfo> {
-  const out: BlobInfo = { key, size: Number(st.size), lastModified: new Date(Number(st.mtimeMs)) };
-  const meta = await readSidecar(loc, st);
-  if (meta?.contentType !== undefined) out.contentType = meta.contentType;
-  if (meta?.httpMeta !== undefined) out.httpMeta = meta.httpMeta;
-  return out;
-}
-
-/** A sidecar's JSON, when it parses and describes version `v`. */
-function parseSidecar(text: string, v: Version): Sidecar | undefined {
-  let meta: unknown;
-  try {
-    meta = JSON.parse(text);
-  } catch {
-    return undefined; // torn or foreign: no metadata rather than a failed stat
-  }
-  if (typeof meta !== 'object' || meta === null) return undefined;
-  const m = meta as Partial<Sidecar>;
-  if ((m.v !== 1 && m.v !== 2) || m.size !== v.size.toString() || m.mtimeNs !== v.mtimeNs.toString()) {
-    return undefined;
-  }
-  return m as Sidecar;
-}
-
-async function readIfThere(file: string): Promise<string | undefined> {
-  try {
-    return await readFile(file, 'utf8');
-  } catch (err) {
-    if (isMissing(err)) return undefined;
-    throw err;
-  }
-}
-
-/** The metadata of the blob file whose stats are `st`: its sidecar, or a first-format one of its inode. */
-async function readSidecar(loc: Location, st: Version & { ino: bigint }): Promise<Sidecar | undefined> {
-  const text =
-    (await readIfThere(path.join(loc.dir, sidecarName(loc.name, st)))) ??
-    (await readIfThere(path.join(loc.dir, sidecarNameV1(loc.name, st.ino))));
-  return text === undefined ? undefined : parseSidecar(text, st);
-}
-
-async function writeAll(handle: FileHandle, data: Uint8Array): Promise<void> {
-  let at = 0;
-  while (at < data.length) {
-    const { bytesWritten } = await handle.write(data, at, data.length - at);
-    at += bytesWritten;
-  }
-}
-
-/** Writes a small file and fsyncs it; `exclusive`: EEXIST when the name is taken. */
-async function writeDurably(file: string, text: string, mode: number, exclusive = false): Promise<void> {
-  const handle = await open(file, exclusive ? 'wx' : 'w', mode);
-  try {
-    await handle.chmod(mode);
-    await writeAll(handle, Buffer.from(text, 'utf8'));
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-/** fsync of a directory, so a rename in it survives a crash. Filesystems that refuse it are skipped. */
-async function syncDir(dir: string): Promise<void> {
-  let handle: FileHandle | undefined;
-  try {
-    handle = await open(dir, fsc.O_RDONLY);
-    await handle.sync();
-  } catch (err) {
-    if (!['EINVAL', 'ENOTSUP', 'EISDIR', 'EPERM', 'EBADF'].some((c) => isErrnoException(err, c))) throw err;
-  } finally {
-    await handle?.close().catch(() => undefined);
-  }
-}
-
-async function unlinkQuiet(file: string): Promise<void> {
-  try {
-    await unlink(file);
-  } catch {
-    // Already gone, or cleanup will find it.
-  }
-}
-
-/** Renames `from` to `to` unless `to` exists (link, then unlink): false when `to` was taken. */
-async function renameNoReplace(from: string, to: string): Promise<boolean> {
-  try {
-    await link(from, to);
-  } catch (err) {
-    if (isErrnoException(err, 'EEXIST')) return false;
-    throw err;
-  }
-  await unlinkQuiet(from);
-  return true;
-}
-
-/** Removes `file` when it is a regular file last modified before `cutoff`. */
-async function removeIfStale(file: string, cutoff: number): Promise<boolean> {
-  try {
-    const st = await lstat(file);
-    if (!st.isFile() || st.mtimeMs >= cutoff) return false;
-    await unlink(file);
-    return true;
-  } catch {
-    return false; // gone already, or a read-only tree
-  }
-}
-
-/** The first non-reserved entry of a directory (with '/' for a directory), for messages. */
-async function firstEntry(dir: string): Promise<string | undefined> {
-  try {
-    for await (const d of await opendir(dir)) {
-      if (!d.name.startsWith(RESERVED_PREFIX)) return d.isDirectory() ? `${d.name}/` : d.name;
-    }
-  } catch {
-    // Best effort only.
-  }
-  return undefined;
 }

@@ -33,8 +33,10 @@
 import type { IncomingMessage } from 'node:http';
 import type { Readable } from 'node:stream';
 import { crc32 } from 'node:zlib';
-import { HeadObjectCommand, type S3Client, S3ServiceException } from '@aws-sdk/client-s3';
-import { HttpRequest, type HttpResponse } from '@smithy/protocol-http';
+import type { S3Client, S3ServiceException } from '@aws-sdk/client-s3';
+import type { HttpRequest, HttpResponse } from '@smithy/protocol-http';
+// The SDK's classes come from the one copy the backend loaded (this path only runs after its first request).
+import { sdkNow } from './sdk.js';
 
 /** Bodies above this go through the SDK (it adds `Expect: 100-continue` from 2 MiB). */
 export const LEAN_MAX_PUT_BYTES = 2 * 1024 * 1024;
@@ -259,7 +261,7 @@ async function resolveEndpoint(
   bucket: string,
   region: string | undefined,
 ): Promise<Endpoint | undefined> {
-  const command = new HeadObjectCommand({ Bucket: bucket, Key: 'k' });
+  const command = new (sdkNow().s3.HeadObjectCommand)({ Bucket: bucket, Key: 'k' });
   let captured:
     | { url?: URL; headers?: Record<string, unknown>; properties?: Record<string, unknown> }
     | undefined;
@@ -363,7 +365,7 @@ async function serviceError(
   const code = text === '' ? undefined : xmlText(text, 'Code');
   const message = (text === '' ? undefined : xmlText(text, 'Message')) || 'UnknownError';
   const headers = response.headers;
-  const err = new S3ServiceException({
+  const err = new (sdkNow().s3.S3ServiceException)({
     name: code ?? bodilessName(status),
     $fault: status >= 500 ? 'server' : 'client',
     message,
@@ -547,7 +549,7 @@ export class LeanS3 {
     let totalRetryDelay = 0;
     for (;;) {
       const endpoint = this.#endpoint;
-      const request = new HttpRequest({
+      const request = new (sdkNow().protocol.HttpRequest)({
         method,
         protocol: endpoint.protocol,
         hostname: endpoint.hostname,
