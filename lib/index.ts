@@ -2,8 +2,9 @@
  * The public API of `blobshift`, for `import` and (Node >= 20.19) `require`
  * alike: every name here is one a user may rely on, listed by hand, so that
  * moving or renaming a helper inside lib/ breaks no one. Anything not listed
- * is internal. knex and its database drivers load only when MetaDB.open is
- * called, the URL presigner on the first getSignedUrl.
+ * is internal. Importing it loads no AWS SDK (S3BlobDB loads it with its
+ * first request), no database driver (knex and its drivers load when
+ * MetaDB.open is called) and no presigner (the first getSignedUrl).
  *
  * Narrower entry points, for an app that wants one backend only:
  * `blobshift/fs`, `blobshift/memory`, `blobshift/s3`, and `blobshift/queue`
@@ -137,7 +138,28 @@ export {
   cleanupOld,
   formatCleanupReport,
 } from './engine/cleanup.js';
-export type { BackendIdentity } from './engine/ledger.js';
+// The engine's building blocks, for tools built on the same safety rules:
+// one blob's copy, the listing snapshot, content hashing, the distinctness
+// probe, the error guards and the verify ledger.
+export {
+  type CopyContext,
+  type CopyOutcome,
+  type CopyRow,
+  copyBlob,
+  DEFAULT_RETRY,
+  ReferenceChecker,
+  type RetryPolicy,
+  refreshStale,
+} from './engine/copy.js';
+export { isInfrastructureError, isTransientError } from './engine/errors.js';
+export { type BlobDigest, hashBlob } from './engine/hash.js';
+export {
+  type BackendIdentity,
+  CHECK_RUN,
+  identityKey,
+  requireCleanVerify,
+  VERIFY_RUN,
+} from './engine/ledger.js';
 export {
   type LogProblem,
   MissingLogWriter,
@@ -147,7 +169,8 @@ export {
   readMissingLog,
   TOO_MANY_RETRIES,
 } from './engine/missing-log.js';
-export { type PreflightOptions, preflight } from './engine/preflight.js';
+export { type PreflightOptions, preflight, proveDistinct } from './engine/preflight.js';
+export { PresentIndex } from './engine/present-index.js';
 export { backfillJson, formatBackfillSummary } from './engine/report.js';
 export {
   formatVerifyReport,
