@@ -3,7 +3,7 @@
  * the backends it needs, run the preflight, and hand back one object that
  * closes everything. The subcommand scripts stay thin on top of it.
  */
-import type { BlobShiftConfig, LoadedConfig } from '../config/index.js';
+import type { BackendConfig, BlobShiftConfig, LoadedConfig } from '../config/index.js';
 import { AbortedError, ConfigError, PreflightError } from '../contract/errors.js';
 import type { MetaStore } from '../contract/meta.js';
 import { redact, redactString } from '../contract/redact.js';
@@ -75,114 +75,205 @@ export async function openContext(opts: ContextOptions): Promise<CommandContext>
   const config = loaded.config;
   // Taken before any client is built (SDK clients annotate the credentials object).
   const printable = redact(structuredClone(config));
-  const reverse = opts.reverse === true;
-  const sourceCfg = reverse ? config.new : config.old;
-  const destCfg = reverse ? config.old : config.new;
-  const buildSource = () => (reverse ? loaded.buildNew() : loaded.buildOld());
-  const buildDest = () => (reverse ? loaded.buildOld() : loaded.buildNew());
-  const names = {
-    old: sourceCfg ? describeBackend(sourceCfg) : undefined,
-    new: destCfg ? describeBackend(destCfg) : undefined,
-    meta: describeMeta(config),
-  };
-  const opened: { close(): Promise<void> }[] = [];
-  const close = async () => {
-    for (const item of opened.reverse()) await item.close().catch(() => {});
-    opened.length = 0;
-  };
-  let logger: Logger;
+  const sides = contextSides(loaded, opts.reverse === true, describeBackend);
+  const setup = new ContextSetup({ sweepProbes, sweepProbesFrom, PROBE_PREFIX });
+  const close = setup.close;
   try {
-    let newDb: BlobDB | undefined;
-    let snapshot: SnapshotBuild | undefined;
-    // Leftover write probes are swept only by a command that writes, once its
-    // preflight passed (a dry run or a failed preflight writes nothing).
-    let sweepAllowed = false;
-    let probeKeys: string[] | undefined;
-    let sweeping: Promise<void> | undefined;
-    const sweepFromSnapshot = () => {
-      if (sweepAllowed && newDb && probeKeys && !sweeping) sweeping = sweepProbesFrom(newDb, probeKeys);
-    };
-    const openNew = async () => {
-      newDb = opts.requireNew || destCfg ? await buildDest() : undefined;
-      if (newDb) opened.push(newDb);
-      if (newDb && opts.snapshot) {
-        const { PresentIndex } = await import('../engine/present-index.js');
-        const db = newDb;
-        let build: SnapshotBuild;
-        try {
-          build = await PresentIndex.start(db);
-        } catch {
-          // No snapshot here (its temporary index could not be made): the
-          // engine tries again and, failing too, says so and HEADs each blob.
-          return;
-        }
-        snapshot = build;
-        // The snapshot lists every write probe killed preflights left: the
-        // preflight need not list them again (read here, before the engine
-        // takes the index). A snapshot that never completes (a reprinted or
-        // interrupted run) leaves that to a prefix listing when closing.
-        build.ready.then(
-          (index) => {
-            probeKeys = [...index.keysWithPrefix(PROBE_PREFIX)];
-            sweepFromSnapshot();
-          },
-          () => {},
-        );
-        // Closed in reverse order: the listing stops before the backend closes.
-        opened.push({
-          close: async () => {
-            await build.cancel();
-            if (sweeping) await sweeping;
-            else if (sweepAllowed) await sweepProbes(db).catch(() => {});
-          },
-        });
-      }
-    };
-    throwIfInterrupted();
-    // The listing is the long part of a run's setup: start it first.
-    if (opts.snapshot) await openNew();
-    const { createLogger } = await import('./log.js');
-    logger = createLogger({ format: opts.logFormat ?? DEFAULTS.logFormat });
-    const meta = await openQuietMeta(loaded, logger).catch((err: unknown) => {
-      throw asPreflight(names.meta, err);
-    });
-    opened.push(meta);
-    throwIfInterrupted();
-    const oldDb = opts.requireOld || sourceCfg ? await buildSource() : undefined;
-    if (oldDb) opened.push(oldDb);
-    if (!opts.snapshot) await openNew();
-    throwIfInterrupted();
+    const { meta, oldDb, logger } = await openParts(opts, loaded, sides, setup);
     if (opts.preflight !== false) {
       const same =
-        (opts.refuseSameLocation ?? true) && sourceCfg && destCfg ? sameLocation(sourceCfg, destCfg) : false;
+        (opts.refuseSameLocation ?? true) && sides.sourceCfg && sides.destCfg
+          ? sameLocation(sides.sourceCfg, sides.destCfg)
+          : false;
       await preflight({
         meta,
         ...(oldDb ? { oldDb } : {}),
-        ...(newDb ? { newDb } : {}),
-        names: {
-          ...(names.old ? { old: names.old } : {}),
-          ...(names.new ? { new: names.new } : {}),
-          meta: names.meta,
-        },
+        ...(setup.newDb ? { newDb: setup.newDb } : {}),
+        names: preflightNames(sides.names),
         write: opts.write ?? false,
         sameLocation: same,
-        sweepProbes: snapshot === undefined,
+        sweepProbes: setup.snapshot === undefined,
       });
-      sweepAllowed = opts.write === true;
-      sweepFromSnapshot();
+      setup.preflightPassed(opts.write === true);
     }
     throwIfInterrupted();
+    const { newDb, snapshot } = setup;
+    const names = sides.names;
     return { loaded, config, printable, meta, oldDb, newDb, snapshot, names, logger, close };
   } catch (err) {
     await close();
-    // A signal during the setup: whatever the step in progress said, the operator asked to stop.
-    const signal = pendingSignal();
-    if (signal !== undefined && !(err instanceof AbortedError)) {
-      throw new AbortedError(`interrupted (${signal}) during setup, before any blob was touched`, {
-        cause: err,
-      });
+    throw setupFailure(err);
+  }
+}
+
+/** The backends a command copies between: source and destination, swapped for a rollback. */
+interface ContextSides {
+  sourceCfg: BackendConfig | undefined;
+  destCfg: BackendConfig | undefined;
+  buildSource(): Promise<BlobDB | undefined>;
+  buildDest(): Promise<BlobDB | undefined>;
+  names: CommandContext['names'];
+}
+
+function contextSides(
+  loaded: LoadedConfig,
+  reverse: boolean,
+  describeBackend: (cfg: BackendConfig) => string,
+): ContextSides {
+  const config = loaded.config;
+  const sourceCfg = reverse ? config.new : config.old;
+  const destCfg = reverse ? config.old : config.new;
+  return {
+    sourceCfg,
+    destCfg,
+    buildSource: () => (reverse ? loaded.buildNew() : loaded.buildOld()),
+    buildDest: () => (reverse ? loaded.buildOld() : loaded.buildNew()),
+    names: {
+      old: sourceCfg ? describeBackend(sourceCfg) : undefined,
+      new: destCfg ? describeBackend(destCfg) : undefined,
+      meta: describeMeta(config),
+    },
+  };
+}
+
+/**
+ * Opens the metadata and the backends, in this order: the new backend first
+ * when a snapshot is wanted (its listing is the long part of a run's setup),
+ * then the logger, the metadata, the source backend, and otherwise the new
+ * backend last. Each opened part is tracked by `setup` for closing.
+ */
+async function openParts(
+  opts: ContextOptions,
+  loaded: LoadedConfig,
+  sides: ContextSides,
+  setup: ContextSetup,
+): Promise<{ meta: MetaStore; oldDb: BlobDB | undefined; logger: Logger }> {
+  const openNew = () =>
+    setup.openNew(sides.buildDest, Boolean(opts.requireNew || sides.destCfg), opts.snapshot);
+  throwIfInterrupted();
+  // The listing is the long part of a run's setup: start it first.
+  if (opts.snapshot) await openNew();
+  const { createLogger } = await import('./log.js');
+  const logger = createLogger({ format: opts.logFormat ?? DEFAULTS.logFormat });
+  const meta = await openQuietMeta(loaded, logger).catch((err: unknown) => {
+    throw asPreflight(sides.names.meta, err);
+  });
+  setup.track(meta);
+  throwIfInterrupted();
+  const oldDb = opts.requireOld || sides.sourceCfg ? await sides.buildSource() : undefined;
+  if (oldDb) setup.track(oldDb);
+  if (!opts.snapshot) await openNew();
+  throwIfInterrupted();
+  return { meta, oldDb, logger };
+}
+
+function preflightNames(names: CommandContext['names']): { old?: string; new?: string; meta: string } {
+  return {
+    ...(names.old ? { old: names.old } : {}),
+    ...(names.new ? { new: names.new } : {}),
+    meta: names.meta,
+  };
+}
+
+/** A signal during the setup: whatever the step in progress said, the operator asked to stop. */
+function setupFailure(err: unknown): unknown {
+  const signal = pendingSignal();
+  if (signal !== undefined && !(err instanceof AbortedError)) {
+    return new AbortedError(`interrupted (${signal}) during setup, before any blob was touched`, {
+      cause: err,
+    });
+  }
+  return err;
+}
+
+/** The preflight's probe sweepers (its module loads lazily). */
+type ProbeSweepers = Pick<
+  typeof import('../engine/preflight.js'),
+  'sweepProbes' | 'sweepProbesFrom' | 'PROBE_PREFIX'
+>;
+
+/**
+ * What a context's setup opened (closed in reverse order), the new backend
+ * and its listing snapshot, and the sweep of leftover write probes.
+ */
+class ContextSetup {
+  readonly #opened: { close(): Promise<void> }[] = [];
+  readonly #probes: ProbeSweepers;
+  newDb: BlobDB | undefined;
+  snapshot: SnapshotBuild | undefined;
+  // Leftover write probes are swept only by a command that writes, once its
+  // preflight passed (a dry run or a failed preflight writes nothing).
+  #sweepAllowed = false;
+  #probeKeys: string[] | undefined;
+  #sweeping: Promise<void> | undefined;
+
+  constructor(probes: ProbeSweepers) {
+    this.#probes = probes;
+  }
+
+  /** Closes everything opened, last first, ignoring errors. Bound: handed out as `close`. */
+  readonly close = async (): Promise<void> => {
+    for (const item of this.#opened.reverse()) await item.close().catch(() => {});
+    this.#opened.length = 0;
+  };
+
+  track(item: { close(): Promise<void> }): void {
+    this.#opened.push(item);
+  }
+
+  /** Opens the new backend when `wanted`; with `snapshot`, starts listing it. */
+  async openNew(
+    build: () => Promise<BlobDB | undefined>,
+    wanted: boolean,
+    snapshot: boolean | undefined,
+  ): Promise<void> {
+    this.newDb = wanted ? await build() : undefined;
+    if (this.newDb) this.#opened.push(this.newDb);
+    if (this.newDb && snapshot) await this.#startSnapshot(this.newDb);
+  }
+
+  /** A passed preflight: a command that writes may now sweep the probes the snapshot found. */
+  preflightPassed(write: boolean): void {
+    this.#sweepAllowed = write;
+    this.#sweepFromSnapshot();
+  }
+
+  #sweepFromSnapshot(): void {
+    if (this.#sweepAllowed && this.newDb && this.#probeKeys && !this.#sweeping) {
+      this.#sweeping = this.#probes.sweepProbesFrom(this.newDb, this.#probeKeys);
     }
-    throw err;
+  }
+
+  async #startSnapshot(db: BlobDB): Promise<void> {
+    const { PresentIndex } = await import('../engine/present-index.js');
+    let build: SnapshotBuild;
+    try {
+      build = await PresentIndex.start(db);
+    } catch {
+      // No snapshot here (its temporary index could not be made): the
+      // engine tries again and, failing too, says so and HEADs each blob.
+      return;
+    }
+    this.snapshot = build;
+    // The snapshot lists every write probe killed preflights left: the
+    // preflight need not list them again (read here, before the engine
+    // takes the index). A snapshot that never completes (a reprinted or
+    // interrupted run) leaves that to a prefix listing when closing.
+    build.ready.then(
+      (index) => {
+        this.#probeKeys = [...index.keysWithPrefix(this.#probes.PROBE_PREFIX)];
+        this.#sweepFromSnapshot();
+      },
+      () => {},
+    );
+    // Closed in reverse order: the listing stops before the backend closes.
+    this.#opened.push({
+      close: async () => {
+        await build.cancel();
+        if (this.#sweeping) await this.#sweeping;
+        else if (this.#sweepAllowed) await this.#probes.sweepProbes(db).catch(() => {});
+      },
+    });
   }
 }
 

@@ -313,50 +313,10 @@ function issueMessage(iss: z.core.$ZodIssue, input: unknown): { path: Path; mess
     case 'invalid_type':
       if (value === undefined) return { path: iss.path, message: `is required (${iss.expected})` };
       return { path: iss.path, message: `must be ${articled(iss.expected)}, got ${describeType(value)}` };
-    case 'invalid_value': {
-      const options = iss.values.map((x) => JSON.stringify(x)).join(', ');
-      if (value === undefined) return { path: iss.path, message: `is required: one of ${options}` };
-      const guess = typeof value === 'string' ? didYouMean(value, iss.values.map(String)) : undefined;
-      return {
-        path: iss.path,
-        message:
-          `must be one of ${options}, got ${JSON.stringify(value)}` +
-          (guess !== undefined ? `; did you mean "${guess}"?` : ''),
-      };
-    }
-    case 'invalid_union': {
-      const discriminator = (iss as { discriminator?: string }).discriminator;
-      if (discriminator === 'type') {
-        if (value === undefined) {
-          return {
-            path: iss.path,
-            message: `is required: one of ${BACKEND_TYPES.join(', ')} (memory is for tests)`,
-          };
-        }
-        const guess = typeof value === 'string' ? didYouMean(value, BACKEND_TYPES) : undefined;
-        return {
-          path: iss.path,
-          message:
-            `unknown backend type ${JSON.stringify(value)}; expected one of ${BACKEND_TYPES.join(', ')} ` +
-            '(memory is for tests)' +
-            (guess !== undefined ? `; did you mean "${guess}"?` : ''),
-        };
-      }
-      // A union such as a URL or an object: report the option whose kind matches the value.
-      for (const option of iss.errors) {
-        if (option.some((e) => e.code === 'invalid_type' && e.path.length === 0)) continue;
-        const inner = [...option].sort(
-          (a, b) => Number(b.code === 'unrecognized_keys') - Number(a.code === 'unrecognized_keys'),
-        )[0];
-        if (inner !== undefined) return issueMessage({ ...inner, path: [...iss.path, ...inner.path] }, input);
-      }
-      const kinds = iss.errors.flatMap((option) =>
-        option.flatMap((e) =>
-          e.code === 'invalid_type' && e.path.length === 0 ? [articled(e.expected)] : [],
-        ),
-      );
-      return { path: iss.path, message: `must be ${kinds.join(' or ')}, got ${describeType(value)}` };
-    }
+    case 'invalid_value':
+      return { path: iss.path, message: invalidValueMessage(iss.values, value) };
+    case 'invalid_union':
+      return invalidUnionMessage(iss, value, input);
     case 'too_small':
       if (iss.origin === 'string' && Number(iss.minimum) === 1)
         return { path: iss.path, message: 'must not be empty' };
@@ -366,6 +326,54 @@ function issueMessage(iss: z.core.$ZodIssue, input: unknown): { path: Path; mess
     default:
       return { path: iss.path, message: iss.message };
   }
+}
+
+/** A `; did you mean "x"?` suffix, or nothing when no guess was found. */
+function didYouMeanSuffix(guess: string | undefined): string {
+  return guess !== undefined ? `; did you mean "${guess}"?` : '';
+}
+
+function invalidValueMessage(values: readonly unknown[], value: unknown): string {
+  const options = values.map((x) => JSON.stringify(x)).join(', ');
+  if (value === undefined) return `is required: one of ${options}`;
+  const guess = typeof value === 'string' ? didYouMean(value, values.map(String)) : undefined;
+  return `must be one of ${options}, got ${JSON.stringify(value)}` + didYouMeanSuffix(guess);
+}
+
+function backendTypeMessage(value: unknown): string {
+  if (value === undefined) return `is required: one of ${BACKEND_TYPES.join(', ')} (memory is for tests)`;
+  const guess = typeof value === 'string' ? didYouMean(value, BACKEND_TYPES) : undefined;
+  return (
+    `unknown backend type ${JSON.stringify(value)}; expected one of ${BACKEND_TYPES.join(', ')} ` +
+    '(memory is for tests)' +
+    didYouMeanSuffix(guess)
+  );
+}
+
+/** Whether a union option failed because the value is of another kind (an object for a string, …). */
+function isKindMismatch(option: z.core.$ZodIssue[]): boolean {
+  return option.some((e) => e.code === 'invalid_type' && e.path.length === 0);
+}
+
+function invalidUnionMessage(
+  iss: z.core.$ZodIssueInvalidUnion,
+  value: unknown,
+  input: unknown,
+): { path: Path; message: string } {
+  const discriminator = (iss as { discriminator?: string }).discriminator;
+  if (discriminator === 'type') return { path: iss.path, message: backendTypeMessage(value) };
+  // A union such as a URL or an object: report the option whose kind matches the value.
+  for (const option of iss.errors) {
+    if (isKindMismatch(option)) continue;
+    const inner = [...option].sort(
+      (a, b) => Number(b.code === 'unrecognized_keys') - Number(a.code === 'unrecognized_keys'),
+    )[0];
+    if (inner !== undefined) return issueMessage({ ...inner, path: [...iss.path, ...inner.path] }, input);
+  }
+  const kinds = iss.errors.flatMap((option) =>
+    option.flatMap((e) => (e.code === 'invalid_type' && e.path.length === 0 ? [articled(e.expected)] : [])),
+  );
+  return { path: iss.path, message: `must be ${kinds.join(' or ')}, got ${describeType(value)}` };
 }
 
 function articled(word: string): string {
@@ -440,29 +448,7 @@ const URL_PASSWORD = /[a-z][a-z0-9+.-]*:\/\/[^:/?#@\s]*:([^@/?#\s]+)@/gi;
 /** Registers every secret-looking value (by field name, or a password inside a URL) with the redactor. */
 export function registerConfigSecrets(value: unknown, key = ''): void {
   if (typeof value === 'string') {
-    if (SECRET_KEY.test(key)) registerSecret(value);
-    for (const m of value.matchAll(URL_PASSWORD)) {
-      const raw = m[1] as string;
-      registerSecret(raw);
-      try {
-        registerSecret(decodeURIComponent(raw));
-      } catch {
-        // not percent-encoded
-      }
-    }
-    if (URL_START.test(value)) {
-      // A password may also ride in the query (postgres://app@db/app?password=…).
-      try {
-        for (const [k, v] of new URL(value).searchParams) {
-          if (SECRET_KEY.test(k) || /^ssl(password|key)$/i.test(k)) {
-            registerSecret(v);
-            registerSecret(encodeURIComponent(v));
-          }
-        }
-      } catch {
-        // not a URL after all
-      }
-    }
+    registerStringSecrets(value, key);
     return;
   }
   if (Array.isArray(value)) {
@@ -471,13 +457,49 @@ export function registerConfigSecrets(value: unknown, key = ''): void {
   }
   if (value !== null && typeof value === 'object') {
     for (const [k, v] of Object.entries(value)) {
-      if (k === 'ssl' && v !== null && typeof v === 'object') {
-        for (const [sk, sv] of Object.entries(v)) {
-          if (sk === 'key' || sk === 'passphrase' || sk === 'pfx') registerSecret(sv);
-        }
-      }
+      if (k === 'ssl' && v !== null && typeof v === 'object') registerSslSecrets(v);
       registerConfigSecrets(v, k);
     }
+  }
+}
+
+function registerStringSecrets(value: string, key: string): void {
+  if (SECRET_KEY.test(key)) registerSecret(value);
+  registerUrlPasswords(value);
+  if (URL_START.test(value)) registerUrlQuerySecrets(value);
+}
+
+/** The password part of every `scheme://user:password@` in the string, raw and decoded. */
+function registerUrlPasswords(value: string): void {
+  for (const m of value.matchAll(URL_PASSWORD)) {
+    const raw = m[1] as string;
+    registerSecret(raw);
+    try {
+      registerSecret(decodeURIComponent(raw));
+    } catch {
+      // not percent-encoded
+    }
+  }
+}
+
+/** A password may also ride in the query (postgres://app@db/app?password=…). */
+function registerUrlQuerySecrets(value: string): void {
+  try {
+    for (const [k, v] of new URL(value).searchParams) {
+      if (SECRET_KEY.test(k) || /^ssl(password|key)$/i.test(k)) {
+        registerSecret(v);
+        registerSecret(encodeURIComponent(v));
+      }
+    }
+  } catch {
+    // not a URL after all
+  }
+}
+
+/** The private parts of an `ssl` options object (key, passphrase, pfx). */
+function registerSslSecrets(ssl: object): void {
+  for (const [sk, sv] of Object.entries(ssl)) {
+    if (sk === 'key' || sk === 'passphrase' || sk === 'pfx') registerSecret(sv);
   }
 }
 
@@ -494,41 +516,8 @@ function parseMeta(raw: unknown, baseDir: string): MetaConfig {
   if (client === undefined) {
     throw new ConfigError('meta.client', `is required: one of ${CLIENTS.join(', ')}`);
   }
-  let parsed: z.output<typeof sqliteMeta> | z.output<typeof mysqlMeta> | z.output<typeof pgMeta>;
-  if ((SQLITE_CLIENTS as readonly unknown[]).includes(client)) {
-    const r = sqliteMeta.safeParse(raw);
-    if (!r.success) throw zodToConfigError(r.error, raw, ['meta']);
-    parsed = r.data;
-  } else if ((MYSQL_CLIENTS as readonly unknown[]).includes(client)) {
-    const r = mysqlMeta.safeParse(raw);
-    if (!r.success) throw zodToConfigError(r.error, raw, ['meta']);
-    parsed = r.data;
-  } else if ((PG_CLIENTS as readonly unknown[]).includes(client)) {
-    const r = pgMeta.safeParse(raw);
-    if (!r.success) throw zodToConfigError(r.error, raw, ['meta']);
-    parsed = r.data;
-    // The pg driver reads the password from PGPASSWORD when the config has none.
-    registerSecret(process.env.PGPASSWORD);
-  } else {
-    const guess = typeof client === 'string' ? didYouMean(client, CLIENTS) : undefined;
-    throw new ConfigError(
-      'meta.client',
-      `unknown database client ${typeof client === 'string' ? JSON.stringify(client) : describeType(client)}; ` +
-        `expected one of ${CLIENTS.join(', ')}` +
-        (guess !== undefined ? `; did you mean "${guess}"?` : ''),
-    );
-  }
-  const common = {
-    table: parsed.table ?? 'blob_meta',
-    ...(parsed.columns !== undefined ? { columns: parsed.columns } : {}),
-    ...(parsed.runsTable !== undefined ? { runsTable: parsed.runsTable } : {}),
-    ...(parsed.pool !== undefined ? { pool: parsed.pool } : {}),
-    ...(parsed.acquireConnectionTimeout !== undefined
-      ? { acquireConnectionTimeout: parsed.acquireConnectionTimeout }
-      : {}),
-    ...(parsed.useNullAsDefault !== undefined ? { useNullAsDefault: parsed.useNullAsDefault } : {}),
-    ...(parsed.asyncStackTraces !== undefined ? { asyncStackTraces: parsed.asyncStackTraces } : {}),
-  };
+  const parsed = parseMetaForClient(raw, client);
+  const common = sharedMetaSettings(parsed);
   if (parsed.runsTable !== undefined && parsed.columns === undefined) {
     throw new ConfigError(
       'meta.runsTable',
@@ -552,6 +541,51 @@ function parseMeta(raw: unknown, baseDir: string): MetaConfig {
     };
   }
   return { ...common, client: 'mysql2', connection: parsed.connection as string | MysqlConnectionConfig };
+}
+
+type ParsedMeta = z.output<typeof sqliteMeta> | z.output<typeof mysqlMeta> | z.output<typeof pgMeta>;
+
+/** Validates `meta` against the schema of its client family; an unknown client is a `ConfigError`. */
+function parseMetaForClient(raw: object, client: unknown): ParsedMeta {
+  if ((SQLITE_CLIENTS as readonly unknown[]).includes(client)) {
+    const r = sqliteMeta.safeParse(raw);
+    if (!r.success) throw zodToConfigError(r.error, raw, ['meta']);
+    return r.data;
+  }
+  if ((MYSQL_CLIENTS as readonly unknown[]).includes(client)) {
+    const r = mysqlMeta.safeParse(raw);
+    if (!r.success) throw zodToConfigError(r.error, raw, ['meta']);
+    return r.data;
+  }
+  if ((PG_CLIENTS as readonly unknown[]).includes(client)) {
+    const r = pgMeta.safeParse(raw);
+    if (!r.success) throw zodToConfigError(r.error, raw, ['meta']);
+    // The pg driver reads the password from PGPASSWORD when the config has none.
+    registerSecret(process.env.PGPASSWORD);
+    return r.data;
+  }
+  const guess = typeof client === 'string' ? didYouMean(client, CLIENTS) : undefined;
+  throw new ConfigError(
+    'meta.client',
+    `unknown database client ${typeof client === 'string' ? JSON.stringify(client) : describeType(client)}; ` +
+      `expected one of ${CLIENTS.join(', ')}` +
+      didYouMeanSuffix(guess),
+  );
+}
+
+/** The settings every client shares, each only when set. */
+function sharedMetaSettings(parsed: ParsedMeta) {
+  return {
+    table: parsed.table ?? 'blob_meta',
+    ...(parsed.columns !== undefined ? { columns: parsed.columns } : {}),
+    ...(parsed.runsTable !== undefined ? { runsTable: parsed.runsTable } : {}),
+    ...(parsed.pool !== undefined ? { pool: parsed.pool } : {}),
+    ...(parsed.acquireConnectionTimeout !== undefined
+      ? { acquireConnectionTimeout: parsed.acquireConnectionTimeout }
+      : {}),
+    ...(parsed.useNullAsDefault !== undefined ? { useNullAsDefault: parsed.useNullAsDefault } : {}),
+    ...(parsed.asyncStackTraces !== undefined ? { asyncStackTraces: parsed.asyncStackTraces } : {}),
+  };
 }
 
 function normalizeBackend(
@@ -603,100 +637,126 @@ function lineColumn(text: string, offset: number): { line: number; column: numbe
   return { line, column };
 }
 
-/** The offset of the first JSON syntax error (a small scanner, for messages without a position). */
-export function jsonErrorOffset(text: string): number {
-  let i = 0;
-  const ws = () => {
-    while (i < text.length && /\s/.test(text[i] as string)) i++;
-  };
-  const fail = (): never => {
-    throw i;
-  };
-  const value = (): void => {
-    ws();
-    const c = text[i];
-    if (c === '{') {
-      i++;
-      ws();
-      if (text[i] === '}') {
-        i++;
-        return;
-      }
-      for (;;) {
-        ws();
-        if (text[i] !== '"') fail();
-        string();
-        ws();
-        if (text[i] !== ':') fail();
-        i++;
-        value();
-        ws();
-        if (text[i] === ',') {
-          i++;
-          continue;
-        }
-        if (text[i] === '}') {
-          i++;
-          return;
-        }
-        fail();
-      }
+/**
+ * A small JSON syntax scanner: each step consumes one construct or throws the
+ * offset (a number) where the text stops being JSON.
+ */
+class JsonScanner {
+  readonly #text: string;
+  #i = 0;
+
+  constructor(text: string) {
+    this.#text = text;
+  }
+
+  get offset(): number {
+    return this.#i;
+  }
+
+  ws(): void {
+    while (this.#i < this.#text.length && /\s/.test(this.#text[this.#i] as string)) this.#i++;
+  }
+
+  fail(): never {
+    throw this.#i;
+  }
+
+  /** Consumes `ch` when it is the next character. */
+  #eat(ch: string): boolean {
+    if (this.#text[this.#i] !== ch) return false;
+    this.#i++;
+    return true;
+  }
+
+  value(): void {
+    this.ws();
+    const c = this.#text[this.#i];
+    if (c === '{') this.#object();
+    else if (c === '[') this.#array();
+    else if (c === '"') this.#string();
+    else this.#literal();
+  }
+
+  #object(): void {
+    this.#i++;
+    this.ws();
+    if (this.#eat('}')) return;
+    for (;;) {
+      this.ws();
+      if (this.#text[this.#i] !== '"') this.fail();
+      this.#string();
+      this.ws();
+      if (!this.#eat(':')) this.fail();
+      this.value();
+      this.ws();
+      if (this.#eat(',')) continue;
+      if (this.#eat('}')) return;
+      this.fail();
     }
-    if (c === '[') {
-      i++;
-      ws();
-      if (text[i] === ']') {
-        i++;
-        return;
-      }
-      for (;;) {
-        value();
-        ws();
-        if (text[i] === ',') {
-          i++;
-          continue;
-        }
-        if (text[i] === ']') {
-          i++;
-          return;
-        }
-        fail();
-      }
+  }
+
+  #array(): void {
+    this.#i++;
+    this.ws();
+    if (this.#eat(']')) return;
+    for (;;) {
+      this.value();
+      this.ws();
+      if (this.#eat(',')) continue;
+      if (this.#eat(']')) return;
+      this.fail();
     }
-    if (c === '"') {
-      string();
-      return;
-    }
-    const lit = /^(true|false|null|-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?)/.exec(text.slice(i, i + 400));
-    if (!lit) fail();
-    i += (lit as RegExpExecArray)[0].length;
-  };
-  const string = (): void => {
-    i++;
-    while (i < text.length) {
-      const c = text[i] as string;
+  }
+
+  #string(): void {
+    this.#i++;
+    while (this.#i < this.#text.length) {
+      const c = this.#text[this.#i] as string;
       if (c === '"') {
-        i++;
+        this.#i++;
         return;
       }
       if (c === '\\') {
-        const n = text[i + 1];
-        if (n === 'u') {
-          if (!/^[0-9a-fA-F]{4}$/.test(text.slice(i + 2, i + 6))) fail();
-          i += 6;
-        } else if (n !== undefined && '"\\/bfnrt'.includes(n)) i += 2;
-        else fail();
+        this.#escape();
         continue;
       }
-      if (c < ' ') fail();
-      i++;
+      if (c < ' ') this.fail();
+      this.#i++;
     }
-    fail();
-  };
+    this.fail();
+  }
+
+  /** A backslash escape inside a string, at the backslash. */
+  #escape(): void {
+    const n = this.#text[this.#i + 1];
+    if (n === 'u') {
+      if (!/^[0-9a-fA-F]{4}$/.test(this.#text.slice(this.#i + 2, this.#i + 6))) this.fail();
+      this.#i += 6;
+      return;
+    }
+    if (n !== undefined && '"\\/bfnrt'.includes(n)) {
+      this.#i += 2;
+      return;
+    }
+    this.fail();
+  }
+
+  #literal(): void {
+    const lit = /^(true|false|null|-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?)/.exec(
+      this.#text.slice(this.#i, this.#i + 400),
+    );
+    if (!lit) this.fail();
+    this.#i += (lit as RegExpExecArray)[0].length;
+  }
+}
+
+/** The offset of the first JSON syntax error (a small scanner, for messages without a position). */
+export function jsonErrorOffset(text: string): number {
+  const scanner = new JsonScanner(text);
   try {
-    value();
-    ws();
-    if (i < text.length) fail();
+    scanner.value();
+    scanner.ws();
+    if (scanner.offset < text.length) scanner.fail();
   } catch (at) {
     if (typeof at === 'number') return Math.min(at, text.length);
     throw at;

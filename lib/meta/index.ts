@@ -256,107 +256,123 @@ function sqliteAfterCreate(userHook: AfterCreate | undefined): AfterCreate {
  */
 export async function normalizeKnexConfig(config: Knex.Config): Promise<Knex.Config> {
   const client = config.client;
-  if (isSqliteClient(client)) {
-    let connection = config.connection as unknown;
-    if (typeof connection === 'string') connection = { filename: connection };
-    if (connection === null || typeof connection !== 'object') {
-      throw new ConfigError('meta.connection', 'SQLite needs a connection with a filename');
-    }
-    const conn = { ...(connection as Record<string, unknown>) };
-    const filename = conn.filename;
-    if (typeof filename !== 'string' || filename === '') {
-      throw new ConfigError(
-        'meta.connection.filename',
-        'is required for SQLite (a path to the database file)',
-      );
-    }
-    const options = { ...((conn.options as Record<string, unknown> | undefined) ?? {}) };
-    if (options.fileMustExist === true && filename !== ':memory:') {
-      try {
-        await access(filename);
-      } catch (err) {
-        throw new ConfigError(
-          'meta.connection.filename',
-          `the SQLite file ${filename} does not exist (check the path; blobshift does not create it here)`,
-          { cause: err },
-        );
-      }
-    }
-    delete options.fileMustExist;
-    conn.options = options;
-    const pool = { ...(config.pool ?? {}) } as Knex.PoolConfig & { afterCreate?: AfterCreate };
-    pool.afterCreate = sqliteAfterCreate(pool.afterCreate);
-    return {
-      log: QUIET_ERRORS,
-      ...config,
-      client: 'better-sqlite3',
-      useNullAsDefault: config.useNullAsDefault ?? true,
-      connection: conn,
-      pool,
-    };
-  }
-  if (isPgClient(client)) {
-    let connection = config.connection as unknown;
-    if (typeof connection === 'string') {
-      if (!/^postgres(ql)?:\/\//i.test(connection)) {
-        throw new ConfigError(
-          'meta.connection',
-          'a PostgreSQL URL must start with postgres:// or postgresql://',
-        );
-      }
-      connection = { connectionString: connection };
-    }
-    if (typeof connection === 'function') return { log: QUIET_ERRORS, ...config, client: 'pg' };
-    if (connection === null || typeof connection !== 'object') {
-      throw new ConfigError('meta.connection', 'PostgreSQL needs a connection object or a postgres:// URL');
-    }
-    // A URL's own application_name wins over this default (pg reads the URL last).
-    const conn: Record<string, unknown> = {
-      application_name: PG_APPLICATION_NAME,
-      ...(connection as Record<string, unknown>),
-    };
-    if (conn.types === undefined) {
-      // For these connections only (the pg module's global parsers stay as
-      // they are): BIGINT and COUNT() come back as numbers while they are
-      // safe, as from mysql2, and as text beyond; a `timestamp` without time
-      // zone (an app's column) is read as UTC, as on MySQL, not in this
-      // process's zone (its text goes to `toDate`).
-      const { default: pg } = await import('pg');
-      const { INT8, TIMESTAMP } = pg.types.builtins;
-      const int8 = (text: string) => {
-        const n = Number(text);
-        return Number.isSafeInteger(n) ? n : text;
-      };
-      conn.types = {
-        getTypeParser: (oid: number, format?: 'text' | 'binary') => {
-          if (format !== 'binary' && oid === INT8) return int8;
-          if (format !== 'binary' && oid === TIMESTAMP) return (text: string) => text;
-          return pg.types.getTypeParser(oid, format as 'text');
-        },
-      };
-    }
-    return { log: QUIET_ERRORS, ...config, client: 'pg', connection: conn };
-  }
-  if (isMysqlClient(client)) {
-    let connection = config.connection as unknown;
-    if (typeof connection === 'string') connection = parseMysqlUrl(connection);
-    if (typeof connection === 'function') return { log: QUIET_ERRORS, ...config, client: 'mysql2' };
-    if (connection === null || typeof connection !== 'object') {
-      throw new ConfigError('meta.connection', 'MySQL needs a connection object or a mysql:// URL');
-    }
-    const conn: Record<string, unknown> = {
-      charset: 'utf8mb4',
-      ...(connection as Record<string, unknown>),
-      // Dates are written and read as UTC; ids come back as numbers while they are safe.
-      timezone: 'Z',
-      supportBigNumbers: true,
-    };
-    return { log: QUIET_ERRORS, ...config, client: 'mysql2', connection: conn };
-  }
+  if (isSqliteClient(client)) return normalizeSqliteConfig(config);
+  if (isPgClient(client)) return normalizePgConfig(config);
+  if (isMysqlClient(client)) return normalizeMysqlConfig(config);
   throw new ConfigError(
     'meta.client',
     `the database client ${JSON.stringify(client)} is not supported; use ${SUPPORTED_CLIENTS}`,
   );
+}
+
+async function normalizeSqliteConfig(config: Knex.Config): Promise<Knex.Config> {
+  const conn = await sqliteConnection(config.connection as unknown);
+  const pool = { ...(config.pool ?? {}) } as Knex.PoolConfig & { afterCreate?: AfterCreate };
+  pool.afterCreate = sqliteAfterCreate(pool.afterCreate);
+  return {
+    log: QUIET_ERRORS,
+    ...config,
+    client: 'better-sqlite3',
+    useNullAsDefault: config.useNullAsDefault ?? true,
+    connection: conn,
+    pool,
+  };
+}
+
+/** A copy of the SQLite connection with a checked filename and without `options.fileMustExist`. */
+async function sqliteConnection(given: unknown): Promise<Record<string, unknown>> {
+  const connection = typeof given === 'string' ? { filename: given } : given;
+  if (connection === null || typeof connection !== 'object') {
+    throw new ConfigError('meta.connection', 'SQLite needs a connection with a filename');
+  }
+  const conn = { ...(connection as Record<string, unknown>) };
+  const filename = conn.filename;
+  if (typeof filename !== 'string' || filename === '') {
+    throw new ConfigError('meta.connection.filename', 'is required for SQLite (a path to the database file)');
+  }
+  const options = { ...((conn.options as Record<string, unknown> | undefined) ?? {}) };
+  if (options.fileMustExist === true && filename !== ':memory:') await assertSqliteFileExists(filename);
+  delete options.fileMustExist;
+  conn.options = options;
+  return conn;
+}
+
+async function assertSqliteFileExists(filename: string): Promise<void> {
+  try {
+    await access(filename);
+  } catch (err) {
+    throw new ConfigError(
+      'meta.connection.filename',
+      `the SQLite file ${filename} does not exist (check the path; blobshift does not create it here)`,
+      { cause: err },
+    );
+  }
+}
+
+async function normalizePgConfig(config: Knex.Config): Promise<Knex.Config> {
+  let connection = config.connection as unknown;
+  if (typeof connection === 'string') {
+    if (!/^postgres(ql)?:\/\//i.test(connection)) {
+      throw new ConfigError(
+        'meta.connection',
+        'a PostgreSQL URL must start with postgres:// or postgresql://',
+      );
+    }
+    connection = { connectionString: connection };
+  }
+  if (typeof connection === 'function') return { log: QUIET_ERRORS, ...config, client: 'pg' };
+  if (connection === null || typeof connection !== 'object') {
+    throw new ConfigError('meta.connection', 'PostgreSQL needs a connection object or a postgres:// URL');
+  }
+  // A URL's own application_name wins over this default (pg reads the URL last).
+  const conn: Record<string, unknown> = {
+    application_name: PG_APPLICATION_NAME,
+    ...(connection as Record<string, unknown>),
+  };
+  if (conn.types === undefined) conn.types = await pgConnectionTypes();
+  return { log: QUIET_ERRORS, ...config, client: 'pg', connection: conn };
+}
+
+/**
+ * For these connections only (the pg module's global parsers stay as they
+ * are): BIGINT and COUNT() come back as numbers while they are safe, as from
+ * mysql2, and as text beyond; a `timestamp` without time zone (an app's
+ * column) is read as UTC, as on MySQL, not in this process's zone (its text
+ * goes to `toDate`).
+ */
+async function pgConnectionTypes(): Promise<{
+  getTypeParser: (oid: number, format?: 'text' | 'binary') => unknown;
+}> {
+  const { default: pg } = await import('pg');
+  const { INT8, TIMESTAMP } = pg.types.builtins;
+  const int8 = (text: string) => {
+    const n = Number(text);
+    return Number.isSafeInteger(n) ? n : text;
+  };
+  return {
+    getTypeParser: (oid: number, format?: 'text' | 'binary') => {
+      if (format !== 'binary' && oid === INT8) return int8;
+      if (format !== 'binary' && oid === TIMESTAMP) return (text: string) => text;
+      return pg.types.getTypeParser(oid, format as 'text');
+    },
+  };
+}
+
+function normalizeMysqlConfig(config: Knex.Config): Knex.Config {
+  let connection = config.connection as unknown;
+  if (typeof connection === 'string') connection = parseMysqlUrl(connection);
+  if (typeof connection === 'function') return { log: QUIET_ERRORS, ...config, client: 'mysql2' };
+  if (connection === null || typeof connection !== 'object') {
+    throw new ConfigError('meta.connection', 'MySQL needs a connection object or a mysql:// URL');
+  }
+  const conn: Record<string, unknown> = {
+    charset: 'utf8mb4',
+    ...(connection as Record<string, unknown>),
+    // Dates are written and read as UTC; ids come back as numbers while they are safe.
+    timezone: 'Z',
+    supportBigNumbers: true,
+  };
+  return { log: QUIET_ERRORS, ...config, client: 'mysql2', connection: conn };
 }
 
 /** Creates a knex instance from a config normalised by {@link normalizeKnexConfig}. Loads knex lazily. */
@@ -407,6 +423,89 @@ function checkShard(shard: ShardSpec | undefined): void {
 
 function uniq(values: Iterable<string>): string[] {
   return [...new Set(values)];
+}
+
+/** What one walk reads per page: its chunk size, id bound and shard. */
+interface WalkScope {
+  chunkSize: number;
+  upTo: number | undefined;
+  shard: ShardSpec | undefined;
+}
+
+/** One type's keyset cursor in a walk over several types. */
+interface WalkCursor {
+  type: string;
+  after: number;
+  buffer: BlobMeta[];
+  pos: number;
+  done: boolean;
+}
+
+/** The mapped columns of `meta.columns`, each a valid identifier; id, key and size are required. */
+function validateColumnMap(columns: ColumnMap): Partial<ColumnMap> {
+  const map: Partial<ColumnMap> = {};
+  for (const field of COLUMN_FIELDS) {
+    const col = (columns as unknown as Record<string, unknown>)[field];
+    if (col === undefined) {
+      if (field === 'id' || field === 'key' || field === 'size') {
+        throw new ConfigError(`meta.columns.${field}`, 'is required to map an app table');
+      }
+      continue;
+    }
+    map[field] = validateIdentifier(`meta.columns.${field}`, col);
+  }
+  for (const field of Object.keys(columns)) {
+    if (!(COLUMN_FIELDS as readonly string[]).includes(field)) {
+      throw new ConfigError(
+        `meta.columns.${field}`,
+        `is not a known column (known: ${COLUMN_FIELDS.join(', ')})`,
+      );
+    }
+  }
+  return map;
+}
+
+async function assertAppTableExists(
+  knex: Knex,
+  dialect: Dialect,
+  schema: string | undefined,
+  table: string,
+): Promise<void> {
+  if (await schemaBuilder(knex, schema).hasTable(table)) return;
+  const folded =
+    dialect === 'pg' && table !== table.toLowerCase()
+      ? ` (PostgreSQL folds unquoted names to lower case: is it ${table.toLowerCase()}?)`
+      : '';
+  throw new ConfigError(
+    'meta.table',
+    `the app table ${qualified(table, schema)} does not exist in this database${folded}`,
+  );
+}
+
+/** Replaces each mapped column name by the table's own spelling (exact first, then case-insensitive). */
+function matchColumnNames(map: Partial<ColumnMap>, present: string[], table: string): void {
+  for (const field of COLUMN_FIELDS) {
+    const col = map[field];
+    if (col === undefined) continue;
+    const found =
+      present.find((c) => c === col) ?? present.find((c) => c.toLowerCase() === col.toLowerCase());
+    if (found === undefined) {
+      throw new ConfigError(
+        `meta.columns.${field}`,
+        `table ${table} has no column "${col}" (its columns: ${present.join(', ')})`,
+      );
+    }
+    map[field] = found;
+  }
+}
+
+/** An INTEGER PRIMARY KEY is the rowid: never NULL, though table_info says nullable. */
+async function isSqliteRowid(knex: Knex, table: string, idCol: string): Promise<boolean> {
+  const pk = (await knex.raw('SELECT name, pk, type FROM pragma_table_info(?) WHERE pk > 0', [table])) as {
+    name: string;
+    type: string;
+  }[];
+  return pk.length === 1 && pk[0]?.name === idCol && /^integer$/i.test(pk[0].type.trim());
 }
 
 /**
@@ -606,53 +705,13 @@ export class MetaDB implements MetaStore {
     idNullable: boolean;
     sizeKind: SizeColumnKind;
   }> {
-    const map: Partial<ColumnMap> = {};
-    for (const field of COLUMN_FIELDS) {
-      const col = (columns as unknown as Record<string, unknown>)[field];
-      if (col === undefined) {
-        if (field === 'id' || field === 'key' || field === 'size') {
-          throw new ConfigError(`meta.columns.${field}`, 'is required to map an app table');
-        }
-        continue;
-      }
-      map[field] = validateIdentifier(`meta.columns.${field}`, col);
-    }
-    for (const field of Object.keys(columns)) {
-      if (!(COLUMN_FIELDS as readonly string[]).includes(field)) {
-        throw new ConfigError(
-          `meta.columns.${field}`,
-          `is not a known column (known: ${COLUMN_FIELDS.join(', ')})`,
-        );
-      }
-    }
-    if (!(await schemaBuilder(knex, schema).hasTable(table))) {
-      const folded =
-        dialect === 'pg' && table !== table.toLowerCase()
-          ? ` (PostgreSQL folds unquoted names to lower case: is it ${table.toLowerCase()}?)`
-          : '';
-      throw new ConfigError(
-        'meta.table',
-        `the app table ${qualified(table, schema)} does not exist in this database${folded}`,
-      );
-    }
+    const map = validateColumnMap(columns);
+    await assertAppTableExists(knex, dialect, schema, table);
     const info = (await tableQuery(knex, table, schema).columnInfo()) as unknown as Record<
       string,
       Partial<ColumnFacts>
     >;
-    const present = Object.keys(info);
-    for (const field of COLUMN_FIELDS) {
-      const col = map[field];
-      if (col === undefined) continue;
-      const found =
-        present.find((c) => c === col) ?? present.find((c) => c.toLowerCase() === col.toLowerCase());
-      if (found === undefined) {
-        throw new ConfigError(
-          `meta.columns.${field}`,
-          `table ${table} has no column "${col}" (its columns: ${present.join(', ')})`,
-        );
-      }
-      map[field] = found;
-    }
+    matchColumnNames(map, Object.keys(info), table);
     const facts = (column: string): ColumnFacts => {
       const f = info[column] ?? {};
       return { type: String(f.type ?? ''), maxLength: f.maxLength, nullable: f.nullable !== false };
@@ -661,17 +720,7 @@ export class MetaDB implements MetaStore {
     const idFacts = facts(idCol);
     await checkIdColumn(knex, dialect, schema, table, idCol, idFacts);
     let idNullable = idFacts.nullable;
-    if (dialect === 'sqlite' && idNullable) {
-      // An INTEGER PRIMARY KEY is the rowid: never NULL, though table_info says nullable.
-      const pk = (await knex.raw('SELECT name, pk, type FROM pragma_table_info(?) WHERE pk > 0', [
-        table,
-      ])) as {
-        name: string;
-        type: string;
-      }[];
-      if (pk.length === 1 && pk[0]?.name === idCol && /^integer$/i.test(pk[0].type.trim()))
-        idNullable = false;
-    }
+    if (dialect === 'sqlite' && idNullable && (await isSqliteRowid(knex, table, idCol))) idNullable = false;
     const keyType = facts(map.key as string).type;
     return {
       map: map as ColumnMap,
@@ -929,23 +978,25 @@ export class MetaDB implements MetaStore {
     const start = Math.max(opts.afterId ?? 0, opts.idRange?.after ?? 0);
     const upTo = opts.idRange?.upTo;
     const typeCol = this.#typeColumn(opts.types);
-    if (typeCol === undefined) {
-      let after = start;
-      for (;;) {
-        const rows = await this.#page(after, chunkSize, undefined, upTo, opts.shard);
-        if (rows.length > 0) yield rows;
-        if (rows.length < chunkSize) return;
-        after = (rows[rows.length - 1] as BlobMeta).id;
-      }
+    const scope: WalkScope = { chunkSize, upTo, shard: opts.shard };
+    if (typeCol === undefined) yield* this.#walkAll(start, scope);
+    else yield* this.#walkTypes(uniq(opts.types ?? []), start, scope);
+  }
+
+  /** The walk without types: one keyset cursor over all rows. */
+  async *#walkAll(start: number, scope: WalkScope): AsyncIterable<BlobMeta[]> {
+    let after = start;
+    for (;;) {
+      const rows = await this.#page(after, scope.chunkSize, undefined, scope.upTo, scope.shard);
+      if (rows.length > 0) yield rows;
+      if (rows.length < scope.chunkSize) return;
+      after = (rows[rows.length - 1] as BlobMeta).id;
     }
-    interface Cursor {
-      type: string;
-      after: number;
-      buffer: BlobMeta[];
-      pos: number;
-      done: boolean;
-    }
-    const cursors: Cursor[] = uniq(opts.types ?? []).map((type) => ({
+  }
+
+  /** The walk with types: one cursor per type, merged by id into chunks. */
+  async *#walkTypes(types: string[], start: number, scope: WalkScope): AsyncIterable<BlobMeta[]> {
+    const cursors: WalkCursor[] = types.map((type) => ({
       type,
       after: start,
       buffer: [],
@@ -954,29 +1005,40 @@ export class MetaDB implements MetaStore {
     }));
     let chunk: BlobMeta[] = [];
     for (;;) {
-      let best: Cursor | undefined;
-      for (const c of cursors) {
-        if (c.pos >= c.buffer.length && !c.done) {
-          c.buffer = await this.#page(c.after, chunkSize, c.type, upTo, opts.shard);
-          c.pos = 0;
-          if (c.buffer.length < chunkSize) c.done = true;
-          const last = c.buffer[c.buffer.length - 1];
-          if (last !== undefined) c.after = last.id;
-        }
-        const head = c.buffer[c.pos];
-        if (head !== undefined && (best === undefined || head.id < (best.buffer[best.pos] as BlobMeta).id)) {
-          best = c;
-        }
-      }
+      const best = await this.#lowestCursor(cursors, scope);
       if (best === undefined) break;
       chunk.push(best.buffer[best.pos] as BlobMeta);
       best.pos += 1;
-      if (chunk.length === chunkSize) {
+      if (chunk.length === scope.chunkSize) {
         yield chunk;
         chunk = [];
       }
     }
     if (chunk.length > 0) yield chunk;
+  }
+
+  /**
+   * Refills each drained cursor, in order, and returns the cursor whose next
+   * row has the lowest id (undefined when all are exhausted).
+   */
+  async #lowestCursor(cursors: WalkCursor[], scope: WalkScope): Promise<WalkCursor | undefined> {
+    let best: WalkCursor | undefined;
+    for (const c of cursors) {
+      if (c.pos >= c.buffer.length && !c.done) await this.#refill(c, scope);
+      const head = c.buffer[c.pos];
+      if (head !== undefined && (best === undefined || head.id < (best.buffer[best.pos] as BlobMeta).id)) {
+        best = c;
+      }
+    }
+    return best;
+  }
+
+  async #refill(c: WalkCursor, scope: WalkScope): Promise<void> {
+    c.buffer = await this.#page(c.after, scope.chunkSize, c.type, scope.upTo, scope.shard);
+    c.pos = 0;
+    if (c.buffer.length < scope.chunkSize) c.done = true;
+    const last = c.buffer[c.buffer.length - 1];
+    if (last !== undefined) c.after = last.id;
   }
 
   /** Row count and summed sizes, in total and per type (requested types with no rows appear as zeros). */

@@ -279,43 +279,75 @@ export async function ensureSchema(
   const lock = qualified(names.lock, names.schema);
   const deadline = Date.now() + graceMs;
   for (;;) {
-    let pending: unknown[];
-    try {
-      const listed = (await knex.migrate.list(config)) as [unknown[], unknown[]];
-      pending = listed[1];
-    } catch (err) {
-      // Two processes opening a fresh database race to create the version tables.
-      if (lostCreateRace(err) && Date.now() < deadline) continue;
-      throw new PreflightError(
-        target,
-        `cannot read the schema version from ${qualified(names.migrations, names.schema)}: ${errorMessage(err)}`,
-        {
-          cause: err,
-        },
-      );
-    }
-    if (pending.length === 0) return;
+    const listed = await pendingMigrations(knex, config, names, target, deadline);
+    if (listed === 'retry') continue;
+    if (listed.pending.length === 0) return;
     await keepOneLockRow(knex, names.lock, names.schema);
     if (await lockHeld(knex, names.lock, names.schema)) {
       if (Date.now() >= deadline) throw staleLockError(lock, target);
-      await new Promise((r) => setTimeout(r, 200));
+      await waitForLock();
       continue;
     }
-    try {
-      await knex.migrate.latest(config);
-      return;
-    } catch (err) {
-      if (err instanceof Error && err.name === 'MigrationLocked') {
-        // Another process took the lock between our check and our attempt.
-        if (Date.now() >= deadline) throw staleLockError(lock, target, err);
-        await new Promise((r) => setTimeout(r, 200));
-        continue;
-      }
-      if (lostCreateRace(err) && Date.now() < deadline) continue;
-      throw new PreflightError(target, `creating or migrating the schema failed: ${errorMessage(err)}`, {
+    if (await migrateToLatest(knex, config, lock, target, deadline)) return;
+  }
+}
+
+/** The pause between two looks at a held migration lock. */
+function waitForLock(): Promise<void> {
+  return new Promise((r) => setTimeout(r, 200));
+}
+
+/**
+ * The migrations not yet applied, or `'retry'` when two processes opening a
+ * fresh database raced to create the version tables (before the deadline).
+ */
+async function pendingMigrations(
+  knex: Knex,
+  config: Knex.MigratorConfig,
+  names: Omit<TableNames, 'blobs'>,
+  target: string,
+  deadline: number,
+): Promise<{ pending: unknown[] } | 'retry'> {
+  try {
+    const listed = (await knex.migrate.list(config)) as [unknown[], unknown[]];
+    return { pending: listed[1] };
+  } catch (err) {
+    if (lostCreateRace(err) && Date.now() < deadline) return 'retry';
+    throw new PreflightError(
+      target,
+      `cannot read the schema version from ${qualified(names.migrations, names.schema)}: ${errorMessage(err)}`,
+      {
         cause: err,
-      });
+      },
+    );
+  }
+}
+
+/**
+ * Applies the pending migrations: true when done, false when the attempt is
+ * to be retried (the lock was taken meanwhile, or a create race was lost).
+ */
+async function migrateToLatest(
+  knex: Knex,
+  config: Knex.MigratorConfig,
+  lock: string,
+  target: string,
+  deadline: number,
+): Promise<boolean> {
+  try {
+    await knex.migrate.latest(config);
+    return true;
+  } catch (err) {
+    if (err instanceof Error && err.name === 'MigrationLocked') {
+      // Another process took the lock between our check and our attempt.
+      if (Date.now() >= deadline) throw staleLockError(lock, target, err);
+      await waitForLock();
+      return false;
     }
+    if (lostCreateRace(err) && Date.now() < deadline) return false;
+    throw new PreflightError(target, `creating or migrating the schema failed: ${errorMessage(err)}`, {
+      cause: err,
+    });
   }
 }
 
