@@ -350,25 +350,7 @@ export class BlobStore {
       throw new ReadOnlyError(`cannot delete: the metadata table ${this.meta.table} is mapped read-only`);
     }
     for (let i = 0; i < unique.length; i += DELETE_BATCH) {
-      const batch = unique.slice(i, i + DELETE_BATCH);
-      if (hasDeleteMany(this.meta)) {
-        try {
-          await retryLocks(() => (this.meta as MetaStore & BatchDeleter).deleteMany(batch));
-          rowsGone.push(...batch);
-        } catch (err) {
-          const error = this.#metaError('delete', undefined, err);
-          for (const key of batch) errors.push({ key, error });
-        }
-        continue;
-      }
-      for (const key of batch) {
-        try {
-          await retryLocks(() => this.meta.delete(key));
-          rowsGone.push(key);
-        } catch (err) {
-          errors.push({ key, error: this.#metaError('delete', key, err) });
-        }
-      }
+      await this.#deleteRows(unique.slice(i, i + DELETE_BATCH), rowsGone, errors);
     }
     if (rowsGone.length === 0) return { errors };
     const result = await this.db.bulkDelete(rowsGone);
@@ -376,29 +358,63 @@ export class BlobStore {
     const failed = new Set(result.errors.map((e) => e.key));
     const deleted = rowsGone.filter((key) => !failed.has(key));
     for (let i = 0; i < deleted.length; i += DELETE_BATCH) {
-      const batch = deleted.slice(i, i + DELETE_BATCH);
-      let back: Set<string>;
-      try {
-        back = await this.meta.referenced(batch);
-      } catch (err) {
-        const error = this.#metaError(
-          'read',
-          undefined,
-          err,
-          '; the blobs are deleted, rows written meanwhile may remain',
-        );
-        for (const key of batch) errors.push({ key, error });
-        continue;
-      }
-      for (const key of back) {
-        try {
-          await this.#dropIfBlobGone(key);
-        } catch (err) {
-          errors.push({ key, error: this.#metaError('delete', key, err) });
-        }
-      }
+      await this.#settleMany(deleted.slice(i, i + DELETE_BATCH), errors);
     }
     return { errors };
+  }
+
+  /**
+   * `bulkDelete`'s first step for one batch: deletes the rows (in one
+   * statement where the metadata can), adding each deleted key to
+   * `rowsGone` and each failure to `errors`.
+   */
+  async #deleteRows(batch: string[], rowsGone: string[], errors: BulkDeleteResult['errors']): Promise<void> {
+    if (hasDeleteMany(this.meta)) {
+      try {
+        await retryLocks(() => (this.meta as MetaStore & BatchDeleter).deleteMany(batch));
+        rowsGone.push(...batch);
+      } catch (err) {
+        const error = this.#metaError('delete', undefined, err);
+        for (const key of batch) errors.push({ key, error });
+      }
+      return;
+    }
+    for (const key of batch) {
+      try {
+        await retryLocks(() => this.meta.delete(key));
+        rowsGone.push(key);
+      } catch (err) {
+        errors.push({ key, error: this.#metaError('delete', key, err) });
+      }
+    }
+  }
+
+  /**
+   * `bulkDelete`'s last step for one batch of deleted blobs: the rows that
+   * racing puts wrote meanwhile, found with one query, are removed as
+   * `delete` removes them; failures go to `errors`.
+   */
+  async #settleMany(batch: string[], errors: BulkDeleteResult['errors']): Promise<void> {
+    let back: Set<string>;
+    try {
+      back = await this.meta.referenced(batch);
+    } catch (err) {
+      const error = this.#metaError(
+        'read',
+        undefined,
+        err,
+        '; the blobs are deleted, rows written meanwhile may remain',
+      );
+      for (const key of batch) errors.push({ key, error });
+      return;
+    }
+    for (const key of back) {
+      try {
+        await this.#dropIfBlobGone(key);
+      } catch (err) {
+        errors.push({ key, error: this.#metaError('delete', key, err) });
+      }
+    }
   }
 }
 
@@ -509,29 +525,8 @@ function rowFields(opts: StorePutOptions): RowFields {
   const parentId = textField('parentId', opts.parentId, key);
   const type = textField('type', opts.type, key);
   const name = textField('name', opts.name ?? '', key);
-  let contentType: string | null = null;
-  if (opts.contentType !== undefined && opts.contentType !== null) {
-    contentType = textField('contentType', opts.contentType, key);
-    if (!HEADER_TEXT.test(contentType)) {
-      throw new InvalidFieldError(
-        'contentType',
-        `BlobStore.put${key === undefined ? '' : ` of ${describeKey(key)}`}: contentType must be printable ASCII (a MIME type such as "text/plain; charset=utf-8"); nothing was stored`,
-        key === undefined ? undefined : { key },
-      );
-    }
-  }
-  let expiresOn: Date | null = null;
-  if (opts.expiresOn !== undefined && opts.expiresOn !== null) {
-    const t = opts.expiresOn instanceof Date ? opts.expiresOn.getTime() : Number.NaN;
-    if (!(t >= MIN_DATE && t <= MAX_DATE)) {
-      throw new InvalidFieldError(
-        'expiresOn',
-        `BlobStore.put${key === undefined ? '' : ` of ${describeKey(key)}`}: expiresOn must be a valid Date between the years 1000 and 9999, or null; nothing was stored`,
-        key === undefined ? undefined : { key },
-      );
-    }
-    expiresOn = opts.expiresOn;
-  }
+  const contentType = contentTypeField(opts.contentType, key);
+  const expiresOn = expiresOnField(opts.expiresOn, key);
   if (opts.size !== undefined && !isValidSize(opts.size)) {
     throw new InvalidFieldError(
       'size',
@@ -539,6 +534,37 @@ function rowFields(opts: StorePutOptions): RowFields {
     );
   }
   return { parentId, type, name, contentType, expiresOn };
+}
+
+/** A put's content type: `null` when absent, else a column-sized text that can travel as an HTTP header. */
+function contentTypeField(
+  value: StorePutOptions['contentType'] | null,
+  key: string | undefined,
+): string | null {
+  if (value === undefined || value === null) return null;
+  const contentType = textField('contentType', value, key);
+  if (!HEADER_TEXT.test(contentType)) {
+    throw new InvalidFieldError(
+      'contentType',
+      `BlobStore.put${key === undefined ? '' : ` of ${describeKey(key)}`}: contentType must be printable ASCII (a MIME type such as "text/plain; charset=utf-8"); nothing was stored`,
+      key === undefined ? undefined : { key },
+    );
+  }
+  return contentType;
+}
+
+/** A put's expiry: `null` when absent, else a Date inside DATETIME's range. */
+function expiresOnField(value: StorePutOptions['expiresOn'], key: string | undefined): Date | null {
+  if (value === undefined || value === null) return null;
+  const t = value instanceof Date ? value.getTime() : Number.NaN;
+  if (!(t >= MIN_DATE && t <= MAX_DATE)) {
+    throw new InvalidFieldError(
+      'expiresOn',
+      `BlobStore.put${key === undefined ? '' : ` of ${describeKey(key)}`}: expiresOn must be a valid Date between the years 1000 and 9999, or null; nothing was stored`,
+      key === undefined ? undefined : { key },
+    );
+  }
+  return value;
 }
 
 /** blobshift's column names, as the `BlobStore.put` options that fill them. */

@@ -17,9 +17,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { ByteCounter, getWithInfo } from '../contract/body.js';
 import { AbortedError, BlobExistsError, BlobNotFoundError, BlobShiftError } from '../contract/errors.js';
 import type { MetaStore } from '../contract/meta.js';
-import type { BlobDB, BlobInfo } from '../contract/types.js';
+import type { BlobDB, BlobInfo, BlobMeta } from '../contract/types.js';
 import { isInfrastructureError, isTransientError, shortError } from './errors.js';
-import { hashBlob } from './hash.js';
+import { type BlobDigest, hashBlob } from './hash.js';
 import { TOO_MANY_RETRIES } from './missing-log.js';
 
 export interface CopyRow {
@@ -116,49 +116,106 @@ export async function copyBlob(ctx: CopyContext, row: CopyRow): Promise<CopyOutc
   for (let attempt = 1; ; attempt++) {
     ctx.signal?.throwIfAborted();
     try {
-      // A put of ours that landed leaves only its recheck to do: a second put
-      // would meet our own copy and take it for one that was already there.
-      const kind = done.written
-        ? await afterCopy(ctx, row.key, { kind: 'copied', bytes: row.contentLength })
-        : await copyOnce(ctx, row, done);
-      if (kind.kind === 'copied') return { ...kind, retries };
-      return { kind: kind.kind, retries };
+      return withRetries(await attemptCopy(ctx, row, done), retries);
     } catch (caught) {
       let err = caught;
-      if (ctx.signal?.aborted) throw new AbortedError('copy interrupted', { cause: err });
-      if (err instanceof SizeDisagreement && ctx.meta && refreshes < MAX_ROW_REFRESHES) {
+      throwIfInterrupted(ctx.signal, err);
+      if (ctx.meta && mayRereadRow(err, refreshes)) {
         // The app may have rewritten the blob (and its row) since the row was read.
         refreshes++;
-        try {
-          const fresh = await ctx.meta.get(row.key);
-          if (!fresh) return { kind: 'deleted', retries };
-          if (fresh.contentLength !== row.contentLength) {
-            row = { key: row.key, contentLength: fresh.contentLength, contentType: fresh.contentType };
-            attempt--;
-            continue;
-          }
-        } catch (metaErr) {
-          err = metaErr;
+        const reread = await rereadRow(ctx.meta, row, err);
+        if (reread.kind === 'deleted') return { kind: 'deleted', retries };
+        if (reread.kind === 'changed') {
+          row = reread.row;
+          attempt--;
+          continue;
         }
+        err = reread.err;
       }
-      const transient = isTransientError(err);
-      if (!transient || attempt >= policy.attempts) {
-        return {
-          kind: 'failed',
-          error: transient ? TOO_MANY_RETRIES : shortError(err),
-          cause: err,
-          infrastructure: transient && isInfrastructureError(err),
-          retries,
-        };
-      }
+      const failed = giveUp(err, attempt, policy, retries);
+      if (failed) return failed;
       retries++;
       ctx.onRetry?.(row.key, attempt, err);
-      const cap = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** (attempt - 1));
-      await sleep(Math.random() * cap, undefined, ctx.signal ? { signal: ctx.signal } : undefined).catch(
-        () => {},
-      );
+      await backoff(policy, attempt, ctx.signal);
     }
   }
+}
+
+function throwIfInterrupted(signal: AbortSignal | undefined, err: unknown): void {
+  if (signal?.aborted) throw new AbortedError('copy interrupted', { cause: err });
+}
+
+/** A size disagreement sends the copy to read its row again, a few times at most. */
+function mayRereadRow(err: unknown, refreshes: number): boolean {
+  return err instanceof SizeDisagreement && refreshes < MAX_ROW_REFRESHES;
+}
+
+/**
+ * One attempt of `copyBlob`. A put of ours that landed leaves only its
+ * recheck to do: a second put would meet our own copy and take it for one
+ * that was already there.
+ */
+function attemptCopy(ctx: CopyContext, row: CopyRow, done: Attempts): Promise<OnceOutcome> {
+  return done.written
+    ? afterCopy(ctx, row.key, { kind: 'copied', bytes: row.contentLength })
+    : copyOnce(ctx, row, done);
+}
+
+function withRetries(once: OnceOutcome, retries: number): CopyOutcome {
+  if (once.kind === 'copied') return { ...once, retries };
+  return { kind: once.kind, retries };
+}
+
+/**
+ * The row read again after a size disagreement, as what it means for the
+ * copy; `retry` carries the error to judge as usual (the disagreement when
+ * the row is unchanged, the metadata's own error when the read failed).
+ */
+type Reread = { kind: 'deleted' } | { kind: 'changed'; row: CopyRow } | { kind: 'retry'; err: unknown };
+
+async function rereadRow(meta: Pick<MetaStore, 'get'>, row: CopyRow, err: unknown): Promise<Reread> {
+  try {
+    const fresh = await meta.get(row.key);
+    if (!fresh) return { kind: 'deleted' };
+    if (fresh.contentLength !== row.contentLength) {
+      return {
+        kind: 'changed',
+        row: { key: row.key, contentLength: fresh.contentLength, contentType: fresh.contentType },
+      };
+    }
+    return { kind: 'retry', err };
+  } catch (metaErr) {
+    return { kind: 'retry', err: metaErr };
+  }
+}
+
+/** A lasting error, or a transient one on the last attempt, ends the copy as `failed`. */
+function giveUp(
+  err: unknown,
+  attempt: number,
+  policy: RetryPolicy,
+  retries: number,
+): CopyOutcome | undefined {
+  const transient = isTransientError(err);
+  if (transient && attempt < policy.attempts) return undefined;
+  return failedCopy(err, transient, retries);
+}
+
+/** The outcome of a copy that gives up: a lasting error, or a transient one that outlived its retries. */
+function failedCopy(err: unknown, transient: boolean, retries: number): CopyOutcome {
+  return {
+    kind: 'failed',
+    error: transient ? TOO_MANY_RETRIES : shortError(err),
+    cause: err,
+    infrastructure: transient && isInfrastructureError(err),
+    retries,
+  };
+}
+
+/** Waits before a retry: exponential backoff with full jitter, cut short (silently) by an abort. */
+async function backoff(policy: RetryPolicy, attempt: number, signal: AbortSignal | undefined): Promise<void> {
+  const cap = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** (attempt - 1));
+  await sleep(Math.random() * cap, undefined, signal ? { signal } : undefined).catch(() => {});
 }
 
 /** How often one copy reads its row again after a size disagreement. */
@@ -175,58 +232,98 @@ interface Attempts {
 }
 
 async function copyOnce(ctx: CopyContext, row: CopyRow, done: Attempts): Promise<OnceOutcome> {
-  const { oldDb, newDb } = ctx;
-  const key = row.key;
-  // Same endpoint, and a copy that keeps no-overwrite as a put would: the
-  // server copies and no byte passes through here, so only the old blob's
-  // info is read. Otherwise its info and bytes, in one request.
-  const serverSide =
-    newDb.copyFrom !== undefined &&
-    newDb.capabilities.serverSideCopyFrom?.(oldDb, { overwrite: false }) === true;
-  let info: BlobInfo;
-  let body: Readable | undefined;
+  const source = await readOld(ctx, row.key);
+  if (source === undefined) return notInOld(ctx, row, done);
+  const { info, body } = source;
   try {
-    if (serverSide) info = await oldDb.stat(key);
-    else ({ info, body } = await getWithInfo(oldDb, key));
-  } catch (err) {
-    if (err instanceof BlobNotFoundError) return notInOld(ctx, row, done);
-    throw err;
-  }
-  try {
-    if (info.size !== row.contentLength) {
-      body?.destroy();
-      // The old copy disagrees with the metadata. The app may have rewritten the
-      // blob through the new backend; if so, that copy is the truth.
-      const inNew = await statOrUndefined(newDb, key);
-      if (inNew && inNew.size === row.contentLength) return { kind: 'present' };
-      throw new SizeDisagreement(key, row.contentLength, info.size);
-    }
-    const contentType = info.contentType ?? row.contentType ?? undefined;
-    const putOptions = {
-      overwrite: false,
-      size: row.contentLength,
-      ...(contentType !== undefined ? { contentType } : {}),
-      ...(info.httpMeta !== undefined ? { httpMeta: info.httpMeta } : {}),
-    };
+    if (info.size !== row.contentLength) return await oldDisagrees(ctx, row, info, body);
     try {
-      if (body === undefined)
-        await newDb.copyFrom?.(oldDb, key, {
-          ...putOptions,
-          ...(info.etag !== undefined ? { sourceEtag: info.etag } : {}),
-        });
-      else await newDb.put(key, body, putOptions);
+      await writeNew(ctx, row, info, body);
     } catch (err) {
-      // The blob in new may be our own earlier put: it gets the same recheck.
-      if (err instanceof BlobExistsError) return afterExisting(ctx, row, done);
-      if (err instanceof BlobNotFoundError && body === undefined) return notInOld(ctx, row, done);
-      done.mayHaveWritten = true;
-      throw err;
+      return writeRefused(ctx, row, done, err, body === undefined);
     }
   } finally {
     if (body !== undefined && !body.destroyed) body.destroy();
   }
   done.written = true;
-  return afterCopy(ctx, key, { kind: 'copied', bytes: row.contentLength });
+  return afterCopy(ctx, row.key, { kind: 'copied', bytes: row.contentLength });
+}
+
+/**
+ * The old blob's info, and its bytes unless the copy is server-side; `undefined`
+ * when the old backend does not hold it. Same endpoint, and a copy that keeps
+ * no-overwrite as a put would: the server copies and no byte passes through
+ * here, so only the old blob's info is read. Otherwise its info and bytes, in
+ * one request.
+ */
+async function readOld(
+  ctx: CopyContext,
+  key: string,
+): Promise<{ info: BlobInfo; body?: Readable } | undefined> {
+  const { oldDb, newDb } = ctx;
+  const serverSide =
+    newDb.copyFrom !== undefined &&
+    newDb.capabilities.serverSideCopyFrom?.(oldDb, { overwrite: false }) === true;
+  try {
+    if (serverSide) return { info: await oldDb.stat(key) };
+    return await getWithInfo(oldDb, key);
+  } catch (err) {
+    if (err instanceof BlobNotFoundError) return undefined;
+    throw err;
+  }
+}
+
+/**
+ * The old copy disagrees with the metadata. The app may have rewritten the
+ * blob through the new backend; if so, that copy is the truth.
+ */
+async function oldDisagrees(
+  ctx: CopyContext,
+  row: CopyRow,
+  info: BlobInfo,
+  body: Readable | undefined,
+): Promise<OnceOutcome> {
+  body?.destroy();
+  const inNew = await statOrUndefined(ctx.newDb, row.key);
+  if (inNew && inNew.size === row.contentLength) return { kind: 'present' };
+  throw new SizeDisagreement(row.key, row.contentLength, info.size);
+}
+
+/** Puts the old blob's bytes (or has the server copy them) without overwrite, carrying its type and HTTP metadata. */
+async function writeNew(
+  ctx: CopyContext,
+  row: CopyRow,
+  info: BlobInfo,
+  body: Readable | undefined,
+): Promise<void> {
+  const { oldDb, newDb } = ctx;
+  const contentType = info.contentType ?? row.contentType ?? undefined;
+  const putOptions = {
+    overwrite: false,
+    size: row.contentLength,
+    ...(contentType !== undefined ? { contentType } : {}),
+    ...(info.httpMeta !== undefined ? { httpMeta: info.httpMeta } : {}),
+  };
+  if (body === undefined)
+    await newDb.copyFrom?.(oldDb, row.key, {
+      ...putOptions,
+      ...(info.etag !== undefined ? { sourceEtag: info.etag } : {}),
+    });
+  else await newDb.put(row.key, body, putOptions);
+}
+
+/** A put (or server-side copy) of ours that failed. The blob in new may be our own earlier put: it gets the same recheck. */
+function writeRefused(
+  ctx: CopyContext,
+  row: CopyRow,
+  done: Attempts,
+  err: unknown,
+  serverSide: boolean,
+): Promise<OnceOutcome> {
+  if (err instanceof BlobExistsError) return afterExisting(ctx, row, done);
+  if (err instanceof BlobNotFoundError && serverSide) return notInOld(ctx, row, done);
+  done.mayHaveWritten = true;
+  throw err;
 }
 
 /** No resurrection: a copy whose row vanished meanwhile is taken back. */
@@ -308,26 +405,16 @@ export async function refreshStale(
   const key = row.key;
   const judged = await statOrUndefined(dest, key);
   if (!judged) return undefined;
-  let stale: string | undefined;
   const expected = row.sha256?.toLowerCase() ?? null;
-  if (judged.size !== row.contentLength) {
-    stale = `it holds ${judged.size} bytes, the metadata says ${row.contentLength}`;
-  } else if (expected !== null) {
-    const digest = await hashBlob(dest, key, ctx.signal);
-    if (!digest) return undefined;
-    if (digest.bytes !== row.contentLength)
-      stale = `it holds ${digest.bytes} bytes, the metadata says ${row.contentLength}`;
-    else if (digest.sha256 !== expected) stale = 'its bytes do not hash to the metadata sha256';
-  }
-  if (stale === undefined) return { kind: 'present', retries: 0 };
+  const verdict = await judgeCopy(ctx, row, judged, expected);
+  if (verdict.kind === 'gone') return undefined;
+  if (verdict.kind === 'current') return { kind: 'present', retries: 0 };
+  const stale = verdict.why;
 
   // The row as it is now: the app may have moved on since the walk read it.
   const fresh = ctx.meta ? await ctx.meta.get(key) : undefined;
   if (ctx.meta && !fresh) return { kind: 'deleted', retries: 0 };
-  if (
-    fresh &&
-    (fresh.contentLength !== row.contentLength || (fresh.sha256 ?? null) !== (row.sha256 ?? null))
-  ) {
+  if (fresh && rowMoved(fresh, row)) {
     if (rereads >= MAX_ROW_REFRESHES)
       return staleFailure('its metadata row kept changing; not replaced (run again)');
     return refreshStale(
@@ -343,40 +430,21 @@ export async function refreshStale(
   }
   const src = await hashBlob(source, key, ctx.signal);
   if (!src) return { kind: 'notFound', retries: 0 };
-  if (src.bytes !== row.contentLength || (expected !== null && src.sha256 !== expected)) {
+  const mismatch = sourceMismatch(src, row.contentLength, expected);
+  if (mismatch !== undefined) {
     return staleFailure(
-      `the copy in the destination is stale (${stale}), but the source does not match the metadata either (${src.bytes} bytes${expected !== null && src.sha256 !== expected ? ', another sha256' : ''}); not replaced: either may be the newer one`,
+      `the copy in the destination is stale (${stale}), but the source does not match the metadata either (${mismatch}); not replaced: either may be the newer one`,
     );
   }
 
   // Check, then write: the copy judged stale must still be the one there.
   const now = await statOrUndefined(dest, key);
-  if (
-    !now ||
-    now.size !== judged.size ||
-    now.etag !== judged.etag ||
-    now.lastModified?.getTime() !== judged.lastModified?.getTime()
-  ) {
+  if (changedSince(judged, now)) {
     return staleFailure(
       'the copy in the destination changed while it was being checked; not replaced (run again)',
     );
   }
-  const { info, body } = await getWithInfo(source, key);
-  const counter = new ByteCounter(key, row.contentLength, { hash: 'sha256' });
-  body.on('error', (err) => counter.destroy(err));
-  body.pipe(counter);
-  const contentType = info.contentType ?? row.contentType ?? undefined;
-  try {
-    await dest.put(key, counter, {
-      overwrite: true,
-      size: row.contentLength,
-      ...(contentType !== undefined ? { contentType } : {}),
-      ...(info.httpMeta !== undefined ? { httpMeta: info.httpMeta } : {}),
-    });
-  } finally {
-    if (!body.destroyed) body.destroy();
-  }
-  const wrote = counter.digest();
+  const wrote = await replaceCopy(ctx, row);
   if (expected !== null && wrote !== expected) {
     // The source changed between its check and the copy: the app rewrote it.
     return staleFailure(
@@ -387,6 +455,79 @@ export async function refreshStale(
   return after.kind === 'copied'
     ? { kind: 'copied', bytes: row.contentLength, retries: 0, replaced: true }
     : { kind: after.kind, retries: 0 };
+}
+
+/** What the row says of the destination's copy: `gone` when it vanished while being hashed. */
+type Judgement = { kind: 'gone' } | { kind: 'current' } | { kind: 'stale'; why: string };
+
+/**
+ * Judges the destination's copy against the row: stale when its size, or the
+ * SHA-256 of its bytes (where the row has one), differs from the row.
+ */
+async function judgeCopy(
+  ctx: CopyContext,
+  row: CopyRow,
+  judged: BlobInfo,
+  expected: string | null,
+): Promise<Judgement> {
+  if (judged.size !== row.contentLength) {
+    return { kind: 'stale', why: `it holds ${judged.size} bytes, the metadata says ${row.contentLength}` };
+  }
+  if (expected === null) return { kind: 'current' };
+  const digest = await hashBlob(ctx.newDb, row.key, ctx.signal);
+  if (!digest) return { kind: 'gone' };
+  if (digest.bytes !== row.contentLength) {
+    return { kind: 'stale', why: `it holds ${digest.bytes} bytes, the metadata says ${row.contentLength}` };
+  }
+  if (digest.sha256 !== expected)
+    return { kind: 'stale', why: 'its bytes do not hash to the metadata sha256' };
+  return { kind: 'current' };
+}
+
+/** The row read again differs from the one the copy was judged by (size or sha256). */
+function rowMoved(fresh: Pick<BlobMeta, 'contentLength' | 'sha256'>, row: CopyRow): boolean {
+  return fresh.contentLength !== row.contentLength || (fresh.sha256 ?? null) !== (row.sha256 ?? null);
+}
+
+/** How the source differs from the row (size, sha256 where the row has one), or `undefined` when it matches. */
+function sourceMismatch(src: BlobDigest, size: number, expected: string | null): string | undefined {
+  const otherHash = expected !== null && src.sha256 !== expected;
+  if (src.bytes === size && !otherHash) return undefined;
+  return `${src.bytes} bytes${otherHash ? ', another sha256' : ''}`;
+}
+
+/** The destination's copy is no longer the one judged stale (gone, or another size, etag or date). */
+function changedSince(judged: BlobInfo, now: BlobInfo | undefined): boolean {
+  return (
+    !now ||
+    now.size !== judged.size ||
+    now.etag !== judged.etag ||
+    now.lastModified?.getTime() !== judged.lastModified?.getTime()
+  );
+}
+
+/**
+ * Overwrites the destination's copy with the source's bytes, the row's size
+ * enforced; resolves the SHA-256 of what was written.
+ */
+async function replaceCopy(ctx: CopyContext, row: CopyRow): Promise<string | undefined> {
+  const key = row.key;
+  const { info, body } = await getWithInfo(ctx.oldDb, key);
+  const counter = new ByteCounter(key, row.contentLength, { hash: 'sha256' });
+  body.on('error', (err) => counter.destroy(err));
+  body.pipe(counter);
+  const contentType = info.contentType ?? row.contentType ?? undefined;
+  try {
+    await ctx.newDb.put(key, counter, {
+      overwrite: true,
+      size: row.contentLength,
+      ...(contentType !== undefined ? { contentType } : {}),
+      ...(info.httpMeta !== undefined ? { httpMeta: info.httpMeta } : {}),
+    });
+  } finally {
+    if (!body.destroyed) body.destroy();
+  }
+  return counter.digest();
 }
 
 /**

@@ -191,48 +191,15 @@ export async function readMissingLog(
   let problems = 0;
   let held: { text: string | number; line: number } | undefined;
   const handle = async (text: string | number, line: number, isLast: boolean) => {
-    if (typeof text === 'number') {
+    const reading = readLine(text, isLast && !endsWithNewline);
+    if (reading.kind === 'blank') return;
+    if (reading.kind === 'problem') {
       problems++;
-      onProblem({ file, line, why: `a line of ${text} bytes, longer than any record; skipped`, torn: false });
+      onProblem({ file, line, why: reading.why, torn: reading.torn });
       return;
     }
-    if (text.trim() === '') return;
-    let value: unknown;
-    try {
-      value = JSON.parse(text);
-    } catch {
-      problems++;
-      const torn = isLast && !endsWithNewline;
-      const shown = text.length > MAX_LINE_SHOWN ? `${text.slice(0, MAX_LINE_SHOWN)}…` : text;
-      onProblem({
-        file,
-        line,
-        why: torn
-          ? 'torn last line (the writer stopped mid-line), ignored'
-          : `not valid JSON: ${JSON.stringify(shown)}`,
-        torn,
-      });
-      return;
-    }
-    const why = recordProblem(value);
-    if (why !== undefined) {
-      problems++;
-      onProblem({ file, line, why, torn: false });
-      return;
-    }
-    const r = value as Record<string, unknown>;
     records++;
-    await onRecord(
-      {
-        id: r.id as number,
-        key: r.key as string,
-        type: typeof r.type === 'string' ? r.type : '',
-        parentId: typeof r.parentId === 'string' ? r.parentId : '',
-        error: typeof r.error === 'string' ? r.error : '',
-        at: typeof r.at === 'string' ? r.at : '',
-      },
-      line,
-    );
+    await onRecord(reading.record, line);
   };
   const consume = (async () => {
     for await (const text of lines) {
@@ -244,6 +211,52 @@ export async function readMissingLog(
   })();
   await Promise.race([consume, openError]);
   return { records, problems };
+}
+
+/** What the reader makes of one line: nothing (a blank line), a record, or a problem. */
+type LineReading =
+  | { kind: 'blank' }
+  | { kind: 'record'; record: MissingRecord }
+  | { kind: 'problem'; why: string; torn: boolean };
+
+/**
+ * Reads one line of a log (its byte count when it was too long to keep).
+ * `tornIfInvalid`: the line is the last one and no newline ends the file, so
+ * invalid JSON there is a torn write, not a malformed record.
+ */
+function readLine(text: string | number, tornIfInvalid: boolean): LineReading {
+  if (typeof text === 'number') {
+    return { kind: 'problem', why: `a line of ${text} bytes, longer than any record; skipped`, torn: false };
+  }
+  if (text.trim() === '') return { kind: 'blank' };
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    const shown = text.length > MAX_LINE_SHOWN ? `${text.slice(0, MAX_LINE_SHOWN)}…` : text;
+    return {
+      kind: 'problem',
+      why: tornIfInvalid
+        ? 'torn last line (the writer stopped mid-line), ignored'
+        : `not valid JSON: ${JSON.stringify(shown)}`,
+      torn: tornIfInvalid,
+    };
+  }
+  const why = recordProblem(value);
+  if (why !== undefined) return { kind: 'problem', why, torn: false };
+  return { kind: 'record', record: toRecord(value as Record<string, unknown>) };
+}
+
+/** A record that `recordProblem` accepted, its optional text fields defaulting to ''. */
+function toRecord(r: Record<string, unknown>): MissingRecord {
+  return {
+    id: r.id as number,
+    key: r.key as string,
+    type: typeof r.type === 'string' ? r.type : '',
+    parentId: typeof r.parentId === 'string' ? r.parentId : '',
+    error: typeof r.error === 'string' ? r.error : '',
+    at: typeof r.at === 'string' ? r.at : '',
+  };
 }
 
 /** Longest line the reader keeps; a longer one is skipped as it streams by (bounded memory). */
