@@ -352,13 +352,61 @@ async function afterExisting(ctx: CopyContext, row: CopyRow, done: Attempts): Pr
     throw new BlobShiftError(`${row.key}: the blob in the new backend vanished while it was being checked`);
   }
   if (inNew.size !== row.contentLength) {
-    const fresh = ctx.meta ? await ctx.meta.get(row.key) : undefined;
-    if (ctx.meta && !fresh) return { kind: 'deleted' };
-    if (!fresh || fresh.contentLength !== inNew.size) {
-      throw new NewCopyDisagreement(row.key, row.contentLength, inNew.size);
+    if (!ctx.meta) throw new NewCopyDisagreement(row.key, row.contentLength, inNew.size);
+    const settled = await settleSizes(ctx.newDb, ctx.meta, row.key, inNew.size, ctx);
+    if (settled.kind === 'deleted') return { kind: 'deleted' };
+    if (settled.kind === 'absent') {
+      throw new BlobShiftError(`${row.key}: the blob in the new backend vanished while it was being checked`);
     }
+    if (settled.kind === 'disagree') throw new NewCopyDisagreement(row.key, settled.rowSize, settled.newSize);
   }
   return done.mayHaveWritten ? afterCopy(ctx, row.key, { kind: 'present' }) : { kind: 'present' };
+}
+
+/** What the row and the copy in new say of a blob once an app's write in flight had time to land. */
+export type Settled =
+  | { kind: 'present' }
+  | { kind: 'deleted' }
+  | { kind: 'absent' }
+  | { kind: 'disagree'; rowSize: number; newSize: number };
+
+/** Waits between the looks of `settleSizes`, as multiples of the retry policy's base delay. */
+const SETTLE_STEPS = [0, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4];
+
+/**
+ * The new backend holds `key` with a size (`newSize`) the row read earlier
+ * does not give. The app may be overwriting the blob: `BlobStore.put` writes
+ * the blob first and its row after, so for a moment new holds the new
+ * version while the row still gives the old size. Reads the row (and stats
+ * the copy) again, at growing intervals over about 12 × the retry policy's
+ * base delay (3 s by default), until they agree (`present`), the row is gone
+ * (`deleted`) or the copy is (`absent`); a copy whose size no row gives by
+ * then is a `disagree`ment: a truncated leftover or a damaged object, never
+ * counted present and never overwritten.
+ */
+export async function settleSizes(
+  newDb: BlobDB,
+  meta: Pick<MetaStore, 'get'>,
+  key: string,
+  newSize: number,
+  opts: { retry?: RetryPolicy; signal?: AbortSignal | undefined },
+): Promise<Settled> {
+  const base = (opts.retry ?? DEFAULT_RETRY).baseDelayMs;
+  let size = newSize;
+  let rowSize = newSize;
+  for (const [i, step] of SETTLE_STEPS.entries()) {
+    if (i > 0) {
+      await sleep(step * base, undefined, opts.signal ? { signal: opts.signal } : undefined);
+      const inNew = await statOrUndefined(newDb, key);
+      if (inNew === undefined) return { kind: 'absent' };
+      size = inNew.size;
+    }
+    const fresh = await meta.get(key);
+    if (!fresh) return { kind: 'deleted' };
+    if (fresh.contentLength === size) return { kind: 'present' };
+    rowSize = fresh.contentLength;
+  }
+  return { kind: 'disagree', rowSize, newSize: size };
 }
 
 async function notInOld(ctx: CopyContext, row: CopyRow, done: Attempts): Promise<OnceOutcome> {

@@ -5,8 +5,15 @@
  */
 import { BlobNotFoundError } from '../contract/errors.js';
 import type { MetaStore, RunCounts } from '../contract/meta.js';
-import type { BlobDB, BlobMeta } from '../contract/types.js';
-import { type CopyContext, type CopyOutcome, copyBlob, type RetryPolicy, refreshStale } from './copy.js';
+import type { BlobDB, BlobInfo, BlobMeta } from '../contract/types.js';
+import {
+  type CopyContext,
+  type CopyOutcome,
+  copyBlob,
+  type RetryPolicy,
+  refreshStale,
+  settleSizes,
+} from './copy.js';
 import { isInfrastructureError, shortError } from './errors.js';
 import { type MissingRecord, NOT_FOUND } from './missing-log.js';
 import { withRetry } from './retry.js';
@@ -53,7 +60,7 @@ export async function runTask(t: TaskContext, row: TaskRow, check: boolean): Pro
     const ctx = copyContext(t);
     let outcome: Outcome | undefined;
     if (check && t.replaceStale) outcome = await checkStale(t, ctx, row);
-    else if (check) outcome = await checkNew(t.newDb, row, t.meta);
+    else if (check) outcome = await checkNew(t.newDb, row, t.meta, { retry: t.retry, signal: t.signal });
     outcome ??= await copyBlob(ctx, row);
     if (outcome.kind === 'failed' && isInfrastructureError(outcome.cause)) outcome.infrastructure = true;
     return outcome;
@@ -91,27 +98,37 @@ export async function checkNew(
   newDb: BlobDB,
   row: Pick<BlobMeta, 'key' | 'contentLength'>,
   meta?: Pick<MetaStore, 'get'>,
+  opts: { retry?: RetryPolicy | undefined; signal?: AbortSignal | undefined } = {},
 ): Promise<Outcome | undefined> {
+  let info: BlobInfo;
   try {
-    const info = await newDb.stat(row.key);
-    if (info.size === row.contentLength) return { kind: 'present', retries: 0 };
-    if (meta) {
-      // The app may have rewritten the blob since the row was read.
-      const fresh = await meta.get(row.key);
-      if (!fresh) return { kind: 'deleted', retries: 0 };
-      if (fresh.contentLength === info.size) return { kind: 'present', retries: 0 };
-    }
-    return {
-      kind: 'failed',
-      error: `size mismatch in the new backend: it holds ${info.size} bytes, the metadata says ${row.contentLength}; not overwritten`,
-      cause: undefined,
-      infrastructure: false,
-      retries: 0,
-    };
+    info = await newDb.stat(row.key);
   } catch (err) {
     if (err instanceof BlobNotFoundError) return undefined;
     throw err;
   }
+  if (info.size === row.contentLength) return { kind: 'present', retries: 0 };
+  let rowSize = row.contentLength;
+  let newSize = info.size;
+  if (meta) {
+    // The app may be rewriting the blob: its row may say the new size in a moment.
+    const settled = await settleSizes(newDb, meta, row.key, info.size, {
+      ...(opts.retry ? { retry: opts.retry } : {}),
+      signal: opts.signal,
+    });
+    if (settled.kind === 'present') return { kind: 'present', retries: 0 };
+    if (settled.kind === 'deleted') return { kind: 'deleted', retries: 0 };
+    if (settled.kind === 'absent') return undefined;
+    rowSize = settled.rowSize;
+    newSize = settled.newSize;
+  }
+  return {
+    kind: 'failed',
+    error: `size mismatch in the new backend: it holds ${newSize} bytes, the metadata says ${rowSize}; not overwritten`,
+    cause: undefined,
+    infrastructure: false,
+    retries: 0,
+  };
 }
 
 /** Adds one blob's outcome to `counts`. */
