@@ -830,6 +830,15 @@ export class S3BlobDB implements BlobDB {
   async bulkDelete(keys: string[]): Promise<BulkDeleteResult> {
     this.#checkOpen();
     const errors: BulkDeleteResult['errors'] = [];
+    const valid = this.#validDistinctKeys(keys, errors);
+    for (let i = 0; i < valid.length; i += DELETE_BATCH) {
+      await this.#deleteBatch(valid.slice(i, i + DELETE_BATCH), errors);
+    }
+    return { errors };
+  }
+
+  /** The valid keys of a bulk delete, each once, in order; an invalid key is an error of its own. */
+  #validDistinctKeys(keys: string[], errors: BulkDeleteResult['errors']): string[] {
     const valid: string[] = [];
     const seen = new Set<string>();
     for (const key of keys) {
@@ -847,34 +856,47 @@ export class S3BlobDB implements BlobDB {
         valid.push(key);
       }
     }
-    for (let i = 0; i < valid.length; i += DELETE_BATCH) {
-      const batch = valid.slice(i, i + DELETE_BATCH);
-      try {
-        const { sdk, client } = await this.#ready();
-        const out = await client.send(
-          new sdk.s3.DeleteObjectsCommand({
-            Bucket: this.#bucket,
-            Delete: { Objects: batch.map((key) => ({ Key: this.#prefix + key })), Quiet: true },
-          }),
-        );
-        for (const e of out.Errors ?? []) {
-          if (e.Code === 'NoSuchKey') continue;
-          const key = e.Key?.startsWith(this.#prefix) ? e.Key.slice(this.#prefix.length) : (e.Key ?? '');
-          errors.push({
-            key,
-            error: new BackendError(
-              `S3 DeleteObjects could not delete ${describeKey(key)} in ${this.#where()}: ${redactString(
-                `${e.Code ?? 'error'}: ${e.Message ?? 'no message'}`,
-              )}`,
-              { key },
-            ),
-          });
-        }
-      } catch (err) {
-        for (const key of batch) errors.push({ key, error: this.#backendError('DeleteObjects', key, err) });
+    return valid;
+  }
+
+  /**
+   * One DeleteObjects request: the keys S3 could not delete (a missing key
+   * is no error) are errors, and every key of the batch where the request failed.
+   */
+  async #deleteBatch(batch: string[], errors: BulkDeleteResult['errors']): Promise<void> {
+    try {
+      const { sdk, client } = await this.#ready();
+      const out = await client.send(
+        new sdk.s3.DeleteObjectsCommand({
+          Bucket: this.#bucket,
+          Delete: { Objects: batch.map((key) => ({ Key: this.#prefix + key })), Quiet: true },
+        }),
+      );
+      for (const e of out.Errors ?? []) {
+        if (e.Code === 'NoSuchKey') continue;
+        errors.push(this.#deleteObjectsError(e));
       }
+    } catch (err) {
+      for (const key of batch) errors.push({ key, error: this.#backendError('DeleteObjects', key, err) });
     }
-    return { errors };
+  }
+
+  /** The error of one key DeleteObjects reports it could not delete. */
+  #deleteObjectsError(e: {
+    Key?: string;
+    Code?: string;
+    Message?: string;
+  }): BulkDeleteResult['errors'][number] {
+    const key = e.Key?.startsWith(this.#prefix) ? e.Key.slice(this.#prefix.length) : (e.Key ?? '');
+    return {
+      key,
+      error: new BackendError(
+        `S3 DeleteObjects could not delete ${describeKey(key)} in ${this.#where()}: ${redactString(
+          `${e.Code ?? 'error'}: ${e.Message ?? 'no message'}`,
+        )}`,
+        { key },
+      ),
+    };
   }
 
   /**

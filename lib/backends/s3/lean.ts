@@ -408,6 +408,46 @@ function objectOutput(headers: Record<string, string>): LeanObjectOutput {
 
 type Command = LeanRequestEvent['command'];
 
+/** One operation in flight on the lean path: its request, and what its attempts share. */
+interface Operation {
+  command: Command;
+  method: string;
+  key: string;
+  headers: Record<string, string>;
+  body: Buffer | undefined;
+  invocation: number;
+  /** Attempts handed to the request handler so far. */
+  sent: number;
+  redirected: boolean;
+  /** The retry count of the latest token, and the retry delay so far, for a final error's `$metadata`. */
+  attempts: number;
+  totalRetryDelay: number;
+}
+
+/** The unsigned request of an operation's attempt, to `endpoint`. */
+function buildRequest(endpoint: Endpoint, op: Operation): HttpRequest {
+  const { method, key, headers, body } = op;
+  return new (sdkNow().protocol.HttpRequest)({
+    method,
+    protocol: endpoint.protocol,
+    hostname: endpoint.hostname,
+    ...(endpoint.port !== undefined ? { port: endpoint.port } : {}),
+    path: `${endpoint.basePath}/${encodeKey(key)}`,
+    headers: { ...headers, host: endpoint.host, 'user-agent': 'blobshift' },
+    ...(body !== undefined ? { body } : {}),
+  });
+}
+
+/** Whether an answer ends the operation: a success, or a 404 where that counts as an answer. */
+function isAnswer(status: number, notFoundIsAnswer: boolean): boolean {
+  return (status >= 200 && status < 300) || (status === 404 && notFoundIsAnswer);
+}
+
+/** Whether a failed answer sends the request to the bucket's own region. */
+function isRegionRedirect(status: number, errorName: string): boolean {
+  return status === 301 || (status === 400 && errorName === 'IllegalLocationConstraintException');
+}
+
 /**
  * The lean path for one client and bucket. `LeanS3.create` answers
  * `undefined` where this client is not one the path can serve as the SDK
@@ -542,89 +582,149 @@ export class LeanS3 {
     notFoundIsAnswer = false,
   ): Promise<HttpResponse> {
     let token = await this.#strategy.acquireInitialRetryToken('');
-    const invocation = ++invocations;
-    let sent = 0;
-    let redirected = false;
-    let attempts = 0;
-    let totalRetryDelay = 0;
+    const op: Operation = {
+      command,
+      method,
+      key,
+      headers,
+      body,
+      invocation: ++invocations,
+      sent: 0,
+      redirected: false,
+      attempts: 0,
+      totalRetryDelay: 0,
+    };
     for (;;) {
       const endpoint = this.#endpoint;
-      const request = new (sdkNow().protocol.HttpRequest)({
-        method,
-        protocol: endpoint.protocol,
-        hostname: endpoint.hostname,
-        ...(endpoint.port !== undefined ? { port: endpoint.port } : {}),
-        path: `${endpoint.basePath}/${encodeKey(key)}`,
-        headers: { ...headers, host: endpoint.host, 'user-agent': 'blobshift' },
-        ...(body !== undefined ? { body } : {}),
-      });
+      const request = buildRequest(endpoint, op);
       const preOffset = this.#config.systemClockOffset;
       const sentAt = Date.now();
-      let failure: unknown;
-      let response: HttpResponse | undefined;
-      try {
-        const signed = await endpoint.signer.sign(request, {
-          signingDate: new Date(this.#skewCorrection ? sentAt + preOffset : sentAt),
-          signingRegion: endpoint.region,
-          signingService: endpoint.service,
-        });
-        const listeners = observers.get(this.#client);
-        if (listeners) {
-          const headers = { ...signed.headers };
-          const event = { command, method, path: signed.path, headers, invocation, attempt: sent + 1 };
-          for (const listener of listeners) listener(event);
-        }
-        sent++;
-        ({ response } = await this.#config.requestHandler.handle(signed, {}));
-      } catch (err) {
-        failure = err;
-      }
+      const { response, failure: sendFailure } = await this.#attempt(
+        endpoint,
+        request,
+        op,
+        sentAt,
+        preOffset,
+      );
+      let failure = sendFailure;
       if (response !== undefined) {
         this.#sampleClock(response.headers.date, response.headers.age, sentAt);
-        const status = response.statusCode;
-        if ((status >= 200 && status < 300) || (status === 404 && notFoundIsAnswer)) {
+        if (isAnswer(response.statusCode, notFoundIsAnswer)) {
           this.#strategy.recordSuccess(token);
           return response;
         }
-        const err = await serviceError(response, method);
-        if (this.#skewCorrection && err.ServerTime !== undefined && response.headers.date === undefined) {
-          this.#sampleClock(err.ServerTime, undefined, sentAt);
-        }
-        const offset = this.#config.systemClockOffset;
-        if (this.#skewCorrection && Math.abs(offset) >= 240_000 && offset !== preOffset) {
-          (err.$metadata as { clockSkewCorrected?: boolean }).clockSkewCorrected = true;
-        }
-        const bucketRegion = response.headers['x-amz-bucket-region'];
-        if (
-          !redirected &&
-          bucketRegion !== undefined &&
-          (status === 301 || (status === 400 && err.name === 'IllegalLocationConstraintException'))
-        ) {
-          const target = await this.#redirect(bucketRegion);
-          if (target) {
-            this.#endpoint = target;
-            redirected = true;
-            continue;
-          }
-        }
+        const err = await this.#failedAnswer(response, method, sentAt, preOffset);
+        if (await this.#followRedirect(response, err, op)) continue;
         failure = err;
       }
-      try {
-        token = await this.#strategy.refreshRetryTokenForRetry(token, {
-          errorType: retryErrorType(failure),
-          ...hintOf(failure),
-        });
-      } catch {
-        throw withAttempts(failure, attempts + 1, totalRetryDelay);
-      }
-      attempts = token.getRetryCount();
-      const delay = token.getRetryDelay();
-      // The strategy may have waited inside the refresh already (it logs how long), as the SDK counts it.
-      const waited =
-        (token as { $retryLog?: { acquisitionDelay?: number } }).$retryLog?.acquisitionDelay ?? 0;
-      totalRetryDelay += waited + delay;
-      if (delay > 0) await new Promise((resolve) => setTimeout(resolve, delay));
+      token = await this.#nextRetry(token, failure, op);
     }
+  }
+
+  /**
+   * One attempt: sign the request (dated by the corrected clock), tell the
+   * observers, and hand it to the request handler. A failure to sign or send
+   * is returned, not thrown.
+   */
+  async #attempt(
+    endpoint: Endpoint,
+    request: HttpRequest,
+    op: Operation,
+    sentAt: number,
+    preOffset: number,
+  ): Promise<{ response?: HttpResponse | undefined; failure?: unknown }> {
+    try {
+      const signed = await endpoint.signer.sign(request, {
+        signingDate: new Date(this.#skewCorrection ? sentAt + preOffset : sentAt),
+        signingRegion: endpoint.region,
+        signingService: endpoint.service,
+      });
+      this.#notify(signed, op);
+      op.sent++;
+      const { response } = await this.#config.requestHandler.handle(signed, {});
+      return { response };
+    } catch (err) {
+      return { failure: err };
+    }
+  }
+
+  /** Calls the observers of this client with the signed attempt about to be sent. */
+  #notify(signed: HttpRequest, op: Operation): void {
+    const listeners = observers.get(this.#client);
+    if (!listeners) return;
+    const headers = { ...signed.headers };
+    const event = {
+      command: op.command,
+      method: op.method,
+      path: signed.path,
+      headers,
+      invocation: op.invocation,
+      attempt: op.sent + 1,
+    };
+    for (const listener of listeners) listener(event);
+  }
+
+  /**
+   * The error of an answer that is no success, after sampling the clock
+   * from the error's `ServerTime` where the answer had no date, and marked
+   * `clockSkewCorrected` where this answer moved a large clock offset.
+   */
+  async #failedAnswer(
+    response: HttpResponse,
+    method: string,
+    sentAt: number,
+    preOffset: number,
+  ): Promise<S3ServiceException & { ServerTime?: string }> {
+    const err = await serviceError(response, method);
+    if (this.#skewCorrection && err.ServerTime !== undefined && response.headers.date === undefined) {
+      this.#sampleClock(err.ServerTime, undefined, sentAt);
+    }
+    const offset = this.#config.systemClockOffset;
+    if (this.#skewCorrection && Math.abs(offset) >= 240_000 && offset !== preOffset) {
+      (err.$metadata as { clockSkewCorrected?: boolean }).clockSkewCorrected = true;
+    }
+    return err;
+  }
+
+  /**
+   * Follows a region redirect (once per operation) where the answer names
+   * the bucket's region and the endpoint there resolves: true when the
+   * attempt should be sent again to the new endpoint.
+   */
+  async #followRedirect(response: HttpResponse, err: S3ServiceException, op: Operation): Promise<boolean> {
+    const bucketRegion = response.headers['x-amz-bucket-region'];
+    if (op.redirected || bucketRegion === undefined || !isRegionRedirect(response.statusCode, err.name)) {
+      return false;
+    }
+    const target = await this.#redirect(bucketRegion);
+    if (!target) return false;
+    this.#endpoint = target;
+    op.redirected = true;
+    return true;
+  }
+
+  /**
+   * The retry token for the next attempt, after waiting its delay; throws the
+   * failure (with the attempts and retry delay so far) where the strategy
+   * allows no retry.
+   */
+  async #nextRetry(token: RetryToken, failure: unknown, op: Operation): Promise<RetryToken> {
+    let next: RetryToken;
+    try {
+      next = await this.#strategy.refreshRetryTokenForRetry(token, {
+        errorType: retryErrorType(failure),
+        ...hintOf(failure),
+      });
+    } catch {
+      throw withAttempts(failure, op.attempts + 1, op.totalRetryDelay);
+    }
+    op.attempts = next.getRetryCount();
+    const delay = next.getRetryDelay();
+    // The strategy may have waited inside the refresh already (it logs how long), as the SDK counts it.
+    const waited = (next as { $retryLog?: { acquisitionDelay?: number } }).$retryLog?.acquisitionDelay ?? 0;
+    op.totalRetryDelay += waited + delay;
+    if (delay > 0) await new Promise((resolve) => setTimeout(resolve, delay));
+    return next;
   }
 
   /** The SDK's clock-skew sampling: the server's time minus ours, from an answer that did not sit in a cache. */

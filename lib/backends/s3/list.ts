@@ -3,7 +3,7 @@
  * takes this one, each checked to be in S3's byte order and to continue
  * after the previous one.
  */
-import type { ListObjectsV2CommandOutput } from '@aws-sdk/client-s3';
+import type { ListObjectsV2CommandInput, ListObjectsV2CommandOutput } from '@aws-sdk/client-s3';
 import { BackendError, describeKey } from '../../contract/errors.js';
 import { compareKeys, RESERVED_PREFIX, validatePrefix } from '../../contract/keys.js';
 import type { BlobInfo, ListOptions } from '../../contract/types.js';
@@ -55,6 +55,62 @@ function ordered(
   );
 }
 
+/** The ListObjectsV2 input of one page: the continuation token, or on the first page where to start. */
+function pageInput(
+  bucket: string,
+  listPrefix: string,
+  startAfter: string | undefined,
+  token: string | undefined,
+): ListObjectsV2CommandInput {
+  let from: Pick<ListObjectsV2CommandInput, 'ContinuationToken' | 'StartAfter'> = {};
+  if (token !== undefined) from = { ContinuationToken: token };
+  else if (startAfter !== undefined) from = { StartAfter: startAfter };
+  return {
+    Bucket: bucket,
+    MaxKeys: 1000,
+    ...(listPrefix !== '' ? { Prefix: listPrefix } : {}),
+    ...from,
+  };
+}
+
+/** The token of the page after `out`, undefined after the last page; a truncated page without one is an error. */
+function continuationToken(ctx: S3Context, out: Page): string | undefined {
+  const token = out.IsTruncated ? out.NextContinuationToken : undefined;
+  if (out.IsTruncated && token === undefined) {
+    throw new BackendError(
+      `the S3 server at ${ctx.endpoint()} sent a truncated listing of bucket ${JSON.stringify(ctx.bucket)} ` +
+        'without a continuation token',
+    );
+  }
+  return token;
+}
+
+/**
+ * The blob of a listed object (its key `full`, with the backend's prefix):
+ * undefined for the prefix itself and reserved names; a key outside the
+ * listed prefix is an error.
+ */
+function listedBlob(
+  ctx: S3Context,
+  listPrefix: string,
+  full: string,
+  obj: Contents[number],
+): BlobInfo | undefined {
+  if (!full.startsWith(listPrefix)) {
+    throw new BackendError(
+      `the S3 server at ${ctx.endpoint()} returned ${describeKey(full)} for prefix ${JSON.stringify(listPrefix)} ` +
+        `in bucket ${JSON.stringify(ctx.bucket)}`,
+    );
+  }
+  const key = full.slice(ctx.prefix.length);
+  if (key === '' || hasReservedSegment(key)) return undefined;
+  const info: BlobInfo = { key, size: obj.Size ?? 0 };
+  const etag = stripQuotes(obj.ETag);
+  if (etag !== undefined) info.etag = etag;
+  if (obj.LastModified) info.lastModified = obj.LastModified;
+  return info;
+}
+
 /**
  * Pages through ListObjectsV2, 1000 keys a page. The next page is asked for
  * as soon as a page arrives, before its keys are handed out, so the server
@@ -77,18 +133,7 @@ export async function* listObjects(
   const { sdk, client } = await ctx.io();
   const fetchPage = (page: number, token: string | undefined): Promise<Page> => {
     const request = client
-      .send(
-        new sdk.s3.ListObjectsV2Command({
-          Bucket: ctx.bucket,
-          MaxKeys: 1000,
-          ...(listPrefix !== '' ? { Prefix: listPrefix } : {}),
-          ...(token !== undefined
-            ? { ContinuationToken: token }
-            : startAfter !== undefined
-              ? { StartAfter: startAfter }
-              : {}),
-        }),
-      )
+      .send(new sdk.s3.ListObjectsV2Command(pageInput(ctx.bucket, listPrefix, startAfter, token)))
       .catch((err: unknown) => {
         throw ctx.backendError(
           `ListObjectsV2 (prefix ${JSON.stringify(listPrefix)}, page ${page})`,
@@ -104,30 +149,13 @@ export async function* listObjects(
   let next: Promise<Page> | undefined = fetchPage(page, undefined);
   while (next !== undefined) {
     const out: Page = await next;
-    const token = out.IsTruncated ? out.NextContinuationToken : undefined;
-    if (out.IsTruncated && token === undefined) {
-      throw new BackendError(
-        `the S3 server at ${ctx.endpoint()} sent a truncated listing of bucket ${JSON.stringify(ctx.bucket)} ` +
-          'without a continuation token',
-      );
-    }
+    const token = continuationToken(ctx, out);
     next = token !== undefined ? fetchPage(page + 1, token) : undefined;
     for (const obj of ordered(ctx, out, page, last, startAfter)) {
       const full = obj.Key ?? '';
       last = full;
-      if (!full.startsWith(listPrefix)) {
-        throw new BackendError(
-          `the S3 server at ${ctx.endpoint()} returned ${describeKey(full)} for prefix ${JSON.stringify(listPrefix)} ` +
-            `in bucket ${JSON.stringify(ctx.bucket)}`,
-        );
-      }
-      const key = full.slice(ctx.prefix.length);
-      if (key === '' || hasReservedSegment(key)) continue;
-      const info: BlobInfo = { key, size: obj.Size ?? 0 };
-      const etag = stripQuotes(obj.ETag);
-      if (etag !== undefined) info.etag = etag;
-      if (obj.LastModified) info.lastModified = obj.LastModified;
-      yield info;
+      const info = listedBlob(ctx, listPrefix, full, obj);
+      if (info !== undefined) yield info;
     }
     page++;
   }
