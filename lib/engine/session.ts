@@ -53,25 +53,14 @@ export interface BackfillProgress {
 
 export type BackfillStatus = 'completed' | 'interrupted' | 'infrastructure' | 'dry-run';
 
-export interface BackfillSummary {
+/** A run's outcome: its cumulative counts (`RunCounts`) and how it ended. */
+export interface BackfillSummary extends RunCounts {
   /** `rollback` for a run that replaces stale destination copies (`replaceStale`). */
   mode: 'backfill' | 'rollback';
   run: string;
   shard: string;
   status: BackfillStatus;
   exitCode: number;
-  total: number;
-  copied: number;
-  /** Of `copied`: stale destination copies replaced (a rollback). */
-  replaced: number;
-  present: number;
-  notFound: number;
-  failed: number;
-  deletedDuringMigration: number;
-  expired: number;
-  bytes: number;
-  retries: number;
-  seconds: number;
   /** Blobs per second over the run's attempts. */
   rate: number;
   logs: string[];

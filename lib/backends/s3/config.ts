@@ -6,7 +6,7 @@ import { keyProblem } from '../../contract/keys.js';
 import { redactString } from '../../contract/redact.js';
 import type { BackendEntry } from '../entry.js';
 import { S3_ERROR_KNOWLEDGE } from './errors.js';
-import { S3BlobDB } from './index.js';
+import { CANNED_ACLS, S3BlobDB } from './index.js';
 
 const credentialsSchema = strict({
   accessKeyId: nonEmpty,
@@ -38,17 +38,7 @@ const schema = strict({
   partSize: int(5 * 1024 * 1024).optional(),
   queueSize: int(1, 1000).optional(),
   /** A canned ACL on every object written (puts, multipart, server-side copies). */
-  acl: z
-    .enum([
-      'private',
-      'public-read',
-      'public-read-write',
-      'authenticated-read',
-      'aws-exec-read',
-      'bucket-owner-read',
-      'bucket-owner-full-control',
-    ])
-    .optional(),
+  acl: z.enum(CANNED_ACLS).optional(),
   /** Read each object's ACL with its info (one GetObjectAcl more a blob), so copies carry a public one. */
   readAcl: bool.optional(),
 });

@@ -175,8 +175,8 @@ export interface S3BlobDBOptions {
   requestPath?: 'lean' | 'sdk';
 }
 
-/** The canned ACLs S3 accepts in `x-amz-acl`. */
-const CANNED_ACLS: readonly CannedAcl[] = [
+/** The canned ACLs S3 accepts in `x-amz-acl` (the config's `acl` takes these). */
+export const CANNED_ACLS = [
   'private',
   'public-read',
   'public-read-write',
@@ -184,7 +184,7 @@ const CANNED_ACLS: readonly CannedAcl[] = [
   'aws-exec-read',
   'bucket-owner-read',
   'bucket-owner-full-control',
-];
+] as const satisfies readonly CannedAcl[];
 const ALL_USERS = 'http://acs.amazonaws.com/groups/global/AllUsers';
 const AUTHENTICATED_USERS = 'http://acs.amazonaws.com/groups/global/AuthenticatedUsers';
 
